@@ -1,0 +1,33 @@
+# make demo: the main job on a seeded checkpoint.  make test: the test suite.
+# Both create .venv (Python 3.11) and install pinned dependencies on first use.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch==2.13.0 is the CPU build here; an unpinned torch pulls several GB of CUDA packages.
+PINS := "torch==2.13.0" "mxnet==1.9.1" "numpy>=1.23.2,<1.24"
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-gpu bench venv clean
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(PINS)
+	$(PY) -m pip install -q -e ".[mxnet,torch,onnx,test]" $(PINS)
+	touch $@
+
+demo: venv
+	$(PY) -m dpn_gluon.demo
+
+test: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-gpu: venv
+	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,55 @@
+"""Atomic output: write to a temporary file in the target folder, fsync, then rename.
+
+On any failure (an exception, a full disk, an interrupt) the temporary file is removed and
+the previous file at the target path, if any, is left intact. Existing outputs are refused
+unless ``force`` is given.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Iterator, Union
+
+from ..errors import DPNError
+
+
+class OutputExists(DPNError, FileExistsError):
+    """The output path exists and ``--force`` was not given."""
+
+
+def check_writable(path: Union[str, Path], force: bool = False) -> Path:
+    """Refuse an existing output (without ``force``) or a missing/unwritable folder."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputExists("%s exists (use --force to overwrite)" % path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise DPNError("output folder %s does not exist" % folder)
+    if not os.access(folder, os.W_OK):
+        raise DPNError("output folder %s is not writable" % folder)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_write(path: Union[str, Path], force: bool = False) -> Iterator[BinaryIO]:
+    """``with atomic_write(p) as f: f.write(...)``: p appears complete, or not at all."""
+    path = check_writable(path, force)
+    fd, tmp = tempfile.mkstemp(prefix=".%s." % path.name, suffix=".part", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):   # make the rename itself durable
+        dfd = os.open(path.parent or ".", os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)

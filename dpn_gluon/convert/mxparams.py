@@ -1,0 +1,214 @@
+"""A pure-numpy reader and writer of MXNet's NDArray file format (``.params``).
+
+What ``mx.nd.save`` / ``mx.nd.load`` and ``Module.save_checkpoint`` use, without MXNet, so the
+authors' checkpoints can be converted on any Python. Compatible with MXNet 1.x
+(src/ndarray/ndarray.cc, ``NDArray::Save`` / ``NDArray::Load``); files written here are
+byte-identical to ``mx.nd.save`` of the same arrays (tested against MXNet 1.9.1).
+
+Layout, little-endian::
+
+    uint64 0x112 (list magic), uint64 0 (reserved)
+    uint64 n, then n arrays:
+        uint32 magic: 0xF993fac9 (V2: storage type), 0xF993fac8 (V1: int64 shape),
+                      0xF993faca (V3: NumPy shape semantics), or else a legacy ndim
+        V2/V3: int32 storage type (0 dense; sparse types are refused)
+        shape: int32 ndim + ndim x int64 (V1-V3) | uint32 dims (legacy: the magic was ndim)
+        int32 dev_type, int32 dev_id, int32 type flag, then the raw data
+    uint64 m, then m names: uint64 length + bytes (m == 0: a list, else a dict)
+
+Every count, length and shape is checked against the bytes that remain before anything is
+allocated, so a truncated or lying file is a :class:`CheckpointError`, never a MemoryError.
+Arrays are memory-mapped read-only (``mmap=True``) or copied out of the file.
+"""
+from __future__ import annotations
+
+import mmap as _mmap
+import struct
+from collections import OrderedDict
+from pathlib import Path
+from typing import BinaryIO, List, Mapping, Tuple, Union
+
+import numpy as np
+
+from ..errors import CheckpointError
+
+LIST_MAGIC = 0x112
+V1_MAGIC, V2_MAGIC, V3_MAGIC = 0xF993FAC8, 0xF993FAC9, 0xF993FACA
+
+#: MXNet's type flags (mshadow/base.h) and the numpy dtypes they hold.
+DTYPES = {
+    0: np.dtype("<f4"), 1: np.dtype("<f8"), 2: np.dtype("<f2"), 3: np.dtype("u1"),
+    4: np.dtype("<i4"), 5: np.dtype("i1"), 6: np.dtype("<i8"), 7: np.dtype("?"),
+    8: np.dtype("<i2"), 9: np.dtype("<u2"), 10: np.dtype("<u4"), 11: np.dtype("<u8"),
+}
+FLAGS = {dt: flag for flag, dt in DTYPES.items()}
+_TYPE_NAMES = {12: "bfloat16"}
+_STORAGE = {1: "row_sparse", 2: "csr"}
+MAX_NDIM = 32
+
+PathLike = Union[str, Path]
+
+
+def is_params(head: bytes) -> bool:
+    """True if the first 16 bytes are an NDArray list file's header."""
+    return len(head) >= 16 and struct.unpack("<QQ", head[:16]) == (LIST_MAGIC, 0)
+
+
+class _Reader:
+    def __init__(self, buf, source: str):
+        self.buf, self.pos, self.size, self.source = buf, 0, len(buf), source
+
+    def fail(self, what: str):
+        raise CheckpointError("%s: not a valid MXNet .params file: %s (at byte %d of %d)"
+                              % (self.source, what, self.pos, self.size))
+
+    def take(self, n: int, what: str):
+        if n < 0 or n > self.size - self.pos:
+            self.fail("%s needs %d bytes, %d remain" % (what, n, self.size - self.pos))
+        start, self.pos = self.pos, self.pos + n
+        return start
+
+    def unpack(self, fmt: str, what: str):
+        start = self.take(struct.calcsize(fmt), what)
+        return struct.unpack_from(fmt, self.buf, start)
+
+    def count(self, item_min_bytes: int, what: str) -> int:
+        (n,) = self.unpack("<Q", what)
+        if n * item_min_bytes > self.size - self.pos:
+            self.fail("%s says %d, more than the file can hold" % (what, n))
+        return n
+
+
+def _read_array(r: _Reader, index: int, copy: bool):
+    (magic,) = r.unpack("<I", "array %d magic" % index)
+    if magic in (V2_MAGIC, V3_MAGIC):
+        (stype,) = r.unpack("<i", "storage type")
+        if stype != 0:
+            r.fail("array %d has %s storage; only dense arrays are supported"
+                   % (index, _STORAGE.get(stype, "unknown (%d)" % stype)))
+    if magic in (V1_MAGIC, V2_MAGIC, V3_MAGIC):
+        (ndim,) = r.unpack("<i", "ndim")
+        if ndim < 0 and magic == V3_MAGIC:
+            return None                       # unknown shape: an empty NDArray
+        if not 0 <= ndim <= MAX_NDIM:
+            r.fail("array %d has ndim %d" % (index, ndim))
+        shape = r.unpack("<%dq" % ndim, "shape") if ndim else ()
+    else:                                     # legacy: the magic was ndim, dims are uint32
+        ndim = magic
+        if ndim > MAX_NDIM:
+            r.fail("unknown array magic 0x%08x" % magic)
+        shape = r.unpack("<%dI" % ndim, "shape") if ndim else ()
+    if ndim == 0 and magic != V3_MAGIC:
+        return None                           # MXNet writes "none" arrays with ndim 0
+    if any(d < 0 for d in shape):
+        r.fail("array %d has a negative dimension %s" % (index, shape))
+    r.unpack("<ii", "context")
+    (flag,) = r.unpack("<i", "type flag")
+    if flag not in DTYPES:
+        r.fail("array %d has unsupported type %s"
+               % (index, _TYPE_NAMES.get(flag, "flag %d" % flag)))
+    dtype = DTYPES[flag]
+    count = 1
+    for d in shape:
+        count *= d
+        if count * dtype.itemsize > r.size - r.pos:
+            r.fail("array %d of shape %s needs more bytes than remain" % (index, tuple(shape)))
+    start = r.take(count * dtype.itemsize, "array %d data" % index)
+    arr = np.frombuffer(r.buf, dtype=dtype, count=count, offset=start).reshape(shape)
+    return arr.copy() if copy else arr
+
+
+def loads(buf, source: str = "<bytes>", copy: bool = True) -> "Union[OrderedDict[str, np.ndarray], List[np.ndarray]]":
+    """Parse an NDArray file held in ``buf`` (bytes, memoryview or mmap).
+
+    Returns an OrderedDict name -> array when the file stores names (as every checkpoint
+    does), else a list. With ``copy=False`` the arrays are read-only views into ``buf``.
+    """
+    r = _Reader(buf, source)
+    if r.size < 16:
+        r.fail("shorter than the 16-byte header")
+    magic, reserved = r.unpack("<QQ", "header")
+    if magic != LIST_MAGIC or reserved != 0:
+        r.pos = 0
+        r.fail("wrong magic 0x%x" % magic)
+    n = r.count(24, "array count")
+    arrays = [_read_array(r, i, copy) for i in range(n)]
+    m = r.count(8, "name count")
+    if m not in (0, n):
+        r.fail("%d names for %d arrays" % (m, n))
+    names = []
+    for i in range(m):
+        length = r.count(1, "name %d length" % i)
+        start = r.take(length, "name %d" % i)
+        try:
+            names.append(bytes(r.buf[start:start + length]).decode("utf-8"))
+        except UnicodeDecodeError:
+            r.fail("name %d is not UTF-8" % i)
+    if r.pos != r.size:
+        r.fail("%d unexpected bytes after the names" % (r.size - r.pos))
+    if not m:
+        return arrays
+    if len(set(names)) != len(names):
+        r.fail("duplicate array names")
+    return OrderedDict(zip(names, arrays))
+
+
+def load(path: PathLike, mmap: bool = False):
+    """Read a ``.params`` file. ``mmap=True`` returns read-only arrays backed by the file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            if not mmap:
+                return loads(f.read(), str(path))
+            if path.stat().st_size == 0:
+                return loads(b"", str(path))
+            mm = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ)
+    except OSError as e:
+        raise CheckpointError("%s: cannot read: %s" % (path, e.strerror or e)) from None
+    return loads(mm, str(path), copy=False)
+
+
+def _header(arr: np.ndarray) -> bytes:
+    dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
+    if dtype not in FLAGS:
+        raise CheckpointError("cannot store dtype %s in an MXNet .params file" % arr.dtype)
+    if arr.ndim == 0:
+        raise CheckpointError("MXNet 1.x .params files cannot hold 0-d arrays")
+    return (struct.pack("<Iii", V2_MAGIC, 0, arr.ndim) + struct.pack("<%dq" % arr.ndim, *arr.shape)
+            + struct.pack("<iii", 1, 0, FLAGS[dtype]))
+
+
+def write(f: BinaryIO, arrays: Union[Mapping[str, np.ndarray], List[np.ndarray]]) -> None:
+    """Write arrays (a mapping name -> array, or a list) in ``mx.nd.save``'s layout to ``f``."""
+    items = list(arrays.items()) if isinstance(arrays, Mapping) else [(None, a) for a in arrays]
+    f.write(struct.pack("<QQQ", LIST_MAGIC, 0, len(items)))
+    for _, arr in items:
+        arr = np.asarray(arr)
+        f.write(_header(arr))
+        f.write(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+                if arr.dtype.byteorder == ">" else memoryview(np.ascontiguousarray(arr)).cast("B"))
+    names = [n for n, _ in items if n is not None]
+    f.write(struct.pack("<Q", len(names)))
+    for name in names:
+        raw = name.encode("utf-8")
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+
+
+def dumps(arrays) -> bytes:
+    import io
+    buf = io.BytesIO()
+    write(buf, arrays)
+    return buf.getvalue()
+
+
+def split_arg_aux(params: Mapping[str, np.ndarray]) -> Tuple["OrderedDict[str, np.ndarray]", "OrderedDict[str, np.ndarray]"]:
+    """``{'arg:x': .., 'aux:y': ..}`` -> (arg_params, aux_params), as mx.model.load_checkpoint."""
+    args, aux = OrderedDict(), OrderedDict()
+    for k, v in params.items():
+        tp, _, name = k.partition(":")
+        if tp == "arg":
+            args[name] = v
+        elif tp == "aux":
+            aux[name] = v
+    return args, aux

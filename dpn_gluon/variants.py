@@ -1,0 +1,319 @@
+"""The one table: every DPN architecture and every checkpoint the authors released.
+
+Everything else in the package is derived from this module: the MXNet symbols, the Gluon
+blocks, the PyTorch model, the name rules and the expected tensor names and shapes of a
+checkpoint. Nothing outside it repeats a width, a block count or a class count.
+
+Facts (../shared/reference/original-dpn.md, sections 2, 3, 5 and 7): cypw/DPNs
+``settings/symbol_dpn-*.py`` for the architectures, ``run_val.sh`` and the README for the
+released checkpoints. Names are the authors' names as stored in ``PREFIX-0000.params``
+(without the ``arg:``/``aux:`` prefix).
+
+This module imports neither MXNet nor torch.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
+
+from .errors import CheckpointError, KeyMismatch
+
+Shape = Tuple[int, ...]
+
+#: BatchNorm epsilon of every layer: MXNet's symbol default, which the checkpoints were
+#: trained and tested with (Gluon's own default, 1e-5, changes the logits by percents).
+BN_EPS = 1e-3
+#: MXNet BatchNorm momentum of the authors' graphs (PyTorch's equivalent is 0.1).
+BN_MOMENTUM = 0.9
+
+#: The authors' input normalization: RGB, ``(pixel - MEAN_RGB) * SCALE`` on 0..255 values.
+MEAN_RGB = (124.0, 117.0, 104.0)
+SCALE = 0.0167
+
+#: Unit names inside a dual-path block, in graph order.
+PROJ_S1, PROJ_S2 = "c1x1-w(s/1)", "c1x1-w(s/2)"
+UNIT_A, UNIT_B, UNIT_C = "c1x1-a", "c3x3-b", "c1x1-c"
+UNIT_C1, UNIT_C2 = "c1x1-c1", "c1x1-c2"
+
+STEM = "conv1_x_1"            # stem conv: STEM__conv_weight; its BN-ReLU: STEM__relu-sp__bn_*
+FINAL = "conv5_x_x__relu-sp"  # final BN-ReLU after conv5_x_x_cat-final
+CLASSIFIERS = ("fc6", "fc6-1k")
+
+BN_ARGS = ("gamma", "beta")
+BN_AUX = ("moving_mean", "moving_var")
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One dual-path block, with every width it needs.
+
+    kind is ``'proj'`` (stride 1 with projection: conv2_x__1 only), ``'down'`` (stride 2 with
+    projection: the first block of conv3..conv5) or ``'normal'``.
+    """
+
+    stage: int            # 2..5
+    index: int            # 1-based within the stage
+    kind: str
+    in_channels: int      # residual + dense channels entering the block
+    r: int                # bottleneck width (num_1x1_a = num_3x3_b)
+    bw: int               # residual width (num_1x1_c)
+    inc: int              # dense channels added by this block
+    groups: int
+    b: bool               # the "b" unit: c1x1-c split into c1x1-c1 / c1x1-c2
+
+    @property
+    def name(self) -> str:
+        return "conv%d_x__%d" % (self.stage, self.index)
+
+    @property
+    def stride(self) -> int:
+        return 2 if self.kind == "down" else 1
+
+    @property
+    def has_proj(self) -> bool:
+        return self.kind != "normal"
+
+    @property
+    def proj_unit(self) -> Optional[str]:
+        return {"proj": PROJ_S1, "down": PROJ_S2}.get(self.kind)
+
+    @property
+    def out_channels(self) -> int:
+        """Residual + dense channels leaving the block."""
+        dense_in = 2 * self.inc if self.has_proj else self.in_channels - self.bw
+        return self.bw + dense_in + self.inc
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A DPN architecture, as in one of cypw's ``symbol_dpn-*.py`` files."""
+
+    name: str
+    small: bool                 # DPN-68 family: 3x3 stem, residual widths 64..512
+    stem_channels: int
+    k_r: int
+    groups: int
+    k_sec: Tuple[int, int, int, int]
+    inc_sec: Tuple[int, int, int, int]
+    b: bool = False
+    paper: str = ""
+
+    @property
+    def stem_kernel(self) -> int:
+        return 3 if self.small else 7
+
+    @property
+    def stem_pad(self) -> int:
+        return self.stem_kernel // 2
+
+    def blocks(self) -> Iterator[BlockSpec]:
+        """Every dual-path block in graph order."""
+        base = 64 if self.small else 256
+        in_channels = self.stem_channels
+        for i, (count, inc) in enumerate(zip(self.k_sec, self.inc_sec)):
+            stage = i + 2
+            bw = base * 2 ** i
+            r = self.k_r * bw // base   # R = k_R*bw/64 (DPN-68) or /256: k_R * 2^(stage-2)
+            for index in range(1, count + 1):
+                kind = "normal" if index > 1 else ("proj" if stage == 2 else "down")
+                blk = BlockSpec(stage, index, kind, in_channels, r, bw, inc, self.groups, self.b)
+                yield blk
+                in_channels = blk.out_channels
+
+    @property
+    def num_features(self) -> int:
+        """Channels of the final BN-ReLU (residual + dense after conv5)."""
+        *_, last = self.blocks()
+        return last.out_channels
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint the authors released: which architecture, classes and classifier name."""
+
+    name: str          # the file prefix in cypw/DPNs' README and run_val.sh
+    arch: str
+    classes: int
+    classifier: str    # "fc6", or "fc6-1k" for the 5k-pretrained, 1k-finetuned "-extra" models
+    dataset: str
+    mib: int           # the size the README gives (the fp32 .params file, MiB rounded up)
+
+
+ARCHS: Dict[str, Arch] = OrderedDict((a.name, a) for a in [
+    Arch("dpn68", True, 10, 128, 32, (3, 4, 12, 3), (16, 32, 32, 64), paper="DPN-68"),
+    Arch("dpn68b", True, 10, 128, 32, (3, 4, 12, 3), (16, 32, 32, 64), b=True, paper="DPN-68 (b unit)"),
+    Arch("dpn92", False, 64, 96, 32, (3, 4, 20, 3), (16, 32, 24, 128), paper="DPN-92"),
+    Arch("dpn98", False, 96, 160, 40, (3, 6, 20, 3), (16, 32, 32, 128), paper="DPN-98"),
+    Arch("dpn107", False, 128, 200, 50, (4, 8, 20, 3), (20, 64, 64, 128), paper="DPN-107"),
+    Arch("dpn131", False, 128, 160, 40, (4, 8, 28, 3), (16, 32, 32, 128), paper="DPN-131"),
+])
+
+# Order matters: default_checkpoint() picks the first row matching (arch, classes), so the
+# plain ImageNet-1k dpn92 comes before dpn92-extra.
+CHECKPOINTS: Dict[str, Checkpoint] = OrderedDict((c.name, c) for c in [
+    Checkpoint("dpn68", "dpn68", 1000, "fc6", "ImageNet-1k", 49),
+    Checkpoint("dpn68-extra", "dpn68b", 1000, "fc6-1k", "ImageNet-5k pretrain, ImageNet-1k finetune", 49),
+    Checkpoint("dpn68-5k", "dpn68b", 4786, "fc6", "ImageNet-5k (4786 classes)", 61),
+    Checkpoint("dpn92", "dpn92", 1000, "fc6", "ImageNet-1k", 145),
+    Checkpoint("dpn92-extra", "dpn92", 1000, "fc6-1k", "ImageNet-5k pretrain, ImageNet-1k finetune", 145),
+    Checkpoint("dpn92-5k", "dpn92", 4786, "fc6", "ImageNet-5k (4786 classes)", 184),
+    Checkpoint("dpn92-places365", "dpn92", 365, "fc6", "Places365-Standard", 138),
+    Checkpoint("dpn98", "dpn98", 1000, "fc6", "ImageNet-1k", 236),
+    Checkpoint("dpn107-extra", "dpn107", 1000, "fc6-1k", "ImageNet-5k pretrain, ImageNet-1k finetune", 333),
+    Checkpoint("dpn131", "dpn131", 1000, "fc6", "ImageNet-1k", 304),
+])
+
+
+def get_arch(name: str) -> Arch:
+    try:
+        return ARCHS[name]
+    except KeyError:
+        raise CheckpointError("unknown architecture %r (choose from %s)"
+                              % (name, ", ".join(ARCHS))) from None
+
+
+def default_checkpoint(arch: str, classes: int) -> Optional[Checkpoint]:
+    """The released checkpoint an (architecture, classes) pair most likely came from."""
+    for ckpt in CHECKPOINTS.values():
+        if ckpt.arch == arch and ckpt.classes == classes:
+            return ckpt
+    return None
+
+
+def default_classifier(arch: str, classes: int) -> str:
+    """``fc6-1k`` where the released checkpoint of that architecture and class count uses it."""
+    ckpt = default_checkpoint(arch, classes)
+    return ckpt.classifier if ckpt else "fc6"
+
+
+def resolve(name: str, classes: Optional[int] = None,
+            classifier: Optional[str] = None) -> Tuple[Arch, int, str]:
+    """Architecture or checkpoint name -> (arch, classes, classifier name).
+
+    ``resolve('dpn68-extra')`` gives dpn68b with 1000 classes and ``fc6-1k``;
+    ``resolve('dpn92', 365)`` gives dpn92 with 365 classes and ``fc6``.
+    """
+    if name in CHECKPOINTS:
+        ckpt = CHECKPOINTS[name]
+        arch, classes = ARCHS[ckpt.arch], classes or ckpt.classes
+        classifier = classifier or (ckpt.classifier if classes == ckpt.classes
+                                    else default_classifier(ckpt.arch, classes))
+    else:
+        arch = get_arch(name)
+        classes = classes or 1000
+        classifier = classifier or default_classifier(name, classes)
+    if classifier not in CLASSIFIERS:
+        raise CheckpointError("unknown classifier name %r (choose from %s)"
+                              % (classifier, ", ".join(CLASSIFIERS)))
+    if classes < 1:
+        raise CheckpointError("classes must be positive, got %d" % classes)
+    return arch, classes, classifier
+
+
+# -- the tensors of a checkpoint ---------------------------------------------------------
+
+def _bn(prefix: str, channels: int) -> Iterator[Tuple[str, Shape]]:
+    for leaf in BN_ARGS + BN_AUX:
+        yield prefix + "_" + leaf, (channels,)
+
+
+def _bn_conv(unit: str, cin: int, cout: int, kernel: int = 1, groups: int = 1):
+    """BN_AC_Conv in symbol_basic.py: BN ``<unit>__bn__bn`` (double), conv ``<unit>__conv``."""
+    yield from _bn(unit + "__bn__bn", cin)
+    yield unit + "__conv_weight", (cout, cin // groups, kernel, kernel)
+
+
+def block_tensors(blk: BlockSpec) -> Iterator[Tuple[str, Shape]]:
+    """Names and shapes of one dual-path block's tensors, in graph order."""
+    p = blk.name + "_"
+    if blk.has_proj:
+        yield from _bn_conv(p + blk.proj_unit, blk.in_channels, blk.bw + 2 * blk.inc)
+    yield from _bn_conv(p + UNIT_A, blk.in_channels, blk.r)
+    yield from _bn_conv(p + UNIT_B, blk.r, blk.r, 3, blk.groups)
+    if blk.b:
+        # BN_AC (single __bn) then two bias-free convs: residual part, dense part.
+        yield from _bn(p + UNIT_C + "__bn", blk.r)
+        yield p + UNIT_C1 + "__conv_weight", (blk.bw, blk.r, 1, 1)
+        yield p + UNIT_C2 + "__conv_weight", (blk.inc, blk.r, 1, 1)
+    else:
+        yield from _bn_conv(p + UNIT_C, blk.r, blk.bw + blk.inc)
+
+
+def tensor_spec(arch: Arch, classes: int = 1000, classifier: str = "fc6") -> "OrderedDict[str, Shape]":
+    """Every tensor of an authors'-format checkpoint: canonical name -> shape, in graph order.
+
+    Canonical names are the names in ``PREFIX-0000.params`` without ``arg:``/``aux:``;
+    :func:`is_aux` tells which of them are auxiliary states.
+    """
+    spec: "OrderedDict[str, Shape]" = OrderedDict()
+    k = arch.stem_kernel
+    spec[STEM + "__conv_weight"] = (arch.stem_channels, 3, k, k)
+    spec.update(_bn(STEM + "__relu-sp__bn", arch.stem_channels))
+    for blk in arch.blocks():
+        spec.update(block_tensors(blk))
+    spec.update(_bn(FINAL + "__bn", arch.num_features))
+    spec[classifier + "_weight"] = (classes, arch.num_features)
+    spec[classifier + "_bias"] = (classes,)
+    return spec
+
+
+def is_aux(name: str) -> bool:
+    """True for BatchNorm moving statistics (``aux:`` in the .params file)."""
+    return name.endswith(("_moving_mean", "_moving_var"))
+
+
+def count_params(arch: Arch, classes: int = 1000) -> int:
+    """Learned parameters (arguments, not moving statistics), as the paper counts them."""
+    total = 0
+    for name, shape in tensor_spec(arch, classes).items():
+        if not is_aux(name):
+            n = 1
+            for d in shape:
+                n *= d
+            total += n
+    return total
+
+
+# -- what a set of canonical tensors is --------------------------------------------------
+
+def identify(shapes: Mapping[str, Sequence[int]], arch: Optional[str] = None,
+             source: str = "checkpoint") -> Tuple[Arch, int, str]:
+    """Infer (arch, classes, classifier) from canonical names and shapes, then validate.
+
+    The classifier name and class count come from ``fc6[-1k]_weight``; the architecture is
+    every table row whose full tensor spec matches (exactly one does, unless ``arch`` is
+    given). A mismatch raises :class:`KeyMismatch` listing missing, unexpected and
+    misshapen tensors against the closest architecture.
+    """
+    heads = [c for c in CLASSIFIERS if c + "_weight" in shapes]
+    if len(heads) != 1:
+        found = "both fc6 and fc6-1k" if heads else "no fc6_weight or fc6-1k_weight"
+        raise CheckpointError("%s: %s: cannot tell the classifier" % (source, found))
+    classifier = heads[0]
+    w = tuple(shapes[classifier + "_weight"])
+    if len(w) != 2:
+        raise CheckpointError("%s: %s_weight has shape %s, expected (classes, channels)"
+                              % (source, classifier, w))
+    classes = w[0]
+    candidates = [get_arch(arch)] if arch else list(ARCHS.values())
+    best, best_err = None, None
+    for cand in candidates:
+        err = compare(shapes, tensor_spec(cand, classes, classifier), cand.name, source)
+        if err is None:
+            return cand, classes, classifier
+        if best_err is None or err.size < best_err.size:
+            best, best_err = cand, err
+    raise best_err
+
+
+def compare(shapes: Mapping[str, Sequence[int]], spec: Mapping[str, Shape], what: str,
+            source: str = "checkpoint") -> Optional[KeyMismatch]:
+    """A :class:`KeyMismatch` if ``shapes`` is not exactly ``spec``, else None."""
+    missing = [k for k in spec if k not in shapes]
+    unexpected = [k for k in shapes if k not in spec]
+    misshapen = [(k, tuple(shapes[k]), spec[k]) for k in spec
+                 if k in shapes and tuple(shapes[k]) != tuple(spec[k])]
+    if missing or unexpected or misshapen:
+        return KeyMismatch(source, what, missing, unexpected, misshapen)
+    return None

@@ -1,0 +1,38 @@
+"""dpn-gluon: Dual Path Networks in MXNet Gluon, and a converter for the authors' checkpoints."""
+from setuptools import find_packages, setup
+
+setup(
+    name="dpn-gluon",
+    version="0.1.0",
+    description="The authors' Dual Path Networks in MXNet Gluon, and their checkpoints "
+                "converted to PyTorch, safetensors, timm and ONNX with layer-by-layer parity",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["dpn_gluon", "dpn_gluon.*"]),
+    package_data={"dpn_gluon": ["evaluate/*.txt", "evaluate/*.json"]},
+    python_requires=">=3.9",
+    # The converter needs no MXNet and no torch: conversions to and from the original
+    # format, safetensors and timm folders run on numpy alone.
+    install_requires=["numpy>=1.23.2", "click>=8.0", "tqdm>=4.60", "safetensors>=0.4", "Pillow>=9.0"],
+    extras_require={
+        # MXNet 1.9.1 is the last release; it imports only with numpy 1.23.2-1.23.5 (Python <= 3.11).
+        "mxnet": ["mxnet==1.9.1", "numpy>=1.23.2,<1.24"],
+        # Pin torch yourself first (e.g. torch==2.13.0 for the CPU build) to avoid the CUDA wheels.
+        "torch": ["torch>=2.1"],
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.17"],
+        "report": ["matplotlib>=3.5"],
+        "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.5"],
+    },
+    entry_points={
+        "console_scripts": [
+            "dpn-convert=dpn_gluon.convert.cli:main",
+            "dpn-evaluate=dpn_gluon.evaluate.cli:evaluate_main",
+            "dpn-predict=dpn_gluon.evaluate.cli:predict_main",
+        ],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3.11",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
