@@ -317,3 +317,22 @@ def compare(shapes: Mapping[str, Sequence[int]], spec: Mapping[str, Shape], what
     if missing or unexpected or misshapen:
         return KeyMismatch(source, what, missing, unexpected, misshapen)
     return None
+
+
+# -- parity taps -------------------------------------------------------------------------
+
+#: Tap after the final BN-ReLU: the authors' ReLU op ``conv5_x_x__relu-sp__relu``.
+FEATURES_TAP = FINAL + "__relu"
+
+
+def tap_names(arch: Arch) -> list:
+    """Where parity is measured, in graph order, named after the authors' ops.
+
+    ``pool1`` (the stem), ``<block>_sum`` (residual path) and ``<block>_cat`` (dense path) of
+    every dual-path block, ``conv5_x_x__relu-sp__relu`` (final BN-ReLU) and ``logits``.
+    In an MXNet symbol each tap but ``logits`` is ``<tap>_output`` of ``get_internals()``.
+    """
+    taps = ["pool1"]
+    for blk in arch.blocks():
+        taps += [blk.name + "_sum", blk.name + "_cat"]
+    return taps + [FEATURES_TAP, "logits"]
