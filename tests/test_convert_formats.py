@@ -1,0 +1,348 @@
+"""dpn-convert's formats: detection, readers, writers and round trips, for every released config.
+
+References are independent of the code under test: the seeded source arrays themselves
+(compared bit for bit after a round trip), the timm keys recorded from timm 1.0.31
+(../shared/reference/timm_state_dict_keys.json), hand-written name pairs for a few tensors,
+MXNet's own ``mx.nd.load`` and torch's own ``torch.load``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dpn_gluon import variants
+from dpn_gluon.convert import formats, mxparams
+from dpn_gluon.convert.pipeline import convert
+from dpn_gluon.errors import CheckpointError, KeyMismatch
+
+REFERENCE = Path(__file__).resolve().parents[1].parent.parent / "shared" / "reference" \
+    / "timm_state_dict_keys.json"
+if not REFERENCE.is_file():
+    REFERENCE = Path("/work/shared/reference/timm_state_dict_keys.json")
+
+TARGETS = ("torch", "safetensors", "timm", "gluon", "mxnet")
+
+
+def seeded_params(name: str, dtype=np.float32, seed: int = 0) -> "dict[str, np.ndarray]":
+    """An authors'-format {'arg:..'/'aux:..': array} for a checkpoint row, seeded.
+
+    BatchNorm statistics are randomized (variance in 0.5..2) and gamma/beta differ, so a
+    swapped pair or a wrong leaf shows. float16 checkpoints use random bit patterns
+    (NaN payloads included) to prove the copies are bit-exact.
+    """
+    arch, classes, fc = variants.resolve(name)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, shape in variants.tensor_spec(arch, classes, fc).items():
+        if np.dtype(dtype) == np.float16:
+            arr = rng.integers(0, 1 << 16, size=shape, dtype=np.uint16).view(np.float16)
+        elif key.endswith("_moving_var"):
+            arr = rng.uniform(0.5, 2.0, shape).astype(dtype)
+        elif key.endswith("_gamma"):
+            arr = rng.uniform(0.5, 1.5, shape).astype(dtype)
+        else:
+            arr = (rng.standard_normal(shape) * 0.1).astype(dtype)
+        out[("aux:" if variants.is_aux(key) else "arg:") + key] = arr
+    return out
+
+
+def write_seeded(folder: Path, name: str, dtype=np.float32, seed: int = 0, prefix=None):
+    """Write PREFIX-0000.params for a checkpoint row; returns (path, arrays)."""
+    arrays = seeded_params(name, dtype, seed)
+    path = Path(folder) / ("%s-0000.params" % (prefix or name))
+    with open(path, "wb") as f:
+        mxparams.write(f, arrays)
+    return path, arrays
+
+
+def assert_same_params(path: Path, expected: "dict[str, np.ndarray]"):
+    got = mxparams.load(path)
+    assert sorted(got) == sorted(expected)
+    for k, a in expected.items():
+        b = got[k]
+        assert b.dtype == a.dtype and b.shape == a.shape, k
+        assert a.tobytes() == b.tobytes(), k
+
+
+def reference_keys():
+    return json.loads(REFERENCE.read_text())["models"]
+
+
+def small_dtype(name):
+    """float16 for the big rows keeps the suite fast; dpn68 rows stay float32."""
+    return np.float32 if variants.CHECKPOINTS[name].mib < 100 else np.float16
+
+
+# -- every released configuration, every target, and back ---------------------------------
+
+@pytest.fixture(scope="module", params=list(variants.CHECKPOINTS))
+def source(request, tmp_path_factory):
+    name = request.param
+    folder = tmp_path_factory.mktemp(name)
+    path, arrays = write_seeded(folder, name, small_dtype(name))
+    yield name, path, arrays
+    for f in folder.iterdir():
+        if f.is_file():
+            f.unlink()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_round_trip_every_checkpoint(source, target, tmp_path):
+    name, path, arrays = source
+    ckpt = variants.CHECKPOINTS[name]
+    first = convert(path, target, out=tmp_path / ("one" if target != "gluon" else "one.params"),
+                    check=False)
+    assert (first.arch, first.classes, first.classifier) == (ckpt.arch, ckpt.classes, ckpt.classifier)
+    # a state_dict and a Gluon file cannot record fc6 vs fc6-1k: say it on the way back
+    said = None if target in ("safetensors", "timm", "mxnet") else ckpt.classifier
+    back = convert(first.outputs[-1], "mxnet", out=tmp_path / "back", classifier=said, check=False)
+    assert back.classifier == ckpt.classifier
+    assert_same_params(tmp_path / "back-0000.params", arrays)
+
+
+def test_chain_original_safetensors_gluon_original(tmp_path):
+    path, arrays = write_seeded(tmp_path, "dpn92-places365", np.float16)
+    convert(path, "safetensors", out=tmp_path / "a.safetensors")
+    convert(tmp_path / "a.safetensors", "gluon", out=tmp_path / "b.params")
+    convert(tmp_path / "b.params", "mxnet", out=tmp_path / "c", classifier="fc6")
+    assert_same_params(tmp_path / "c-0000.params", arrays)
+
+
+def test_timm_original_timm_is_identical(tmp_path):
+    path, _ = write_seeded(tmp_path, "dpn68-extra")
+    convert(path, "timm", out=tmp_path / "t1")
+    convert(tmp_path / "t1", "mxnet", out=tmp_path / "orig")
+    convert(tmp_path / "orig-0000.params", "timm", out=tmp_path / "t2")
+    from safetensors.numpy import load_file
+    a, b = load_file(tmp_path / "t1" / "model.safetensors"), load_file(tmp_path / "t2" / "model.safetensors")
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes(), k
+    c1 = json.loads((tmp_path / "t1" / "config.json").read_text())
+    c2 = json.loads((tmp_path / "t2" / "config.json").read_text())
+    assert c1["pretrained_cfg"] == c2["pretrained_cfg"]
+    assert c1["dpn"]["classifier"] == c2["dpn"]["classifier"] == "fc6-1k"
+
+
+# -- timm's layout -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", list(variants.ARCHS))
+def test_keys_and_shapes_equal_timm(arch, tmp_path):
+    path, _ = write_seeded(tmp_path, arch, np.float32)
+    convert(path, "safetensors", out=tmp_path / "x.safetensors", check=False)
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "x.safetensors"), framework="np") as f:
+        got = [(k, list(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()]
+    want = [(k, shape, {"float32": "F32", "int64": "I64"}[dt]) for k, shape, dt in reference_keys()[arch]]
+    assert sorted(got) == sorted(want)
+
+
+def test_torch_state_dict_in_timm_order_with_known_pairs(tmp_path):
+    torch = pytest.importorskip("torch")
+    path, arrays = write_seeded(tmp_path, "dpn68b", np.float32)
+    convert(path, "torch", out=tmp_path / "m.pth")
+    sd = torch.load(tmp_path / "m.pth", weights_only=True)
+    assert [k for k in sd] == [k for k, _, _ in reference_keys()["dpn68b"]]
+    pairs = {  # written by hand from pytorch-ports.md section 8, not from names.py
+        "features.conv1_1.bn.weight": "arg:conv1_x_1__relu-sp__bn_gamma",
+        "features.conv1_1.bn.bias": "arg:conv1_x_1__relu-sp__bn_beta",
+        "features.conv1_1.bn.running_var": "aux:conv1_x_1__relu-sp__bn_moving_var",
+        "features.conv2_1.c1x1_w_s1.conv.weight": "arg:conv2_x__1_c1x1-w(s/1)__conv_weight",
+        "features.conv3_1.c1x1_w_s2.bn.running_mean": "aux:conv3_x__1_c1x1-w(s/2)__bn__bn_moving_mean",
+        "features.conv2_1.c1x1_c.bn.weight": "arg:conv2_x__1_c1x1-c__bn_gamma",
+        "features.conv2_1.c1x1_c1.weight": "arg:conv2_x__1_c1x1-c1__conv_weight",
+        "features.conv4_12.c1x1_c2.weight": "arg:conv4_x__12_c1x1-c2__conv_weight",
+        "features.conv5_bn_ac.bn.running_var": "aux:conv5_x_x__relu-sp__bn_moving_var",
+        "classifier.bias": "arg:fc6-1k_bias",
+    }
+    for key, mx_name in pairs.items():
+        np.testing.assert_array_equal(sd[key].numpy(), arrays[mx_name], err_msg=key)
+    np.testing.assert_array_equal(sd["classifier.weight"].numpy()[:, :, 0, 0], arrays["arg:fc6-1k_weight"])
+    assert sd["features.conv1_1.bn.num_batches_tracked"].dtype == torch.int64
+    assert int(sd["features.conv1_1.bn.num_batches_tracked"]) == 0
+
+
+def test_timm_folder_config(tmp_path):
+    path, _ = write_seeded(tmp_path, "dpn107-extra", np.float16)
+    convert(path, "timm", out=tmp_path / "hub", check=False)
+    cfg = json.loads((tmp_path / "hub" / "config.json").read_text())
+    assert cfg["architecture"] == "dpn107" and cfg["num_classes"] == 1000
+    assert cfg["num_features"] == 2688
+    pc = cfg["pretrained_cfg"]
+    np.testing.assert_allclose(pc["mean"], [124 / 255, 117 / 255, 104 / 255], rtol=1e-9)
+    np.testing.assert_allclose(pc["std"], [1 / (0.0167 * 255)] * 3, rtol=1e-9)
+    assert (pc["interpolation"], pc["crop_pct"], pc["input_size"]) == ("bicubic", 1.0, [3, 224, 224])
+    assert (pc["first_conv"], pc["classifier"], pc["num_classes"]) == ("features.conv1_1.conv", "classifier", 1000)
+    assert cfg["dpn"]["classifier"] == "fc6-1k"
+    assert cfg["dpn"]["source_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_safetensors_metadata(tmp_path):
+    path, _ = write_seeded(tmp_path, "dpn68-5k", np.float16)
+    convert(path, "safetensors", out=tmp_path / "x.safetensors", check=False)
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "x.safetensors"), framework="np") as f:
+        meta = f.metadata()
+    assert (meta["architecture"], meta["classes"], meta["classifier"]) == ("dpn68b", "4786", "fc6")
+    assert meta["source_file"] == path.name
+    assert meta["source_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert json.loads(meta["mean"])[0] == pytest.approx(124 / 255)
+    assert meta["crop_pct"] == "1.0" and meta["interpolation"] == "bicubic"
+
+
+# -- classifier names ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, expected", [
+    ("dpn107-extra", "fc6-1k"), ("dpn68-extra", "fc6-1k"), ("dpn92", "fc6"),
+    ("dpn92-places365", "fc6"), ("dpn68-5k", "fc6"),
+])
+def test_classifier_default_from_a_state_dict(name, expected, tmp_path):
+    pytest.importorskip("torch")
+    path, _ = write_seeded(tmp_path, name, np.float16)
+    convert(path, "torch", out=tmp_path / "m.pth", check=False)
+    back = convert(tmp_path / "m.pth", "mxnet", out=tmp_path / "back", check=False)
+    assert back.classifier == expected
+    assert ("arg:%s_weight" % expected) in mxparams.load(tmp_path / "back-0000.params")
+
+
+def test_classifier_override(tmp_path):
+    path, arrays = write_seeded(tmp_path, "dpn92", np.float16)
+    res = convert(path, "mxnet", out=tmp_path / "x", classifier="fc6-1k", check=True)
+    assert res.classifier == "fc6-1k" and res.ok
+    got = mxparams.load(tmp_path / "x-0000.params")
+    assert got["arg:fc6-1k_weight"].tobytes() == arrays["arg:fc6_weight"].tobytes()
+    assert "arg:fc6_weight" not in got
+
+
+# -- detection and bad input ----------------------------------------------------------------
+
+def test_detect_every_format(tmp_path):
+    pytest.importorskip("torch")
+    path, _ = write_seeded(tmp_path, "dpn68", np.float16)
+    assert formats.detect(path) == "mxnet"
+    for target, out in [("torch", "a.bin"), ("safetensors", "b.bin"), ("gluon", "c.bin"), ("timm", "d.bin")]:
+        convert(path, target, out=tmp_path / out, check=False)
+        assert formats.detect(tmp_path / out) == target
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "not a checkpoint"),
+    (np.random.default_rng(1).bytes(4096), "not a checkpoint"),
+    (b'{"nodes": [], "arg_nodes": []}', "symbol file"),
+])
+def test_detect_refuses(content, message, tmp_path):
+    p = tmp_path / "x.params"
+    p.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        formats.read(p)
+
+
+def test_truncated_params(tmp_path):
+    path, _ = write_seeded(tmp_path, "dpn68", np.float16)
+    data = path.read_bytes()
+    bad = tmp_path / "cut-0000.params"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cut-0000.params"):
+        formats.read(bad)
+
+
+def test_missing_and_misshapen_listed_together(tmp_path):
+    arrays = seeded_params("dpn68", np.float16)
+    del arrays["arg:conv2_x__1_c1x1-a__conv_weight"]
+    arrays["aux:conv3_x__2_c3x3-b__bn__bn_moving_var"] = np.zeros(3, np.float16)
+    p = tmp_path / "broken-0000.params"
+    with open(p, "wb") as f:
+        mxparams.write(f, arrays)
+    with pytest.raises(KeyMismatch) as e:
+        formats.read(p)
+    assert "conv2_x__1_c1x1-a__conv_weight" in e.value.missing
+    assert [m[0] for m in e.value.misshapen] == ["conv3_x__2_c3x3-b__bn__bn_moving_var"]
+
+
+def test_wrong_arch_is_refused(tmp_path):
+    path, _ = write_seeded(tmp_path, "dpn68", np.float16)
+    with pytest.raises(KeyMismatch, match="dpn92"):
+        formats.read(path, arch="dpn92")
+
+
+def test_arg_aux_prefix_checked(tmp_path):
+    arrays = seeded_params("dpn68", np.float16)
+    arrays["arg:conv1_x_1__relu-sp__bn_moving_mean"] = arrays.pop("aux:conv1_x_1__relu-sp__bn_moving_mean")
+    p = tmp_path / "odd-0000.params"
+    with open(p, "wb") as f:
+        mxparams.write(f, arrays)
+    with pytest.raises(CheckpointError, match="wrong arg:/aux:"):
+        formats.read(p)
+
+
+def test_torch_wrappers_and_refusals(tmp_path):
+    torch = pytest.importorskip("torch")
+    path, arrays = write_seeded(tmp_path, "dpn68", np.float16)
+    convert(path, "torch", out=tmp_path / "plain.pth", check=False)
+    sd = torch.load(tmp_path / "plain.pth", weights_only=True)
+    torch.save({"state_dict": sd, "epoch": 3}, tmp_path / "wrapped.pth")
+    torch.save({"model": {"module." + k: v for k, v in sd.items()}}, tmp_path / "model.pth")
+    for name in ("wrapped.pth", "model.pth"):
+        convert(tmp_path / name, "mxnet", out=tmp_path / name.replace(".pth", ""), check=False)
+        assert_same_params(tmp_path / (name.replace(".pth", "") + "-0000.params"), arrays)
+    torch.save({"lr": 0.1, "names": ["a"]}, tmp_path / "notsd.pth")
+    with pytest.raises(CheckpointError, match="not a state_dict|not named tensors"):
+        formats.read(tmp_path / "notsd.pth")
+    torch.save(_Opaque(), tmp_path / "obj.pth")
+    with pytest.raises(CheckpointError, match="refused"):
+        formats.read(tmp_path / "obj.pth")
+
+
+class _Opaque:
+    """A pickled object that is not a state_dict; weights_only loading must refuse it."""
+
+
+def test_input_is_never_modified(tmp_path):
+    path, _ = write_seeded(tmp_path, "dpn68", np.float16)
+    before = (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
+    for target in ("gluon", "safetensors", "timm"):
+        convert(path, target, out=tmp_path / ("o_" + target))
+    assert (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns) == before
+
+
+def test_output_over_input_refused_even_with_force(tmp_path):
+    path, _ = write_seeded(tmp_path, "dpn68", np.float16)
+    with pytest.raises(Exception, match="overwrite the input"):
+        convert(path, "mxnet", out=tmp_path / "dpn68", force=True)
+
+
+# -- MXNet itself as the reference ----------------------------------------------------------
+
+def test_mxnet_reads_what_we_write(tmp_path):
+    mx = pytest.importorskip("mxnet")
+    path, arrays = write_seeded(tmp_path, "dpn68-extra", np.float32)
+    convert(tmp_path / path.name, "mxnet", out=tmp_path / "out", check=False)
+    loaded = mx.nd.load(str(tmp_path / "out-0000.params"))
+    assert sorted(loaded) == sorted(arrays)
+    for k, v in arrays.items():
+        assert loaded[k].dtype == v.dtype
+        np.testing.assert_array_equal(loaded[k].asnumpy(), v)
+
+
+def test_mxnet_load_checkpoint(tmp_path):
+    mx = pytest.importorskip("mxnet")
+    pytest.importorskip("dpn_gluon.symbols")
+    path, arrays = write_seeded(tmp_path, "dpn68", np.float32)
+    res = convert(path, "mxnet", out=tmp_path / "ck", check=False)
+    assert len(res.outputs) == 2
+    sym, args, aux = mx.model.load_checkpoint(str(tmp_path / "ck"), 0)
+    assert set(args) | set(aux) == {k.split(":", 1)[1] for k in arrays}
+    assert set(sym.list_arguments()) - {"data", "softmax_label"} == set(args)
+
+
+def test_gluon_model_loads_gluon_file(tmp_path):
+    pytest.importorskip("mxnet")
+    model = pytest.importorskip("dpn_gluon.model")
+    path, arrays = write_seeded(tmp_path, "dpn68-extra", np.float32)
+    convert(path, "gluon", out=tmp_path / "g.params", check=False)
+    net = model.get_model("dpn68b", classes=1000)
+    net.load_parameters(str(tmp_path / "g.params"))
