@@ -364,8 +364,9 @@ def rename_for(weights: Weights, scheme: str) -> "OrderedDict[str, np.ndarray]":
 def default_output(src: Path, src_format: str, target: str, out: Optional[PathLike] = None) -> Path:
     """Where ``target`` goes: ``out`` itself, a name derived from SRC inside the folder
     ``out``, or beside SRC (``dpn68-0000.params`` -> ``dpn68.pth``). For ``mxnet`` this is
-    the prefix of ``PREFIX-symbol.json`` / ``PREFIX-0000.params``."""
-    if out is not None and not Path(out).is_dir():
+    the prefix of ``PREFIX-symbol.json`` / ``PREFIX-0000.params``; for ``timm``, ``out`` is
+    always the timm folder itself."""
+    if out is not None and (target == "timm" or not Path(out).is_dir()):   # timm: OUT is the folder
         out = Path(out)
         if target == "mxnet" and out.name.endswith(".params") and out.stem[-5:-4] == "-" \
                 and out.stem[-4:].isdigit():
@@ -449,17 +450,25 @@ def write(weights: Weights, target: str, out: Path, force: bool = False,
     """Write ``weights`` as ``target`` at ``out`` (see :func:`default_output`); atomic."""
     if target not in TARGETS:
         raise DPNError("unknown target format %r (choose from %s)" % (target, ", ".join(TARGETS)))
+    files = check_outputs(weights.source, weights.format, target, out, force)
+    _WRITERS[target](weights, out, force, log or (lambda msg: None))
+    return [f for f in files if f.exists()]
+
+
+def check_outputs(src: Path, src_format: str, target: str, out: Path,
+                  force: bool = False) -> List[Path]:
+    """The files ``target`` will write at ``out``, after refusing the input itself, existing
+    files (without ``force``) and missing or read-only folders: before any work is done."""
     files = output_files(target, out)
-    sources = {_real(weights.source)}
-    if weights.format == "timm":
-        sources |= {_real(weights.source / TIMM_WEIGHTS)}
+    sources = {_real(src)}
+    if src_format == "timm":
+        sources.add(_real(src / TIMM_WEIGHTS))
     for path in files:
         if _real(path) in sources:
             raise DPNError("%s: the output would overwrite the input; choose another with -o"
                            % path)
         check_writable(path, force)
-    _WRITERS[target](weights, out, force, log or (lambda msg: None))
-    return [f for f in files if f.exists()]
+    return files
 
 
 def _contiguous(arr: np.ndarray) -> np.ndarray:

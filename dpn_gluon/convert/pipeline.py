@@ -63,12 +63,15 @@ def convert(src: PathLike, to: str, out: Optional[PathLike] = None, arch: Option
     if to not in formats.TARGETS:
         raise DPNError("unknown target format %r (choose from %s)"
                                % (to, ", ".join(formats.TARGETS)))
-    weights = formats.read(src, arch=arch, classifier=classifier, epoch=epoch)
+    path = formats.resolve_source(src, epoch)
+    fmt = formats.detect(path)
+    target = formats.default_output(path, fmt, to, out)
+    formats.check_outputs(path, fmt, to, target, force)     # refuse early, before any work
+    weights = formats.read(path, arch=arch, classifier=classifier)
     if log:
         log("read %s: %s, %s, %d classes, classifier %s, %d tensors (%s)"
             % (weights.source, weights.format, weights.arch.name, weights.classes,
                weights.classifier, len(weights.tensors), ", ".join(weights.dtypes)))
-    target = formats.default_output(weights.source, weights.format, to, out)
     files = formats.write(weights, to, target, force=force, log=note)
     if log:
         log("wrote " + ", ".join(str(f) for f in files))

@@ -1,0 +1,176 @@
+"""The dpn-convert command line through click's CliRunner: exit codes, --json, overwrite
+refusal, default names, and bad inputs (each exit 2, one line on stderr, no output left)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dpn_gluon.convert import check as check_mod
+from dpn_gluon.convert import mxparams
+from dpn_gluon.convert.cli import main
+from test_convert_formats import seeded_params, tmp_path, write_seeded  # noqa: F401 (fixture)
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def listing(folder: Path):
+    return sorted(p.name for p in Path(folder).iterdir())
+
+
+def assert_one_line_error(result, *words):
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("dpn-convert: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
+    assert "Traceback" not in result.output
+    for w in words:
+        assert w in errors[0], errors[0]
+
+
+@pytest.fixture
+def src(tmp_path):
+    path, arrays = write_seeded(tmp_path, "dpn68-extra", np.float16)
+    return path
+
+
+def test_convert_default_name_and_stdout(src):
+    r = run(src, "--to", "safetensors")
+    assert r.exit_code == 0, r.output
+    out = src.parent / "dpn68-extra.safetensors"
+    assert r.stdout.strip() == str(out)
+    assert out.is_file()
+    assert "bit-identical" in r.stderr
+
+
+def test_explicit_subcommand_and_output_folder(src, tmp_path):
+    (tmp_path / "outdir").mkdir()
+    r = run("convert", src, "--to", "torch", "-o", tmp_path / "outdir")
+    assert r.exit_code == 0, r.output
+    assert listing(tmp_path / "outdir") == ["dpn68-extra.pth"]
+
+
+def test_prefix_with_epoch(tmp_path):
+    arrays = seeded_params("dpn68", np.float16)
+    with open(tmp_path / "model-0007.params", "wb") as f:
+        mxparams.write(f, arrays)
+    r = run(tmp_path / "model", "--epoch", "7", "--to", "gluon")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "model.params").is_file()
+
+
+def test_json_record(src, tmp_path):
+    r = run(src, "--to", "timm", "-o", tmp_path / "hub", "--json")
+    assert r.exit_code == 0, r.output
+    rec = json.loads(r.stdout)           # exactly one JSON document on stdout
+    assert rec["outputs"] == [str(tmp_path / "hub")]
+    assert (rec["arch"], rec["classes"], rec["classifier"]) == ("dpn68b", 1000, "fc6-1k")
+    assert rec["tensors"] == 383 and rec["dtypes"] == ["float16"]
+    assert rec["check"]["exact"] is True and rec["ok"] is True
+    assert rec["source_format"] == "mxnet" and len(rec["source_sha256"]) == 64
+
+
+def test_refuses_to_overwrite_without_force(src, tmp_path):
+    out = tmp_path / "x.pth"
+    assert run(src, "--to", "torch", "-o", out).exit_code == 0
+    stamp = out.stat().st_mtime_ns
+    r = run(src, "--to", "torch", "-o", out)
+    assert_one_line_error(r, "exists", "--force")
+    assert out.stat().st_mtime_ns == stamp
+    assert run(src, "--to", "torch", "-o", out, "--force").exit_code == 0
+
+
+def test_timm_folder_overwrite_with_force(src, tmp_path):
+    assert run(src, "--to", "timm", "-o", tmp_path / "hub").exit_code == 0
+    assert_one_line_error(run(src, "--to", "timm", "-o", tmp_path / "hub"), "exists")
+    r = run(src, "--to", "timm", "-o", tmp_path / "hub", "--force")
+    assert r.exit_code == 0, r.output
+    assert listing(tmp_path / "hub") == ["config.json", "model.safetensors"]
+
+
+def test_check_failure_exits_1(src, tmp_path, monkeypatch):
+    monkeypatch.setattr(check_mod, "compare_tensors", lambda a, b: ["x: values differ"])
+    r = run(src, "--to", "safetensors", "-o", tmp_path / "y.safetensors", "--json")
+    assert r.exit_code == 1
+    assert json.loads(r.stdout)["check"]["exact"] is False
+    assert "check FAILED" in r.stderr
+
+
+def test_no_check(src, tmp_path):
+    r = run(src, "--to", "gluon", "-o", tmp_path / "g.params", "--no-check", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["check"] is None
+
+
+# -- bad input and usage: exit 2, one line, no output --------------------------------------
+
+def _bad_inputs(folder: Path):
+    good, arrays = write_seeded(folder, "dpn68", np.float16, prefix="good")
+    data = good.read_bytes()
+    (folder / "truncated-0000.params").write_bytes(data[: len(data) - 1000])
+    (folder / "random.bin").write_bytes(np.random.default_rng(0).bytes(10000))
+    missing = dict(arrays)
+    del missing["arg:conv4_x__3_c3x3-b__conv_weight"]
+    with open(folder / "missing-0000.params", "wb") as f:
+        mxparams.write(f, missing)
+    return good
+
+
+@pytest.mark.parametrize("case, extra, words", [
+    ("truncated-0000.params", [], ["truncated-0000.params", "not a valid MXNet .params"]),
+    ("random.bin", [], ["random.bin", "not a checkpoint"]),
+    ("missing-0000.params", [], ["missing 1", "conv4_x__3_c3x3-b__conv_weight"]),
+    ("good-0000.params", ["--arch", "dpn92"], ["does not match dpn92"]),
+    ("nonexistent.params", [], ["no such file"]),
+])
+def test_bad_input_exit_2_no_output(case, extra, words, tmp_path):
+    _bad_inputs(tmp_path)
+    before = listing(tmp_path)
+    r = run(tmp_path / case, "--to", "torch", "-o", tmp_path / "out.pth", *extra)
+    assert_one_line_error(r, *words)
+    assert listing(tmp_path) == before
+
+
+def test_pickled_object_not_a_state_dict(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.save({"epoch": 3, "acc": [0.5]}, tmp_path / "opt.pth")
+    before = listing(tmp_path)
+    assert_one_line_error(run(tmp_path / "opt.pth", "--to", "mxnet"), "opt.pth", "not a state_dict")
+    assert listing(tmp_path) == before
+    torch.save(Exception("not weights"), tmp_path / "exc.pth")
+    assert_one_line_error(run(tmp_path / "exc.pth", "--to", "safetensors"), "exc.pth", "refused")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--to", "torch"], ["Missing argument"]),
+    (["X", "--to", "keras"], ["--to", "keras"]),
+    (["X", "--to", "torch", "--arch", "resnet50"], ["--arch"]),
+    (["X", "--to", "torch", "--classifier", "fc7"], ["--classifier"]),
+    (["X", "--to", "torch", "--bogus"], ["--bogus"]),
+])
+def test_usage_errors_exit_2_in_one_line(args, words):
+    assert_one_line_error(run(*args), *words)
+
+
+def test_output_over_input_refused(tmp_path):
+    src, _ = write_seeded(tmp_path, "dpn68", np.float16)
+    assert run(src, "--to", "gluon", "-o", tmp_path / "g.params").exit_code == 0
+    assert_one_line_error(run(tmp_path / "g.params", "--to", "gluon", "--force"), "overwrite the input")
+
+
+def test_help():
+    r = run("--help")
+    assert r.exit_code == 0 and "convert" in r.stdout
+    r = run("convert", "--help")
+    assert r.exit_code == 0 and "--classifier" in r.stdout and "--epoch" in r.stdout
+
+
+def test_no_temporary_files_left(src, tmp_path):
+    run(src, "--to", "timm", "-o", tmp_path / "hub")
+    run(src, "--to", "mxnet", "-o", tmp_path / "mx")
+    assert not [n for n in os.listdir(tmp_path) if n.endswith((".part", ".old"))]
