@@ -365,3 +365,50 @@ def test_gluon_model_loads_gluon_file(tmp_path):
     convert(path, "gluon", out=tmp_path / "g.params", check=False)
     net = model.get_model("dpn68b", classes=1000)
     net.load_parameters(str(tmp_path / "g.params"))
+
+
+# -- the converted PyTorch model against the authors' MXNet graph --------------------------
+
+def _parity_modules():
+    pytest.importorskip("mxnet")
+    pytest.importorskip("torch")
+    pytest.importorskip("dpn_gluon.symbols")
+    pytest.importorskip("dpn_gluon.convert.torch_dpn")
+    return pytest.importorskip("dpn_gluon.checkpoint")
+
+
+@pytest.mark.parametrize("name", list(variants.CHECKPOINTS))
+def test_torch_model_matches_mxnet_graph(name, tmp_path):
+    """Every released configuration: the written .pth, rebuilt as a PyTorch DPN, gives the
+    authors' MXNet graph's logits (seeded He-init weights, randomized BN statistics)."""
+    checkpoint = _parity_modules()
+    dtype = "float32" if variants.CHECKPOINTS[name].mib < 200 else "float16"
+    tensors = checkpoint.seeded_tensors(name, seed=1, dtype=dtype)
+    arch, classes, fc = variants.resolve(name)
+    with open(tmp_path / "s-0000.params", "wb") as f:
+        mxparams.write(f, {("aux:" if variants.is_aux(k) else "arg:") + k: v for k, v in tensors.items()})
+    res = convert(tmp_path / "s-0000.params", "torch", out=tmp_path / "s.pth")
+    assert res.check.exact, res.check.mismatches
+    n = res.check.numeric
+    assert n is not None, res.check.notes
+    assert n.max_rel <= 1e-5 and n.top5_agreement == 1.0 and n.passed
+
+
+def test_numeric_check_catches_a_wrong_model(tmp_path, monkeypatch):
+    """Negative control: a PyTorch model with BN gamma/beta swapped must fail the check."""
+    checkpoint = _parity_modules()
+    from dpn_gluon.convert import check, torch_dpn
+    real = torch_dpn.from_canonical
+
+    def swapped(tensors, *args, **kwargs):
+        t = dict(tensors)
+        g, b = "conv2_x__1_c1x1-a__bn__bn_gamma", "conv2_x__1_c1x1-a__bn__bn_beta"
+        t[g], t[b] = t[b], t[g]
+        return real(t, *args, **kwargs)
+
+    monkeypatch.setattr(torch_dpn, "from_canonical", swapped)
+    tensors = checkpoint.seeded_tensors("dpn68", seed=2)
+    with open(tmp_path / "s-0000.params", "wb") as f:
+        mxparams.write(f, {("aux:" if variants.is_aux(k) else "arg:") + k: v for k, v in tensors.items()})
+    res = convert(tmp_path / "s-0000.params", "safetensors", out=tmp_path / "s.safetensors")
+    assert res.check.exact and not res.check.numeric.passed and not res.ok

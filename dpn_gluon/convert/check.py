@@ -18,7 +18,9 @@ Neither MXNet nor torch is imported unless the numerical part runs (or the targe
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
@@ -104,6 +106,7 @@ def check_written(weights: "formats.Weights", target: str, files: List[Path], nu
     report = CheckReport()
     if target == "onnx":
         report.notes.append("onnx: no tensor-by-tensor check (the exporter checks its graph)")
+        log("check: " + report.notes[-1])
         return report
     main = files[-1]       # mxnet: PREFIX-0000.params comes after the symbol
     try:
@@ -167,6 +170,7 @@ def numeric_parity(weights: "formats.Weights", batch: int = 2, size: int = 64, s
     absent = [m for m in ("dpn_gluon.symbols", "dpn_gluon.convert.torch_dpn") if not _importable(m)]
     if absent:
         return None, "numerical check skipped: %s not available" % ", ".join(absent)
+    os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")   # no MKLDNN banner on stderr
     try:
         import mxnet as mx
         import torch
@@ -183,7 +187,10 @@ def numeric_parity(weights: "formats.Weights", batch: int = 2, size: int = 64, s
     aux = {k: mx.nd.array(v) for k, v in tensors.items() if variants.is_aux(k)}
     exe = sym.bind(mx.cpu(), args=args, aux_states=aux, grad_req="null")
     ref = exe.forward(is_train=False)[0].asnumpy().reshape(batch, -1)
-    model = from_canonical(tensors, weights.arch.name, weights.classes, weights.classifier)
+    with warnings.catch_warnings():
+        # read-only views of the written file; the model copies them into its parameters
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        model = from_canonical(tensors, weights.arch.name, weights.classes, weights.classifier)
     with torch.no_grad():
         out = model(torch.from_numpy(x)).numpy().reshape(batch, -1)
     return logit_report(ref, out, size), None
