@@ -189,3 +189,23 @@ def block_symbol(blk: BlockSpec):
     else:
         data = [mx.sym.var("res"), mx.sym.var("dense")]
     return mx.sym.Group(dual_path_block(data, blk))
+
+
+def run_symbol(sym, tensors, ctx=None, **inputs):
+    """Run ``sym`` in inference mode (``is_train=False``: moving statistics) with an executor.
+
+    ``tensors`` maps canonical names to arrays (aux states by :func:`variants.is_aux`);
+    ``inputs`` gives the data arguments (``data=...``). Arguments the graph does not use are
+    ignored; a missing one is an error. Returns a list of numpy arrays, one per output.
+    """
+    import numpy as np
+    mx = _mx()
+    ctx = ctx or mx.cpu()
+    arrays = dict(tensors)
+    arrays.update(inputs)
+    args = {n: mx.nd.array(np.asarray(arrays[n]), ctx=ctx, dtype=np.asarray(arrays[n]).dtype)
+            for n in sym.list_arguments()}
+    aux = {n: mx.nd.array(np.asarray(arrays[n]), ctx=ctx, dtype=np.asarray(arrays[n]).dtype)
+           for n in sym.list_auxiliary_states()}
+    exe = sym.bind(ctx, args, aux_states=aux, grad_req="null")
+    return [o.asnumpy() for o in exe.forward(is_train=False)]
