@@ -331,3 +331,12 @@ def test_set_canonical_rejects_wrong_tensors(seeded_weights):
     w.pop("fc6_bias")
     with pytest.raises(variants.KeyMismatch, match="fc6_bias"):
         model.set_canonical(model.get_model("dpn68"), w)
+
+
+def test_demo():
+    import io
+    from dpn_gluon import demo
+    out = io.StringIO()
+    assert demo.run("dpn68", batch=1, out=out)
+    text = out.getvalue()
+    assert "imperative" in text and "hybridized" in text and "match" in text
