@@ -34,7 +34,7 @@ def _rel_diff(a, b) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)   # the largest rows hold ~350 MB each
 def _weights(name, seed, classes, classifier):
     return checkpoint.seeded_tensors(name, seed, classes, classifier)
 

@@ -15,10 +15,10 @@ def _one_line(err):
 
 # -- seeded tensors -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", list(variants.CHECKPOINTS))
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=[pytest.mark.slow] if ckpt.mib > 150 else [])
+    for name, ckpt in variants.CHECKPOINTS.items()])
 def test_seeded_tensors_follow_the_spec(name):
-    if variants.CHECKPOINTS[name].mib > 150:
-        pytest.skip("large; the dpn68 and dpn92 rows cover the code path")
     w = checkpoint.seeded_tensors(name)
     spec = variants.tensor_spec(*variants.resolve(name))
     assert [(k, v.shape, v.dtype) for k, v in w.items()] == [(k, s, np.float32) for k, s in spec.items()]

@@ -244,6 +244,26 @@ def test_plain_head_at_320(ref320, gluon_net, rel_diff):
     assert rel_diff(gluon_net("dpn68")(mx.nd.array(x)).asnumpy(), plain) < TOL
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [a for a in variants.ARCHS if a != "dpn68"])
+def test_mean_max_head_at_320_every_arch(name, seeded_weights, seeded_input, run_symbol, gluon_net,
+                                         rel_diff):
+    x = seeded_input((1, 3, 320, 320))
+    ref = run_symbol(symbols.get_symbol(name, head="mean_max"), seeded_weights(name), data=x)[0]
+    got = gluon_net(name, mean_max=True, hybridize=True)(mx.nd.array(x)).asnumpy()
+    assert rel_diff(got, ref) < TOL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(variants.CHECKPOINTS))
+def test_full_size_224_every_checkpoint(name, seeded_weights, seeded_input, run_symbol, gluon_net,
+                                        rel_diff):
+    x = seeded_input((2, 3, 224, 224))
+    ref = run_symbol(symbols.get_symbol(name, head="authors"), seeded_weights(name), data=x)[0]
+    got = gluon_net(name, hybridize=True)(mx.nd.array(x)).asnumpy()
+    assert rel_diff(got, ref) < TOL
+
+
 def test_mean_max_head_equals_plain_at_224(mean_max_net, seeded_input, gluon_net, rel_diff):
     x = mx.nd.array(seeded_input((1, 3, 224, 224)))
     mean_max_net.hybridize(False)
