@@ -174,3 +174,12 @@ def test_no_temporary_files_left(src, tmp_path):
     run(src, "--to", "timm", "-o", tmp_path / "hub")
     run(src, "--to", "mxnet", "-o", tmp_path / "mx")
     assert not [n for n in os.listdir(tmp_path) if n.endswith((".part", ".old"))]
+
+
+def test_demo_round_trip(tmp_path):
+    import io
+    from dpn_gluon.convert import demo
+    out = io.StringIO()
+    assert demo.run(tmp_path, "dpn68", out=out)
+    text = out.getvalue()
+    assert text.count("bit-identical") == 6 and "DIFFER" not in text
