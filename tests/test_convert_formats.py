@@ -412,3 +412,23 @@ def test_numeric_check_catches_a_wrong_model(tmp_path, monkeypatch):
         mxparams.write(f, {("aux:" if variants.is_aux(k) else "arg:") + k: v for k, v in tensors.items()})
     res = convert(tmp_path / "s-0000.params", "safetensors", out=tmp_path / "s.safetensors")
     assert res.check.exact and not res.check.numeric.passed and not res.ok
+
+
+@pytest.mark.parametrize("save", ["save_parameters", "collect_params"])
+def test_reads_files_the_gluon_model_saves(save, tmp_path):
+    """What Gluon itself writes: ``save_parameters`` (structural names) and
+    ``collect_params().save`` (parameter names: the authors' names with running_*)."""
+    mx = pytest.importorskip("mxnet")
+    dpn_gluon = pytest.importorskip("dpn_gluon")
+    pytest.importorskip("dpn_gluon.model")
+    path, arrays = write_seeded(tmp_path, "dpn68-extra", np.float32)
+    net = dpn_gluon.load_checkpoint(str(path))
+    out = tmp_path / "net.params"
+    if save == "save_parameters":
+        net.save_parameters(str(out))
+    else:
+        net.collect_params().save(str(out))
+    assert formats.detect(out) == "gluon"
+    res = convert(out, "mxnet", out=tmp_path / "back", classifier="fc6-1k")
+    assert res.ok and (res.arch, res.classes) == ("dpn68b", 1000)
+    assert_same_params(tmp_path / "back-0000.params", arrays)
