@@ -74,20 +74,27 @@ def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def compare_tensors(expected: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> List[str]:
-    """Every difference between two {name: array} mappings, one short line each."""
+    """Every difference between two {name: array} mappings, one short line each.
+
+    Memory-mapped pages of both sides are released tensor by tensor as they are compared.
+    """
     problems = ["missing %s" % k for k in expected if k not in got]
     problems += ["unexpected %s" % k for k in got if k not in expected]
     for k, a in expected.items():
         if k not in got:
             continue
         b = got[k]
-        if a.dtype != b.dtype:
-            problems.append("%s: dtype %s, expected %s" % (k, b.dtype, a.dtype))
-        elif a.shape != b.shape:
-            problems.append("%s: shape %s, expected %s" % (k, b.shape, a.shape))
-        elif not same_bits(a, b):
-            problems.append("%s: values differ" % k)
+        problems += _compare_one(k, a, b)
+        formats.release((a, b))
     return problems
+
+
+def _compare_one(k: str, a: np.ndarray, b: np.ndarray) -> List[str]:
+    if a.dtype != b.dtype:
+        return ["%s: dtype %s, expected %s" % (k, b.dtype, a.dtype)]
+    if a.shape != b.shape:
+        return ["%s: shape %s, expected %s" % (k, b.shape, a.shape)]
+    return [] if same_bits(a, b) else ["%s: values differ" % k]
 
 
 def expected_stored_keys(weights: "formats.Weights", target: str) -> Dict[str, tuple]:
@@ -109,6 +116,7 @@ def check_written(weights: "formats.Weights", target: str, files: List[Path], nu
         log("check: " + report.notes[-1])
         return report
     main = files[-1]       # mxnet: PREFIX-0000.params comes after the symbol
+    formats.release(weights.tensors.values())    # the write touched them all
     try:
         fmt = formats.detect(main)
         raw, metadata = formats.read_raw(main, fmt)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import struct
 import sys
@@ -325,6 +326,24 @@ def _check_metadata(metadata: Mapping[str, str], arch: variants.Arch, classes: i
     if said and said.isdigit() and int(said) != classes:
         raise CheckpointError("%s: metadata says %s classes, but the classifier has %d"
                               % (where, said, classes))
+
+
+def release(arrays) -> None:
+    """Drop the pages of memory-mapped arrays from this process (they stay in the page
+    cache and come back on the next read): keeps a conversion's footprint near one copy
+    while the check walks the source a second time. A no-op for arrays that own memory."""
+    for arr in arrays:
+        mm = arr
+        while mm is not None and not isinstance(mm, mmap.mmap):
+            mm = getattr(mm, "base", None) if not isinstance(mm, memoryview) else mm.obj
+        if mm is None or arr.nbytes == 0:
+            continue
+        start = arr.ctypes.data - np.frombuffer(mm, np.uint8, count=1).ctypes.data
+        first = start - start % mmap.PAGESIZE
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, first, start + arr.nbytes - first)
+        except (OSError, ValueError, AttributeError):
+            return
 
 
 def sha256_of(path: PathLike, chunk: int = 1 << 20) -> str:
