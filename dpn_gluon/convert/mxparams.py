@@ -210,8 +210,10 @@ def write(f: BinaryIO, arrays: Union[Mapping[str, np.ndarray], List[np.ndarray]]
     for _, arr in items:
         arr = np.asarray(arr)
         f.write(_header(arr))
-        f.write(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
-                if arr.dtype.byteorder == ">" else memoryview(np.ascontiguousarray(arr)).cast("B"))
+        data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")
+                                    if arr.dtype.byteorder == ">" else arr.dtype)
+        if data.size:                         # memoryview cannot cast a zero-size array
+            f.write(memoryview(data.reshape(-1)).cast("B"))
     names = [n for n, _ in items if n is not None]
     f.write(struct.pack("<Q", len(names)))
     for name in names:
