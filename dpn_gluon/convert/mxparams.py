@@ -93,7 +93,8 @@ class _Reader:
     def count(self, item_min_bytes: int, what: str) -> int:
         (n,) = self.unpack("<Q", what)
         if n * item_min_bytes > self.size - self.pos:
-            self.fail("%s says %d, more than the file can hold" % (what, n))
+            self.fail("%s says %d, more than the file can hold (%d bytes remain)"
+                      % (what, n, self.size - self.pos))
         return n
 
 
