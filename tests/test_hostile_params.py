@@ -107,7 +107,7 @@ BAD = [  # (id, file bytes, regex the message must match after "<path>: ")
     ("dtype-flag-negative", _one(flag=-1, data=bytes(8)), "unsupported type flag -1"),
     ("legacy-ndim-too-large", _file([struct.pack("<I", 4096)], ["w"]), "unknown array magic 0x00001000"),
     ("names-count-mismatch", _file([_array((1,), data=bytes(4))] * 2, ["a"]), "1 names for 2 arrays"),
-    ("duplicate-names", _file([_array((1,), data=bytes(4))] * 2, ["a", "a"]), "duplicate array names"),
+    ("duplicate-names", _file([_array((1,), data=bytes(4))] * 2, ["a", "a"]), "duplicate array name 'a'"),
     ("name-not-utf8", _one(data=bytes(8))[:-1] + b"\xff", "name 0 is not UTF-8"),
     ("trailing-garbage", VALID + b"\0" * 7, "7 unexpected bytes after the names"),
     ("data-short-by-one-byte", _file([_array((3,), data=bytes(11))], []), "needs more bytes|needs 8 bytes"),
@@ -281,3 +281,15 @@ def test_fuzz_params_reader(capsys):
                   stats["executions"], stats["parsed"], stats["refused"], len(seeds),
                   time.perf_counter() - start, stats["peak"] >> 10))
     assert stats["refused"] and stats["parsed"]          # both outcomes were exercised
+
+
+def test_permission_denied_is_a_checkpoint_error(tmp_path, monkeypatch):
+    """Root ignores file modes, so the refusal is injected at os.open."""
+    path = tmp_path / "secret.params"
+    path.write_bytes(VALID)
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(os, "open", denied)
+    with pytest.raises(CheckpointError, match="secret.params: cannot read: Permission denied$"):
+        mxparams.load(path)

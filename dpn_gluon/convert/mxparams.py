@@ -74,6 +74,8 @@ def is_params(head: bytes) -> bool:
 
 class _Reader:
     def __init__(self, buf, source: str):
+        if isinstance(buf, memoryview):
+            buf = buf.cast("B")               # len() must count bytes, not items
         self.buf, self.pos, self.size, self.source = buf, 0, len(buf), source
 
     def fail(self, what: str):
@@ -167,7 +169,8 @@ def loads(buf, source: str = "<bytes>", copy: bool = True) -> "Union[OrderedDict
     if not m:
         return arrays
     if len(set(names)) != len(names):
-        r.fail("duplicate array names")
+        seen = set()
+        r.fail("duplicate array name %r" % next(n for n in names if n in seen or seen.add(n)))
     return OrderedDict(zip(names, arrays))
 
 
