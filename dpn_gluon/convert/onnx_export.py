@@ -124,8 +124,10 @@ def _tap_channels(arch: variants.Arch) -> Dict[str, int]:
 def build_onnx(tensors: Mapping[str, np.ndarray], arch: variants.Arch, classes: int,
                classifier: str, mean_max: bool = False, opset: int = DEFAULT_OPSET,
                tap_outputs: bool = False):
-    """The ``onnx.ModelProto`` of ``arch`` with ``tensors`` (canonical names) as initializers."""
-    import onnx
+    """The ``onnx.ModelProto`` of ``arch`` with ``tensors`` (canonical names) as initializers.
+
+    Not yet checked: :func:`export_onnx` runs ``onnx.checker`` on the serialized bytes it writes.
+    """
     from onnx import TensorProto, helper
 
     g = _Graph(tensors)
@@ -173,7 +175,6 @@ def build_onnx(tensors: Mapping[str, np.ndarray], arch: variants.Arch, classes: 
                                    "classifier": classifier, "head": "mean_max" if mean_max else "global",
                                    "mean_rgb": ",".join("%g" % m for m in variants.MEAN_RGB),
                                    "scale": "%g" % variants.SCALE})
-    onnx.checker.check_model(model)
     return model
 
 
@@ -187,6 +188,8 @@ def export_onnx(tensors: Mapping[str, np.ndarray], path: Union[str, Path], arch:
     shapes (validated strictly against the variant table) unless given.
     """
     path = check_writable(path, force)
+    import onnx
+
     shapes = {name: np.shape(v) for name, v in tensors.items()}
     found, found_classes, found_classifier = variants.identify(shapes, arch, source)
     if classes is not None and classes != found_classes:
@@ -194,6 +197,8 @@ def export_onnx(tensors: Mapping[str, np.ndarray], path: Union[str, Path], arch:
     if classifier is not None and classifier != found_classifier:
         raise CheckpointError("%s: the classifier is %s, not %s" % (source, found_classifier, classifier))
     model = build_onnx(tensors, found, found_classes, found_classifier, mean_max, opset, tap_outputs)
+    data = model.SerializeToString()   # once: 100s of MB for the large variants
+    onnx.checker.check_model(data)
     with atomic_write(path, force) as f:
-        f.write(model.SerializeToString())
+        f.write(data)
     return path
