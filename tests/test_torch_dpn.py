@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 from dpn_gluon import variants  # noqa: E402
 from dpn_gluon.convert import torch_dpn  # noqa: E402
-from dpn_gluon.errors import KeyMismatch  # noqa: E402
+from dpn_gluon.errors import CheckpointError, KeyMismatch  # noqa: E402
 from dpn_gluon.checkpoint import seeded_tensors  # noqa: E402
 
 TIMM_KEYS = Path(__file__).parent / "data" / "timm_state_dict_keys.json"
@@ -158,6 +158,11 @@ def test_load_canonical_refuses_the_other_unit():
     with pytest.raises(KeyMismatch) as err:
         torch_dpn.load_canonical(torch_dpn.build_model("dpn68"), tensors("dpn68b"))
     assert any("c1x1-c1__conv_weight" in k for k in err.value.unexpected)
+
+
+def test_from_canonical_refuses_a_wrong_class_count():
+    with pytest.raises(CheckpointError, match="has 1000 classes, not 10"):
+        torch_dpn.from_canonical(tensors("dpn68"), classes=10)
 
 
 def test_load_canonical_casts_float16_checkpoints():

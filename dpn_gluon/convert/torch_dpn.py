@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import variants
-from ..errors import KeyMismatch
+from ..errors import CheckpointError, KeyMismatch
 from . import names
 
 
@@ -202,8 +202,6 @@ def from_canonical(tensors: Mapping[str, np.ndarray], arch: Optional[str] = None
     shapes = {k: np.shape(v) for k, v in tensors.items()}
     found, found_classes, found_classifier = variants.identify(shapes, arch, source)
     if classes is not None and classes != found_classes:
-        raise KeyMismatch(source, "%d classes" % classes,
-                          misshapen=[(found_classifier + "_weight", shapes[found_classifier + "_weight"],
-                                      (classes, found.num_features))])
+        raise CheckpointError("%s: has %d classes, not %d" % (source, found_classes, classes))
     model = DPN(found, found_classes, mean_max).eval()
     return load_canonical(model, tensors, classifier or found_classifier, source)
