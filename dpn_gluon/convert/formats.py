@@ -48,7 +48,7 @@ import numpy as np
 from .. import variants
 from ..errors import CheckpointError, DPNError
 from . import mxparams, names
-from .atomic import atomic_path, atomic_write, check_writable
+from .atomic import atomic_path, atomic_write, check_writable, check_writable_folder
 
 FORMATS = ("mxnet", "gluon", "torch", "safetensors", "timm")
 TARGETS = FORMATS + ("onnx",)
@@ -486,7 +486,10 @@ def check_outputs(src: Path, src_format: str, target: str, out: Path,
         if _real(path) in sources:
             raise DPNError("%s: the output would overwrite the input; choose another with -o"
                            % path)
-        check_writable(path, force)
+        if target == "timm":
+            check_writable_folder(path, force)
+        else:
+            check_writable(path, force)
     return files
 
 
