@@ -36,7 +36,7 @@ def assert_one_line_error(result, *words):
 
 @pytest.fixture
 def src(tmp_path):
-    path, arrays = write_seeded(tmp_path, "dpn68-extra", np.float16)
+    path, arrays = write_seeded(tmp_path, "dpn68-extra", np.float16, bits=False)
     return path
 
 
@@ -57,7 +57,7 @@ def test_explicit_subcommand_and_output_folder(src, tmp_path):
 
 
 def test_prefix_with_epoch(tmp_path):
-    arrays = seeded_params("dpn68", np.float16)
+    arrays = seeded_params("dpn68", np.float16, bits=False)
     with open(tmp_path / "model-0007.params", "wb") as f:
         mxparams.write(f, arrays)
     r = run(tmp_path / "model", "--epoch", "7", "--to", "gluon")
@@ -158,7 +158,7 @@ def test_usage_errors_exit_2_in_one_line(args, words):
 
 
 def test_output_over_input_refused(tmp_path):
-    src, _ = write_seeded(tmp_path, "dpn68", np.float16)
+    src, _ = write_seeded(tmp_path, "dpn68", np.float16, bits=False)
     assert run(src, "--to", "gluon", "-o", tmp_path / "g.params").exit_code == 0
     assert_one_line_error(run(tmp_path / "g.params", "--to", "gluon", "--force"), "overwrite the input")
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from dpn_gluon import variants
+from dpn_gluon.checkpoint import seeded_tensors
 from dpn_gluon.convert import formats, mxparams
 from dpn_gluon.convert.pipeline import convert
 from dpn_gluon.errors import CheckpointError, KeyMismatch
@@ -30,32 +31,31 @@ if not REFERENCE.is_file():
 TARGETS = ("torch", "safetensors", "timm", "gluon", "mxnet")
 
 
-def seeded_params(name: str, dtype=np.float32, seed: int = 0) -> "dict[str, np.ndarray]":
+def seeded_params(name: str, dtype=np.float32, seed: int = 0, bits: bool = True
+                  ) -> "dict[str, np.ndarray]":
     """An authors'-format {'arg:..'/'aux:..': array} for a checkpoint row, seeded.
 
-    BatchNorm statistics are randomized (variance in 0.5..2) and gamma/beta differ, so a
-    swapped pair or a wrong leaf shows. float16 checkpoints use random bit patterns
-    (NaN payloads included) to prove the copies are bit-exact.
+    ``bits=True``: random bit patterns (NaN payloads, -0.0 and subnormals included) to prove
+    copies are bit-exact; otherwise :func:`dpn_gluon.checkpoint.seeded_tensors` (He-init
+    convolutions, randomized BatchNorm statistics), which a network can run.
     """
     arch, classes, fc = variants.resolve(name)
+    if not bits:
+        tensors = seeded_tensors(name, seed, dtype=np.dtype(dtype).name)
+        return {("aux:" if variants.is_aux(k) else "arg:") + k: v for k, v in tensors.items()}
     rng = np.random.default_rng(seed)
+    width = {2: np.uint16, 4: np.uint32}[np.dtype(dtype).itemsize]
     out = {}
     for key, shape in variants.tensor_spec(arch, classes, fc).items():
-        if np.dtype(dtype) == np.float16:
-            arr = rng.integers(0, 1 << 16, size=shape, dtype=np.uint16).view(np.float16)
-        elif key.endswith("_moving_var"):
-            arr = rng.uniform(0.5, 2.0, shape).astype(dtype)
-        elif key.endswith("_gamma"):
-            arr = rng.uniform(0.5, 1.5, shape).astype(dtype)
-        else:
-            arr = (rng.standard_normal(shape) * 0.1).astype(dtype)
-        out[("aux:" if variants.is_aux(key) else "arg:") + key] = arr
+        arr = rng.integers(0, np.iinfo(width).max, size=shape, dtype=width, endpoint=True)
+        out[("aux:" if variants.is_aux(key) else "arg:") + key] = arr.view(dtype)
     return out
 
 
-def write_seeded(folder: Path, name: str, dtype=np.float32, seed: int = 0, prefix=None):
+def write_seeded(folder: Path, name: str, dtype=np.float32, seed: int = 0, prefix=None,
+                 bits: bool = True):
     """Write PREFIX-0000.params for a checkpoint row; returns (path, arrays)."""
-    arrays = seeded_params(name, dtype, seed)
+    arrays = seeded_params(name, dtype, seed, bits)
     path = Path(folder) / ("%s-0000.params" % (prefix or name))
     with open(path, "wb") as f:
         mxparams.write(f, arrays)
@@ -102,7 +102,7 @@ def small_dtype(name):
 def source(request, tmp_path_factory):
     name = request.param
     folder = fast_folder(tmp_path_factory, name)
-    path, arrays = write_seeded(folder, name, small_dtype(name))
+    path, arrays = write_seeded(folder, name, small_dtype(name), bits=True)
     yield name, path, arrays
     shutil.rmtree(folder, ignore_errors=True)
 
@@ -122,18 +122,18 @@ def test_round_trip_every_checkpoint(source, target, tmp_path):
 
 
 def test_chain_original_safetensors_gluon_original(tmp_path):
-    path, arrays = write_seeded(tmp_path, "dpn92-places365", np.float16)
-    convert(path, "safetensors", out=tmp_path / "a.safetensors")
-    convert(tmp_path / "a.safetensors", "gluon", out=tmp_path / "b.params")
-    convert(tmp_path / "b.params", "mxnet", out=tmp_path / "c", classifier="fc6")
+    path, arrays = write_seeded(tmp_path, "dpn92-places365", np.float16, bits=True)
+    convert(path, "safetensors", out=tmp_path / "a.safetensors", numeric=False)
+    convert(tmp_path / "a.safetensors", "gluon", out=tmp_path / "b.params", numeric=False)
+    convert(tmp_path / "b.params", "mxnet", out=tmp_path / "c", classifier="fc6", numeric=False)
     assert_same_params(tmp_path / "c-0000.params", arrays)
 
 
 def test_timm_original_timm_is_identical(tmp_path):
     path, _ = write_seeded(tmp_path, "dpn68-extra")
-    convert(path, "timm", out=tmp_path / "t1")
-    convert(tmp_path / "t1", "mxnet", out=tmp_path / "orig")
-    convert(tmp_path / "orig-0000.params", "timm", out=tmp_path / "t2")
+    convert(path, "timm", out=tmp_path / "t1", numeric=False)
+    convert(tmp_path / "t1", "mxnet", out=tmp_path / "orig", numeric=False)
+    convert(tmp_path / "orig-0000.params", "timm", out=tmp_path / "t2", numeric=False)
     from safetensors.numpy import load_file
     a, b = load_file(tmp_path / "t1" / "model.safetensors"), load_file(tmp_path / "t2" / "model.safetensors")
     assert list(a) == list(b)
@@ -163,7 +163,7 @@ def test_keys_and_shapes_equal_timm(arch, tmp_path):
 def test_torch_state_dict_in_timm_order_with_known_pairs(tmp_path):
     torch = pytest.importorskip("torch")
     path, arrays = write_seeded(tmp_path, "dpn68b", np.float32)
-    convert(path, "torch", out=tmp_path / "m.pth")
+    convert(path, "torch", out=tmp_path / "m.pth", numeric=False)
     sd = torch.load(tmp_path / "m.pth", weights_only=True)
     assert [k for k in sd] == [k for k, _, _ in reference_keys()["dpn68b"]]
     pairs = {  # written by hand from pytorch-ports.md section 8, not from names.py
@@ -229,8 +229,8 @@ def test_classifier_default_from_a_state_dict(name, expected, tmp_path):
 
 
 def test_classifier_override(tmp_path):
-    path, arrays = write_seeded(tmp_path, "dpn92", np.float16)
-    res = convert(path, "mxnet", out=tmp_path / "x", classifier="fc6-1k", check=True)
+    path, arrays = write_seeded(tmp_path, "dpn92", np.float16, bits=True)
+    res = convert(path, "mxnet", out=tmp_path / "x", classifier="fc6-1k", numeric=False)
     assert res.classifier == "fc6-1k" and res.ok
     got = mxparams.load(tmp_path / "x-0000.params")
     assert got["arg:fc6-1k_weight"].tobytes() == arrays["arg:fc6_weight"].tobytes()
@@ -324,7 +324,7 @@ def test_input_is_never_modified(tmp_path):
     path, _ = write_seeded(tmp_path, "dpn68", np.float16)
     before = (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
     for target in ("gluon", "safetensors", "timm"):
-        convert(path, target, out=tmp_path / ("o_" + target))
+        convert(path, target, out=tmp_path / ("o_" + target), numeric=False)
     assert (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns) == before
 
 
@@ -421,7 +421,7 @@ def test_reads_files_the_gluon_model_saves(save, tmp_path):
     mx = pytest.importorskip("mxnet")
     dpn_gluon = pytest.importorskip("dpn_gluon")
     pytest.importorskip("dpn_gluon.model")
-    path, arrays = write_seeded(tmp_path, "dpn68-extra", np.float32)
+    path, arrays = write_seeded(tmp_path, "dpn68-extra", np.float32, bits=False)
     net = dpn_gluon.load_checkpoint(str(path))
     out = tmp_path / "net.params"
     if save == "save_parameters":
@@ -429,6 +429,6 @@ def test_reads_files_the_gluon_model_saves(save, tmp_path):
     else:
         net.collect_params().save(str(out))
     assert formats.detect(out) == "gluon"
-    res = convert(out, "mxnet", out=tmp_path / "back", classifier="fc6-1k")
+    res = convert(out, "mxnet", out=tmp_path / "back", classifier="fc6-1k", numeric=False)
     assert res.ok and (res.arch, res.classes) == ("dpn68b", 1000)
     assert_same_params(tmp_path / "back-0000.params", arrays)
