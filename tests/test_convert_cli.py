@@ -183,3 +183,13 @@ def test_demo_round_trip(tmp_path):
     assert demo.run(tmp_path, "dpn68", out=out)
     text = out.getvalue()
     assert text.count("bit-identical") == 6 and "DIFFER" not in text
+
+
+def test_to_onnx_through_the_hook(src, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("dpn_gluon.convert.onnx_export")
+    r = run(src, "--to", "onnx", "-o", tmp_path / "m.onnx", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["outputs"] == [str(tmp_path / "m.onnx")]
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    assert model.graph.input[0].name
