@@ -114,6 +114,11 @@ def _bad_inputs(folder: Path):
     data = good.read_bytes()
     (folder / "truncated-0000.params").write_bytes(data[: len(data) - 1000])
     (folder / "random.bin").write_bytes(np.random.default_rng(0).bytes(10000))
+    from dpn_gluon.convert.pipeline import convert
+    convert(good, "safetensors", out=folder / "whole.safetensors", check=False)
+    st = (folder / "whole.safetensors").read_bytes()
+    (folder / "cut.safetensors").write_bytes(st[: len(st) // 3])
+    (folder / "whole.safetensors").unlink()
     missing = dict(arrays)
     del missing["arg:conv4_x__3_c3x3-b__conv_weight"]
     with open(folder / "missing-0000.params", "wb") as f:
@@ -127,12 +132,39 @@ def _bad_inputs(folder: Path):
     ("missing-0000.params", [], ["missing 1", "conv4_x__3_c3x3-b__conv_weight"]),
     ("good-0000.params", ["--arch", "dpn92"], ["does not match dpn92"]),
     ("nonexistent.params", [], ["no such file"]),
+    ("cut.safetensors", [], ["cut.safetensors", "not a valid safetensors file"]),
 ])
 def test_bad_input_exit_2_no_output(case, extra, words, tmp_path):
     _bad_inputs(tmp_path)
     before = listing(tmp_path)
     r = run(tmp_path / case, "--to", "torch", "-o", tmp_path / "out.pth", *extra)
     assert_one_line_error(r, *words)
+    assert listing(tmp_path) == before
+
+
+def test_timm_config_contradicting_the_weights(src, tmp_path):
+    assert run(src, "--to", "timm", "-o", tmp_path / "hub").exit_code == 0
+    cfg = json.loads((tmp_path / "hub" / "config.json").read_text())
+    cfg["architecture"] = "dpn92"
+    (tmp_path / "hub" / "config.json").write_text(json.dumps(cfg))
+    assert_one_line_error(run(tmp_path / "hub", "--to", "torch", "-o", tmp_path / "x.pth"),
+                          "says architecture dpn92", "dpn68b")
+    assert not (tmp_path / "x.pth").exists()
+
+
+def test_symbol_file_names_its_checkpoint(src, tmp_path):
+    (tmp_path / "dpn68-extra-symbol.json").write_text('{"nodes": []}')
+    r = run(tmp_path / "dpn68-extra-symbol.json", "--to", "gluon", "-o", tmp_path / "g.params")
+    assert r.exit_code == 0, r.output
+
+
+def test_truncated_torch_file(src, tmp_path):
+    pytest.importorskip("torch")
+    assert run(src, "--to", "torch", "-o", tmp_path / "m.pth").exit_code == 0
+    data = (tmp_path / "m.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    before = listing(tmp_path)
+    assert_one_line_error(run(tmp_path / "cut.pth", "--to", "safetensors"), "cut.pth")
     assert listing(tmp_path) == before
 
 

@@ -97,8 +97,12 @@ class Weights:
 # -- detect ------------------------------------------------------------------------------
 
 def resolve_source(src: PathLike, epoch: Optional[int] = None) -> Path:
-    """The file or folder SRC names: ``PREFIX`` with ``epoch`` is ``PREFIX-%04d.params``."""
+    """The file or folder SRC names: ``PREFIX`` with ``epoch`` is ``PREFIX-%04d.params``
+    (``PREFIX-symbol.json`` too); a ``PREFIX`` that is not a file means epoch 0."""
     src = Path(src)
+    if src.name.endswith("-symbol.json"):      # the graph's file names the checkpoint too
+        src = src.with_name(src.name[: -len("-symbol.json")])
+        epoch = epoch or 0
     if epoch is not None:
         path = Path("%s-%04d.params" % (src, epoch))
         if not path.is_file():
