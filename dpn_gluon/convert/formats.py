@@ -137,7 +137,7 @@ def detect(path: PathLike) -> str:
         return "torch"
     if len(head) >= 9:
         (n,) = struct.unpack("<Q", head[:8])
-        if 2 <= n <= size - 8 and head[8:9] == b"{":
+        if n >= 2 and head[8:10] in (b'{"', b"{}"):     # a truncated one too: its reader says so
             return "safetensors"
     if head.lstrip()[:1] == b"{" and b'"nodes"' in head + _peek(path, 4096):
         raise CheckpointError("%s: an MXNet symbol file; pass PREFIX-0000.params (or PREFIX "
@@ -213,7 +213,7 @@ def _read_torch(path: Path):
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)   # legacy format
     except Exception as e:   # torch raises pickle, zip and runtime errors of many kinds
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
         if "Weights only load failed" in str(e) or "weights_only" in str(e):
             reason = "holds Python objects other than tensors (refused: only weights are loaded)"
         raise CheckpointError("%s: not a loadable PyTorch state_dict: %s" % (path, reason)) from None
