@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,16 @@ from click.testing import CliRunner
 from dpn_gluon.convert import check as check_mod
 from dpn_gluon.convert import mxparams
 from dpn_gluon.convert.cli import main
-from test_convert_formats import seeded_params, tmp_path, write_seeded  # noqa: F401 (fixture)
+from test_convert_formats import fast_folder, seeded_params, write_seeded
 
+
+
+@pytest.fixture
+def scratch(tmp_path_factory):
+    """A scratch folder on tmpfs where there is one (see test_convert_formats.fast_folder)."""
+    folder = fast_folder(tmp_path_factory, "t")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
@@ -35,8 +44,8 @@ def assert_one_line_error(result, *words):
 
 
 @pytest.fixture
-def src(tmp_path):
-    path, arrays = write_seeded(tmp_path, "dpn68-extra", np.float16, bits=False)
+def src(scratch):
+    path, arrays = write_seeded(scratch, "dpn68-extra", np.float16, bits=False)
     return path
 
 
@@ -49,35 +58,35 @@ def test_convert_default_name_and_stdout(src):
     assert "bit-identical" in r.stderr
 
 
-def test_explicit_subcommand_and_output_folder(src, tmp_path):
-    (tmp_path / "outdir").mkdir()
-    r = run("convert", src, "--to", "torch", "-o", tmp_path / "outdir")
+def test_explicit_subcommand_and_output_folder(src, scratch):
+    (scratch / "outdir").mkdir()
+    r = run("convert", src, "--to", "torch", "-o", scratch / "outdir")
     assert r.exit_code == 0, r.output
-    assert listing(tmp_path / "outdir") == ["dpn68-extra.pth"]
+    assert listing(scratch / "outdir") == ["dpn68-extra.pth"]
 
 
-def test_prefix_with_epoch(tmp_path):
+def test_prefix_with_epoch(scratch):
     arrays = seeded_params("dpn68", np.float16, bits=False)
-    with open(tmp_path / "model-0007.params", "wb") as f:
+    with open(scratch / "model-0007.params", "wb") as f:
         mxparams.write(f, arrays)
-    r = run(tmp_path / "model", "--epoch", "7", "--to", "gluon")
+    r = run(scratch / "model", "--epoch", "7", "--to", "gluon")
     assert r.exit_code == 0, r.output
-    assert (tmp_path / "model.params").is_file()
+    assert (scratch / "model.params").is_file()
 
 
-def test_json_record(src, tmp_path):
-    r = run(src, "--to", "timm", "-o", tmp_path / "hub", "--json")
+def test_json_record(src, scratch):
+    r = run(src, "--to", "timm", "-o", scratch / "hub", "--json")
     assert r.exit_code == 0, r.output
     rec = json.loads(r.stdout)           # exactly one JSON document on stdout
-    assert rec["outputs"] == [str(tmp_path / "hub")]
+    assert rec["outputs"] == [str(scratch / "hub")]
     assert (rec["arch"], rec["classes"], rec["classifier"]) == ("dpn68b", 1000, "fc6-1k")
     assert rec["tensors"] == 383 and rec["dtypes"] == ["float16"]
     assert rec["check"]["exact"] is True and rec["ok"] is True
     assert rec["source_format"] == "mxnet" and len(rec["source_sha256"]) == 64
 
 
-def test_refuses_to_overwrite_without_force(src, tmp_path):
-    out = tmp_path / "x.pth"
+def test_refuses_to_overwrite_without_force(src, scratch):
+    out = scratch / "x.pth"
     assert run(src, "--to", "torch", "-o", out).exit_code == 0
     stamp = out.stat().st_mtime_ns
     r = run(src, "--to", "torch", "-o", out)
@@ -86,24 +95,24 @@ def test_refuses_to_overwrite_without_force(src, tmp_path):
     assert run(src, "--to", "torch", "-o", out, "--force").exit_code == 0
 
 
-def test_timm_folder_overwrite_with_force(src, tmp_path):
-    assert run(src, "--to", "timm", "-o", tmp_path / "hub").exit_code == 0
-    assert_one_line_error(run(src, "--to", "timm", "-o", tmp_path / "hub"), "exists")
-    r = run(src, "--to", "timm", "-o", tmp_path / "hub", "--force")
+def test_timm_folder_overwrite_with_force(src, scratch):
+    assert run(src, "--to", "timm", "-o", scratch / "hub").exit_code == 0
+    assert_one_line_error(run(src, "--to", "timm", "-o", scratch / "hub"), "exists")
+    r = run(src, "--to", "timm", "-o", scratch / "hub", "--force")
     assert r.exit_code == 0, r.output
-    assert listing(tmp_path / "hub") == ["config.json", "model.safetensors"]
+    assert listing(scratch / "hub") == ["config.json", "model.safetensors"]
 
 
-def test_check_failure_exits_1(src, tmp_path, monkeypatch):
+def test_check_failure_exits_1(src, scratch, monkeypatch):
     monkeypatch.setattr(check_mod, "compare_tensors", lambda a, b: ["x: values differ"])
-    r = run(src, "--to", "safetensors", "-o", tmp_path / "y.safetensors", "--json")
+    r = run(src, "--to", "safetensors", "-o", scratch / "y.safetensors", "--json")
     assert r.exit_code == 1
     assert json.loads(r.stdout)["check"]["exact"] is False
     assert "check FAILED" in r.stderr
 
 
-def test_no_check(src, tmp_path):
-    r = run(src, "--to", "gluon", "-o", tmp_path / "g.params", "--no-check", "--json")
+def test_no_check(src, scratch):
+    r = run(src, "--to", "gluon", "-o", scratch / "g.params", "--no-check", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["check"] is None
 
 
@@ -134,48 +143,48 @@ def _bad_inputs(folder: Path):
     ("nonexistent.params", [], ["no such file"]),
     ("cut.safetensors", [], ["cut.safetensors", "not a valid safetensors file"]),
 ])
-def test_bad_input_exit_2_no_output(case, extra, words, tmp_path):
-    _bad_inputs(tmp_path)
-    before = listing(tmp_path)
-    r = run(tmp_path / case, "--to", "torch", "-o", tmp_path / "out.pth", *extra)
+def test_bad_input_exit_2_no_output(case, extra, words, scratch):
+    _bad_inputs(scratch)
+    before = listing(scratch)
+    r = run(scratch / case, "--to", "torch", "-o", scratch / "out.pth", *extra)
     assert_one_line_error(r, *words)
-    assert listing(tmp_path) == before
+    assert listing(scratch) == before
 
 
-def test_timm_config_contradicting_the_weights(src, tmp_path):
-    assert run(src, "--to", "timm", "-o", tmp_path / "hub").exit_code == 0
-    cfg = json.loads((tmp_path / "hub" / "config.json").read_text())
+def test_timm_config_contradicting_the_weights(src, scratch):
+    assert run(src, "--to", "timm", "-o", scratch / "hub").exit_code == 0
+    cfg = json.loads((scratch / "hub" / "config.json").read_text())
     cfg["architecture"] = "dpn92"
-    (tmp_path / "hub" / "config.json").write_text(json.dumps(cfg))
-    assert_one_line_error(run(tmp_path / "hub", "--to", "torch", "-o", tmp_path / "x.pth"),
+    (scratch / "hub" / "config.json").write_text(json.dumps(cfg))
+    assert_one_line_error(run(scratch / "hub", "--to", "torch", "-o", scratch / "x.pth"),
                           "says architecture dpn92", "dpn68b")
-    assert not (tmp_path / "x.pth").exists()
+    assert not (scratch / "x.pth").exists()
 
 
-def test_symbol_file_names_its_checkpoint(src, tmp_path):
-    (tmp_path / "dpn68-extra-symbol.json").write_text('{"nodes": []}')
-    r = run(tmp_path / "dpn68-extra-symbol.json", "--to", "gluon", "-o", tmp_path / "g.params")
+def test_symbol_file_names_its_checkpoint(src, scratch):
+    (scratch / "dpn68-extra-symbol.json").write_text('{"nodes": []}')
+    r = run(scratch / "dpn68-extra-symbol.json", "--to", "gluon", "-o", scratch / "g.params")
     assert r.exit_code == 0, r.output
 
 
-def test_truncated_torch_file(src, tmp_path):
+def test_truncated_torch_file(src, scratch):
     pytest.importorskip("torch")
-    assert run(src, "--to", "torch", "-o", tmp_path / "m.pth").exit_code == 0
-    data = (tmp_path / "m.pth").read_bytes()
-    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
-    before = listing(tmp_path)
-    assert_one_line_error(run(tmp_path / "cut.pth", "--to", "safetensors"), "cut.pth")
-    assert listing(tmp_path) == before
+    assert run(src, "--to", "torch", "-o", scratch / "m.pth").exit_code == 0
+    data = (scratch / "m.pth").read_bytes()
+    (scratch / "cut.pth").write_bytes(data[: len(data) // 2])
+    before = listing(scratch)
+    assert_one_line_error(run(scratch / "cut.pth", "--to", "safetensors"), "cut.pth")
+    assert listing(scratch) == before
 
 
-def test_pickled_object_not_a_state_dict(tmp_path):
+def test_pickled_object_not_a_state_dict(scratch):
     torch = pytest.importorskip("torch")
-    torch.save({"epoch": 3, "acc": [0.5]}, tmp_path / "opt.pth")
-    before = listing(tmp_path)
-    assert_one_line_error(run(tmp_path / "opt.pth", "--to", "mxnet"), "opt.pth", "not a state_dict")
-    assert listing(tmp_path) == before
-    torch.save(Exception("not weights"), tmp_path / "exc.pth")
-    assert_one_line_error(run(tmp_path / "exc.pth", "--to", "safetensors"), "exc.pth", "refused")
+    torch.save({"epoch": 3, "acc": [0.5]}, scratch / "opt.pth")
+    before = listing(scratch)
+    assert_one_line_error(run(scratch / "opt.pth", "--to", "mxnet"), "opt.pth", "not a state_dict")
+    assert listing(scratch) == before
+    torch.save(Exception("not weights"), scratch / "exc.pth")
+    assert_one_line_error(run(scratch / "exc.pth", "--to", "safetensors"), "exc.pth", "refused")
 
 
 @pytest.mark.parametrize("args, words", [
@@ -189,10 +198,10 @@ def test_usage_errors_exit_2_in_one_line(args, words):
     assert_one_line_error(run(*args), *words)
 
 
-def test_output_over_input_refused(tmp_path):
-    src, _ = write_seeded(tmp_path, "dpn68", np.float16, bits=False)
-    assert run(src, "--to", "gluon", "-o", tmp_path / "g.params").exit_code == 0
-    assert_one_line_error(run(tmp_path / "g.params", "--to", "gluon", "--force"), "overwrite the input")
+def test_output_over_input_refused(scratch):
+    src, _ = write_seeded(scratch, "dpn68", np.float16, bits=False)
+    assert run(src, "--to", "gluon", "-o", scratch / "g.params").exit_code == 0
+    assert_one_line_error(run(scratch / "g.params", "--to", "gluon", "--force"), "overwrite the input")
 
 
 def test_help():
@@ -202,26 +211,26 @@ def test_help():
     assert r.exit_code == 0 and "--classifier" in r.stdout and "--epoch" in r.stdout
 
 
-def test_no_temporary_files_left(src, tmp_path):
-    run(src, "--to", "timm", "-o", tmp_path / "hub")
-    run(src, "--to", "mxnet", "-o", tmp_path / "mx")
-    assert not [n for n in os.listdir(tmp_path) if n.endswith((".part", ".old"))]
+def test_no_temporary_files_left(src, scratch):
+    run(src, "--to", "timm", "-o", scratch / "hub")
+    run(src, "--to", "mxnet", "-o", scratch / "mx")
+    assert not [n for n in os.listdir(scratch) if n.endswith((".part", ".old"))]
 
 
-def test_demo_round_trip(tmp_path):
+def test_demo_round_trip(scratch):
     import io
     from dpn_gluon.convert import demo
     out = io.StringIO()
-    assert demo.run(tmp_path, "dpn68", out=out)
+    assert demo.run(scratch, "dpn68", out=out)
     text = out.getvalue()
     assert text.count("bit-identical") == 6 and "DIFFER" not in text
 
 
-def test_to_onnx_through_the_hook(src, tmp_path):
+def test_to_onnx_through_the_hook(src, scratch):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("dpn_gluon.convert.onnx_export")
-    r = run(src, "--to", "onnx", "-o", tmp_path / "m.onnx", "--json")
+    r = run(src, "--to", "onnx", "-o", scratch / "m.onnx", "--json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["outputs"] == [str(tmp_path / "m.onnx")]
-    model = onnx.load(str(tmp_path / "m.onnx"))
+    assert json.loads(r.stdout)["outputs"] == [str(scratch / "m.onnx")]
+    model = onnx.load(str(scratch / "m.onnx"))
     assert model.graph.input[0].name

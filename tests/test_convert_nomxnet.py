@@ -8,6 +8,7 @@ work, the check must say MXNet is unavailable, and numpy-only targets must not i
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_convert_formats import assert_same_params, tmp_path, write_seeded  # noqa: F401
+from test_convert_formats import assert_same_params, fast_folder, write_seeded
+
+
+@pytest.fixture
+def scratch(tmp_path_factory):
+    """A scratch folder on tmpfs where there is one (see test_convert_formats.fast_folder)."""
+    folder = fast_folder(tmp_path_factory, "t")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,18 +48,18 @@ def run_without_mxnet(*args):
 
 
 @pytest.fixture
-def src(tmp_path):
-    return write_seeded(tmp_path, "dpn92-extra", np.float16)
+def src(scratch):
+    return write_seeded(scratch, "dpn92-extra", np.float16)
 
 
 @pytest.mark.parametrize("target, needs_torch", [("safetensors", False), ("timm", False),
                                                  ("torch", True)])
-def test_original_to_target_without_mxnet(src, target, needs_torch, tmp_path):
+def test_original_to_target_without_mxnet(src, target, needs_torch, scratch):
     if needs_torch:
         pytest.importorskip("torch")
     path, arrays = src
     code, out, log, torch_imported = run_without_mxnet(path, "--to", target, "-o",
-                                                       tmp_path / "out", "--json")
+                                                       scratch / "out", "--json")
     assert code == 0, log
     rec = json.loads(out)
     assert rec["check"]["exact"] is True
@@ -58,16 +67,16 @@ def test_original_to_target_without_mxnet(src, target, needs_torch, tmp_path):
     assert "MXNet is not installed" in log
     assert torch_imported == needs_torch
     # and back to the original format, still without MXNet (only the .params, no symbol)
-    code, out, log, _ = run_without_mxnet(tmp_path / "out", "--to", "mxnet", "-o",
-                                          tmp_path / "back", "--classifier", "fc6-1k", "--json")
+    code, out, log, _ = run_without_mxnet(scratch / "out", "--to", "mxnet", "-o",
+                                          scratch / "back", "--classifier", "fc6-1k", "--json")
     assert code == 0, log
-    assert json.loads(out)["outputs"] == [str(tmp_path / "back-0000.params")]
+    assert json.loads(out)["outputs"] == [str(scratch / "back-0000.params")]
     assert "wrote only" in log
-    assert_same_params(tmp_path / "back-0000.params", arrays)
+    assert_same_params(scratch / "back-0000.params", arrays)
 
 
-def test_bad_input_without_mxnet_is_one_line(tmp_path):
-    (tmp_path / "junk.params").write_bytes(b"\x12\x01" + bytes(100))
-    code, out, log, _ = run_without_mxnet(tmp_path / "junk.params", "--to", "safetensors")
+def test_bad_input_without_mxnet_is_one_line(scratch):
+    (scratch / "junk.params").write_bytes(b"\x12\x01" + bytes(100))
+    code, out, log, _ = run_without_mxnet(scratch / "junk.params", "--to", "safetensors")
     assert code == 2 and out == ""
     assert log.startswith("dpn-convert: error:") and len(log.splitlines()) == 1

@@ -32,6 +32,7 @@ torch is imported only to read or write ``.pth`` files, MXNet only to build a sy
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import mmap
 import os
@@ -125,7 +126,6 @@ def detect(path: PathLike) -> str:
         raise CheckpointError("%s: a folder, but not a timm folder (needs %s and %s)"
                               % (path, TIMM_CONFIG, TIMM_WEIGHTS))
     try:
-        size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(64)
     except OSError as e:
@@ -544,7 +544,7 @@ def _write_gluon(weights: Weights, out: Path, force: bool, log):
 def symbol_json(weights: Weights) -> Optional[str]:
     """The authors' graph for these weights as ``-symbol.json`` text; None without MXNet."""
     try:
-        import mxnet  # noqa: F401
+        importlib.import_module("mxnet")    # dpn_gluon.symbols imports it only when building
         from ..symbols import get_symbol
     except ImportError:
         return None
