@@ -234,3 +234,8 @@ def test_to_onnx_through_the_hook(src, scratch):
     assert json.loads(r.stdout)["outputs"] == [str(scratch / "m.onnx")]
     model = onnx.load(str(scratch / "m.onnx"))
     assert model.graph.input[0].name
+
+
+def test_no_arguments_prints_help():
+    r = run()
+    assert r.exit_code == 0 and "dpn-convert SRC --to FORMAT" in r.stdout

@@ -60,14 +60,18 @@ def _log(msg: str):
     click.echo("%s: %s" % (PROG, msg), err=True)
 
 
-@click.group(cls=_DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
-def main():
+@click.group(cls=_DefaultGroup, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.pass_context
+def main(ctx):
     """Convert the authors' Dual Path Network checkpoints between formats.
 
     \b
     dpn-convert SRC --to FORMAT [options]     (same as: dpn-convert convert SRC ...)
     Run `dpn-convert convert --help` for the options.
     """
+    if ctx.invoked_subcommand is None:      # no arguments at all: the help, on stdout
+        click.echo(ctx.get_help())
 
 
 @main.command("convert")
