@@ -433,3 +433,20 @@ def test_reads_files_the_gluon_model_saves(save, scratch):
     res = convert(out, "mxnet", out=scratch / "back", classifier="fc6-1k", numeric=False)
     assert res.ok and (res.arch, res.classes) == ("dpn68b", 1000)
     assert_same_params(scratch / "back-0000.params", arrays)
+
+
+@pytest.mark.parametrize("name", ["dpn68-5k", "dpn92-places365"])
+def test_pth_loads_strict_into_the_timm_layout_model(name, scratch):
+    """--to torch for non-1000-class rows loads with strict=True into a DPN built with
+    timm's module tree (timm itself cannot be imported here; its keys are checked above)."""
+    torch = pytest.importorskip("torch")
+    torch_dpn = pytest.importorskip("dpn_gluon.convert.torch_dpn")
+    path, arrays = write_seeded(scratch, name, np.float32, bits=False)
+    res = convert(path, "torch", out=scratch / "m.pth", numeric=False)
+    model = torch_dpn.build_model(res.arch, classes=res.classes)
+    missing, unexpected = model.load_state_dict(torch.load(scratch / "m.pth", weights_only=True),
+                                                strict=True)
+    assert not missing and not unexpected
+    fc = variants.CHECKPOINTS[name].classifier
+    np.testing.assert_array_equal(model.classifier.weight.detach().numpy()[:, :, 0, 0],
+                                  arrays["arg:%s_weight" % fc])
