@@ -1,7 +1,8 @@
 """``dpn-convert``: the authors' DPN checkpoints to and from PyTorch, safetensors, timm, Gluon.
 
     dpn-convert SRC --to {torch,safetensors,timm,mxnet,gluon,onnx} [-o OUT] [--arch NAME]
-                [--classifier fc6|fc6-1k] [--epoch N] [--force] [--check/--no-check] [--json]
+                [--classifier fc6|fc6-1k] [--epoch N] [--force] [--check/--no-check] [--strict]
+                [--json]
 
 A thin shell over :func:`dpn_gluon.convert.pipeline.convert`. The command is a group whose
 default subcommand is ``convert``, so ``dpn-convert SRC --to X`` and ``dpn-convert convert
@@ -95,8 +96,11 @@ def main(ctx):
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Reload the output and compare every tensor exactly with SRC; with MXNet and "
                    "torch installed also run a seeded batch through both frameworks.")
+@click.option("--strict", is_flag=True,
+              help="Refuse (exit 2, no output) a checkpoint with NaN/Inf weights or BatchNorm "
+                   "variances <= 0; without it these are warnings naming the tensors.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON record on stdout.")
-def convert_command(src, to, out, arch, classifier, epoch, force, check, as_json):
+def convert_command(src, to, out, arch, classifier, epoch, force, check, strict, as_json):
     """Convert SRC (an authors' .params, Gluon file, .pth, .safetensors or timm folder).
 
     The format is detected from the content, the architecture and class count from the
@@ -104,7 +108,7 @@ def convert_command(src, to, out, arch, classifier, epoch, force, check, as_json
     """
     from .pipeline import convert
     result = convert(src, to, out=out, arch=arch, classifier=classifier, epoch=epoch,
-                     force=force, check=check, log=_log)
+                     force=force, check=check, strict=strict, log=_log)
     if as_json:
         click.echo(json.dumps(result.to_dict(), sort_keys=True))
     else:
