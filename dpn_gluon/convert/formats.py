@@ -130,6 +130,8 @@ def detect(path: PathLike) -> str:
             head = f.read(64)
     except OSError as e:
         raise CheckpointError("%s: cannot read: %s" % (path, e.strerror or e)) from None
+    if not head:
+        raise CheckpointError("%s: an empty file, not a checkpoint" % path)
     if mxparams.is_params(head):
         keys = list(_load_params(path).keys())
         return "mxnet" if keys and all(k.startswith(("arg:", "aux:")) for k in keys) else "gluon"
@@ -217,10 +219,10 @@ def _file_size(path: Path) -> int:
         raise CheckpointError("%s: cannot read: %s" % (path, e.strerror or e)) from None
 
 
-def _check_torch_zip(path: Path) -> None:
+def _check_torch_zip(path: Path) -> set:
     """A zip-format ``.pth`` may hold nothing bigger than itself: ``torch.save`` stores every
     record uncompressed, so a compressed record (a zip bomb) or one larger than the file is
-    refused before torch reads anything."""
+    refused before torch reads anything. Returns the sizes of the tensor data records."""
     import zipfile
     size = _file_size(path)
     try:
@@ -239,6 +241,32 @@ def _check_torch_zip(path: Path) -> None:
         if info.header_offset + info.file_size > size:
             raise CheckpointError("%s: record %s says %d bytes, more than the %d-byte file holds"
                                   % (path, info.filename, info.file_size, size))
+    return {i.file_size for i in infos if "/data/" in i.filename}
+
+
+def _check_torch_legacy(path: Path) -> None:
+    """A legacy (pre-zip) ``.pth`` allocates every storage at the size its pickle declares,
+    before reading the bytes; so the pickle is first read with fake tensors (no storage is
+    allocated) and the declared sizes are held against the file's."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    storages = {}
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif torch.is_tensor(item) and item.layout == torch.strided:
+            storage = item.untyped_storage()
+            storages[storage._cdata] = storage.nbytes()
+    declared, size = sum(storages.values()), _file_size(path)
+    if declared > size:
+        raise CheckpointError("%s: not a loadable PyTorch state_dict: its tensors declare %d "
+                              "bytes, more than the %d-byte file holds" % (path, declared, size))
 
 
 def _torch_reason(e: BaseException) -> str:
@@ -247,6 +275,8 @@ def _torch_reason(e: BaseException) -> str:
         return "holds Python objects other than tensors (refused: only weights are loaded)"
     if isinstance(e, MemoryError) or "can't allocate memory" in text:
         return "declares tensors larger than memory"
+    if "not resizable" in text or "out of bounds for storage" in text:
+        return "a tensor's shape reaches past the bytes stored for it (truncated or lying sizes)"
     return text.splitlines()[0].split(". ")[0] if text else type(e).__name__
 
 
@@ -256,11 +286,14 @@ def _read_torch(path: Path):
     except ImportError:
         raise DPNError("%s: reading a PyTorch file needs torch (pip install torch)" % path) from None
     zipped = _peek(path, 4) == b"PK\x03\x04"
-    if zipped:
-        _check_torch_zip(path)
+    records = _check_torch_zip(path) if zipped else None
     try:
+        if not zipped:
+            _check_torch_legacy(path)
         # zip files are memory-mapped: a storage can never reach past the end of the file
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+    except CheckpointError:
+        raise
     except Exception as e:   # torch raises pickle, zip and runtime errors of many kinds
         raise CheckpointError("%s: not a loadable PyTorch state_dict: %s"
                               % (path, _torch_reason(e))) from None
@@ -279,6 +312,12 @@ def _read_torch(path: Path):
         obj = OrderedDict((k[len("module."):], v) for k, v in obj.items())
     out: "OrderedDict[str, np.ndarray]" = OrderedDict()
     for k, t in obj.items():
+        if records is not None and t.layout == torch.strided \
+                and t.untyped_storage().nbytes() not in records:
+            # a memory-mapped storage whose pickle declares more than its record holds
+            # runs on into the next records; torch checks this only when not mapping
+            raise CheckpointError("%s: %s declares a %d-byte storage that no record holds"
+                                  % (path, k, t.untyped_storage().nbytes()))
         if t.layout != torch.strided:
             raise CheckpointError("%s: %s has %s storage; only dense tensors are supported"
                                   % (path, k, str(t.layout).replace("torch.", "")))
