@@ -462,7 +462,10 @@ def canonicalize(raw: Mapping[str, np.ndarray], metadata: Mapping[str, str], sou
     if classifier is not None and classifier not in variants.CLASSIFIERS:
         raise DPNError("unknown classifier name %r (choose from %s)"
                        % (classifier, ", ".join(variants.CLASSIFIERS)))
-    scheme = names.scheme_of(list(raw))
+    try:
+        scheme = names.scheme_of(list(raw))
+    except CheckpointError as e:
+        raise CheckpointError("%s: %s" % (where, e)) from None
     if scheme == "mxnet":
         renamed = OrderedDict((names.canonical_from_gluon_param(k), v) for k, v in raw.items())
         if len(renamed) != len(raw):
@@ -480,7 +483,10 @@ def canonicalize(raw: Mapping[str, np.ndarray], metadata: Mapping[str, str], sou
         rules = names.rename_all(list(raw), scheme, "mxnet", unit, "fc6", where)
         shapes = {new: names.canonical_shape(reshape, scheme, raw[old].shape)
                   for old, (new, reshape) in rules.items()}
-        found, classes, _ = _identify(shapes, arch, where)
+        try:
+            found, classes, _ = _identify(shapes, arch, where)
+        except KeyMismatch as e:
+            raise _in_stored_names(e, rules, raw, scheme, unit) from None
         meta_fc = metadata.get("classifier")
         chosen = classifier or (meta_fc if meta_fc in variants.CLASSIFIERS else None) \
             or variants.default_classifier(found.name, classes)
@@ -508,6 +514,25 @@ def _check_metadata(metadata: Mapping[str, str], arch: variants.Arch, classes: i
     if said and said.isdigit() and int(said) != classes:
         raise CheckpointError("%s: %s says %s, but %s has %d rows (a %d-class head)"
                               % (where, field_of, said, head, classes, classes))
+
+
+def _in_stored_names(e: KeyMismatch, rules, raw, scheme: str, unit: str) -> KeyMismatch:
+    """The same mismatch in the file's own key names and shapes (timm's or Gluon's), which
+    the user can find in the file, instead of the canonical names it was checked under."""
+    stored = {new: (old, reshape) for old, (new, reshape) in rules.items()}
+
+    def key(name):
+        if name in stored:
+            return stored[name][0]
+        try:
+            return names.rename(name, "mxnet", scheme, unit)[0]
+        except KeyError:
+            return name
+
+    misshapen = [(key(k), tuple(raw[stored[k][0]].shape),
+                  names.reshape_for(stored[k][1], scheme, want)) for k, _, want in e.misshapen]
+    return KeyMismatch(e.source, e.what, [key(k) for k in e.missing],
+                       [key(k) for k in e.unexpected], misshapen)
 
 
 def _identify(shapes, arch: Optional[str], where: str):
