@@ -624,3 +624,22 @@ def test_valid_sources_of_the_table_convert(folder):
     assert formats.read_raw(folder / "tiny.pth", "torch")[0]["conv.weight"].shape == (2, 3, 3)
     assert list(formats.read_raw(folder / "ok.pth", "torch")[0])[0] == \
         "features.conv1_1.conv.weight"
+
+
+def test_warnings_in_the_json_record(folder):
+    """Without --strict, wrong values are listed in --json's "warnings" (and the output is
+    written); a clean checkpoint has none."""
+    nan = folder / "nan-0000.params"
+    nan.write_bytes(params_bytes(dpn68(edit=_set_value(FIRST_CONV, np.nan))))
+    size = int(np.prod(variants.tensor_spec(variants.ARCHS["dpn68"])[FIRST_CONV]))
+    r = CliRunner().invoke(main, [str(nan), "--to", "gluon", "-o", str(folder / "g.params"),
+                                  "--no-check", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["warnings"] == ["%s: %s holds 1 NaN of %d values"
+                                                % (nan, FIRST_CONV, size)]
+    assert (folder / "g.params").is_file()
+    clean = folder / "ok-0000.params"
+    clean.write_bytes(params_bytes(dpn68()))
+    r = CliRunner().invoke(main, [str(clean), "--to", "gluon", "-o", str(folder / "h.params"),
+                                  "--no-check", "--json", "--strict"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["warnings"] == []

@@ -249,7 +249,10 @@ def _check_torch_legacy(path: Path) -> None:
     before reading the bytes; so the pickle is first read with fake tensors (no storage is
     allocated) and the declared sizes are held against the file's."""
     import torch
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    try:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+    except ImportError:       # a torch without fake tensors: its own allocation errors remain
+        return
     with FakeTensorMode():
         obj = torch.load(path, map_location="cpu", weights_only=True)
     storages = {}
