@@ -643,3 +643,47 @@ def test_warnings_in_the_json_record(folder):
     r = CliRunner().invoke(main, [str(clean), "--to", "gluon", "-o", str(folder / "h.params"),
                                   "--no-check", "--json", "--strict"])
     assert r.exit_code == 0 and json.loads(r.stdout)["warnings"] == []
+
+
+#: Examples of the readers' fuzz run in CI (about 20 s); more: DPN_FUZZ_READERS=20000.
+READER_EXAMPLES = int(os.environ.get("DPN_FUZZ_READERS", "1500"))
+
+
+def test_fuzz_torch_and_safetensors_readers(tmp_path, capsys):
+    """Mutations of a tiny zip .pth, a legacy .pth and a safetensors file (with metadata):
+    detect + read gives arrays no larger than the file, or a one-line CheckpointError;
+    nothing else, and no payload can appear (the unpickler builds only tensors)."""
+    hypothesis = pytest.importorskip("hypothesis")
+    _torch()
+    import time
+    from hypothesis import strategies as st
+    from dpn_gluon.errors import DPNError
+    from test_hostile_params import _mutate, _mutations
+    seeds = [tiny_pth(), legacy_pth(6, 6), tiny_safetensors({"architecture": "dpn68",
+                                                             "classes": "1000"})]
+    stats = {"executions": 0, "parsed": 0, "refused": 0}
+    path = tmp_path / "fuzz.bin"
+
+    @hypothesis.settings(max_examples=READER_EXAMPLES, deadline=None, derandomize=True,
+                         database=None, suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.given(st.sampled_from(range(len(seeds))), _mutations())
+    def fuzz(seed, mutations):
+        data = _mutate(seeds[seed], mutations)
+        path.write_bytes(data)
+        try:
+            raw, _ = formats.read_raw(path, formats.detect(path))
+        except DPNError as e:
+            assert "\n" not in str(e) and str(e).startswith(str(path)), str(e)
+            stats["refused"] += 1
+        else:
+            assert sum(a.nbytes for a in raw.values()) <= len(data)
+            stats["parsed"] += 1
+        stats["executions"] += 1
+
+    start = time.perf_counter()
+    fuzz()
+    with capsys.disabled():
+        print("\nfuzz torch/safetensors readers: %d executions (%d parsed, %d refused) over "
+              "%d seeds in %.1f s" % (stats["executions"], stats["parsed"], stats["refused"],
+                                      len(seeds), time.perf_counter() - start))
+    assert stats["refused"] and stats["parsed"]

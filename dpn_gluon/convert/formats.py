@@ -291,10 +291,12 @@ def _read_torch(path: Path):
     zipped = _peek(path, 4) == b"PK\x03\x04"
     records = _check_torch_zip(path) if zipped else None
     try:
-        if not zipped:
-            _check_torch_legacy(path)
-        # zip files are memory-mapped: a storage can never reach past the end of the file
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+        with warnings.catch_warnings():    # torch warns about odd pickle protocols: ours to say
+            warnings.simplefilter("ignore")
+            if not zipped:
+                _check_torch_legacy(path)
+            # zip files are memory-mapped: a storage can never reach past the end of the file
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except CheckpointError:
         raise
     except Exception as e:   # torch raises pickle, zip and runtime errors of many kinds
