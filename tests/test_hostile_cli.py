@@ -16,7 +16,6 @@ otherwise (ENOSPC from write and from fsync, in-process through click's CliRunne
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import io

@@ -438,12 +438,11 @@ def _read_timm(path: Path):
     metadata = dict(metadata)
     metadata.update({"config_architecture": config["architecture"],
                      "config_num_classes": str(config.get("num_classes") or "")})
+    said = {"architecture": config["architecture"]}
     fc = (config.get("dpn") or {}).get("classifier")
     if fc:
-        metadata["classifier"] = fc
-    _check_metadata_types({"architecture": config["architecture"], "classifier": fc}
-                          if fc else {"architecture": config["architecture"]},
-                          path / TIMM_CONFIG)
+        metadata["classifier"] = said["classifier"] = fc
+    _check_metadata_types(said, path / TIMM_CONFIG)
     return tensors, metadata
 
 

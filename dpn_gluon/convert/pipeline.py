@@ -79,10 +79,9 @@ def convert(src: PathLike, to: str, out: Optional[PathLike] = None, arch: Option
                weights.classifier, len(weights.tensors), ", ".join(weights.dtypes)))
     warned: List[str] = []
     sanity.enforce(sanity.check_values(weights.tensors), strict, warned.append, str(path))
-    formats.release(weights.tensors.values())
-    for msg in warned:
-        if log:
-            log("warning: " + msg)
+    formats.release(weights.tensors.values())     # the scan mapped every page in
+    for msg in warned if log else ():
+        log("warning: " + msg)
     files = formats.write(weights, to, target, force=force, log=note)
     if log:
         log("wrote " + ", ".join(str(f) for f in files))
