@@ -1,0 +1,102 @@
+"""The one preprocessing function of dpn-evaluate and dpn-predict, for every runtime.
+
+Two protocols, both bicubic and both ending in the authors' normalization
+``(pixel - MEAN_RGB) * SCALE`` on 0..255 RGB values, float32 CHW:
+
+- ``authors``: resize so the SHORT side equals the crop size, then a 100 % center crop
+  (cypw/DPNs ``score.py`` with cypw/mxnet's ``aug_torch``; ../shared/reference/original-dpn.md
+  section 6). This is the protocol of the published 224 / 320 / 320 mean-max table.
+- ``timm``: resize the short side to ``floor(crop / 0.875)``, then center crop (timm's
+  ``_cfg`` for the ``dpn*.mx_in1k`` weights: crop_pct 0.875, bicubic, mean (124,117,104)/255,
+  std 1/(0.0167*255), which is the same normalization; pytorch-ports.md 2.4 and 3.4).
+
+Resizing is PIL's bicubic (``Image.BICUBIC``, a = -0.5, antialiased when shrinking), for both
+protocols and every runtime, so the Gluon, PyTorch and ONNX runtimes see identical arrays and
+nothing but numpy and Pillow is needed to feed them. The authors resized with OpenCV's
+bicubic (a = -0.75, no antialiasing) inside MXNet; tests/test_evaluate_preprocess.py measures
+the difference against ``mx.image.resize_short(interp=2)`` (see docs/evaluate.md).
+
+The long side is ``floor(short_target * long / short)``, as torchvision's ``Resize(int)`` and
+``mx.image.resize_short`` both compute it; the crop offset floors (MXNet) for ``authors`` and
+rounds half to even (torchvision's ``CenterCrop``) for ``timm``. This module imports neither MXNet nor torch, and is
+imported by the data-loading worker processes.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Tuple, Union
+
+import numpy as np
+
+from ..errors import DPNError
+from ..variants import MEAN_RGB, SCALE
+
+PROTOCOLS = ("authors", "timm")
+#: timm's crop fraction for the converted DPN weights (``_cfg(crop_pct=0.875)``).
+TIMM_CROP_PCT = 0.875
+
+ImageSource = Union[str, Path, bytes, "PIL.Image.Image"]  # noqa: F821
+
+
+class ImageError(DPNError):
+    """An image file that cannot be read or decoded."""
+
+
+def resize_size(crop: int, protocol: str) -> int:
+    """The short side an image is resized to before the center crop."""
+    if protocol == "authors":
+        return crop
+    if protocol == "timm":
+        return int(np.floor(crop / TIMM_CROP_PCT))
+    raise DPNError("unknown protocol %r (choose from %s)" % (protocol, ", ".join(PROTOCOLS)))
+
+
+def load_image(source: ImageSource, name: str = None):
+    """Decode a file path, encoded bytes or a PIL image into an RGB PIL image."""
+    from PIL import Image
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    name = name or (str(source) if isinstance(source, (str, Path)) else "<bytes>")
+    try:
+        fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+        with fp, Image.open(fp) as img:
+            return img.convert("RGB")
+    except Exception as err:  # PIL raises several kinds (OSError, SyntaxError, ValueError...)
+        raise ImageError("%s: cannot decode image: %s" % (name, err)) from None
+
+
+def short_side_size(width: int, height: int, short: int) -> Tuple[int, int]:
+    """(width, height) after resizing so the shorter side is ``short``."""
+    if width <= height:
+        return short, short * height // width
+    return short * width // height, short
+
+
+def resize_crop(img, crop: int, protocol: str = "authors") -> np.ndarray:
+    """Bicubic short-side resize and center crop: uint8 HWC RGB, ``crop x crop``."""
+    from PIL import Image
+    img = img.convert("RGB")
+    w, h = short_side_size(img.width, img.height, resize_size(crop, protocol))
+    if (w, h) != img.size:
+        img = img.resize((w, h), Image.BICUBIC)
+    left, top = _crop_offset(w - crop, protocol), _crop_offset(h - crop, protocol)
+    return np.asarray(img.crop((left, top, left + crop, top + crop)), dtype=np.uint8)
+
+
+def _crop_offset(excess: int, protocol: str) -> int:
+    # timm (torchvision's CenterCrop) rounds half to even; MXNet's center crop floors.
+    return int(round(excess / 2.0)) if protocol == "timm" else excess // 2
+
+
+def normalize(hwc: np.ndarray) -> np.ndarray:
+    """uint8 HWC RGB -> float32 CHW ``(pixel - MEAN_RGB) * SCALE`` (subtract, then scale)."""
+    x = hwc.astype(np.float32) - np.asarray(MEAN_RGB, dtype=np.float32)
+    x *= np.float32(SCALE)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def preprocess(source: ImageSource, crop: int, protocol: str = "authors",
+               name: str = None) -> np.ndarray:
+    """Decode, resize, center crop and normalize one image: float32 ``(3, crop, crop)``."""
+    return normalize(resize_crop(load_image(source, name), crop, protocol))

@@ -1,0 +1,145 @@
+"""Where dpn-evaluate and dpn-predict run a checkpoint: MXNet Gluon, PyTorch or ONNX Runtime.
+
+:func:`load_runtime` returns a :class:`Runtime`: a callable from a float32 NCHW numpy batch
+(already preprocessed by :mod:`dpn_gluon.evaluate.preprocess`, the same for every runtime) to
+float32 logits ``(n, classes)``. Every runtime starts from :func:`read_model`, the one place
+that reads a checkpoint file into canonical tensors.
+
+- ``gluon``: :func:`dpn_gluon.load_checkpoint`, hybridized; several MXNet devices split each
+  batch with ``mx.gluon.utils.split_and_load`` (data parallel over one machine's GPUs).
+- ``torch``: :func:`dpn_gluon.convert.torch_dpn.from_canonical` (timm's layout), eval mode,
+  ``torch.inference_mode``; one device.
+- ``onnx``: :func:`dpn_gluon.convert.onnx_export.export_onnx` to a temporary file, then an
+  ``onnxruntime.InferenceSession`` (CUDA provider on a GPU device when available).
+
+MXNet, torch and onnxruntime are imported only by the runtime that needs them.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable, List, Tuple
+
+import numpy as np
+
+from ..errors import DPNError
+
+RUNTIMES = ("gluon", "torch", "onnx")
+
+
+@dataclass
+class Runtime:
+    kind: str
+    arch: str
+    classes: int
+    classifier: str
+    devices: List[str]
+    forward: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.forward(np.ascontiguousarray(batch, dtype=np.float32)),
+                          dtype=np.float32)
+
+
+def read_model(path) -> Tuple[str, int, str, dict]:
+    """(architecture name, classes, classifier name, canonical tensors) of a checkpoint file."""
+    from ..checkpoint import read_checkpoint
+    arch, classes, classifier, tensors = read_checkpoint(path)
+    return getattr(arch, "name", arch), int(classes), classifier, tensors
+
+
+def parse_devices(spec: str) -> Tuple[str, List[int]]:
+    """``cpu`` / ``gpu`` / ``gpu:0,1`` / ``cuda`` / ``cuda:1`` -> ('cpu'|'gpu', [ids])."""
+    spec = (spec or "cpu").strip().lower()
+    kind, _, ids = spec.partition(":")
+    if kind == "cpu" and not ids:
+        return "cpu", []
+    if kind in ("gpu", "cuda"):
+        try:
+            numbers = [int(i) for i in ids.split(",")] if ids else [0]
+        except ValueError:
+            numbers = []
+        if numbers and all(i >= 0 for i in numbers) and len(set(numbers)) == len(numbers):
+            return "gpu", numbers
+    raise DPNError("bad --device %r (use cpu, gpu, gpu:0,1, cuda or cuda:N)" % spec)
+
+
+def load_runtime(kind: str, checkpoint, devices: str = "cpu", mean_max: bool = False) -> Runtime:
+    """A :class:`Runtime` of ``kind`` (gluon, torch, onnx) for a checkpoint file."""
+    if kind not in RUNTIMES:
+        raise DPNError("unknown runtime %r (choose from %s)" % (kind, ", ".join(RUNTIMES)))
+    dev_kind, ids = parse_devices(devices)
+    arch, classes, classifier, tensors = read_model(checkpoint)
+    make = {"gluon": _gluon, "torch": _torch, "onnx": _onnx}[kind]
+    forward, names = make(checkpoint, tensors, dev_kind, ids, mean_max)
+    return Runtime(kind, arch, classes, classifier, names, forward)
+
+
+def _gluon(checkpoint, tensors, dev_kind, ids, mean_max):
+    import mxnet as mx
+    from .. import load_checkpoint
+    if dev_kind == "gpu":
+        if mx.context.num_gpus() < len(ids) or max(ids) >= mx.context.num_gpus():
+            raise DPNError("--device gpu:%s: MXNet sees %d GPU(s)"
+                           % (",".join(map(str, ids)), mx.context.num_gpus()))
+        ctx = [mx.gpu(i) for i in ids]
+    else:
+        ctx = [mx.cpu()]
+    net = load_checkpoint(checkpoint, ctx=ctx, mean_max=mean_max)
+    net.hybridize(static_alloc=True, static_shape=True)
+
+    def forward(batch):
+        if len(ctx) == 1:
+            return net(mx.nd.array(batch, ctx=ctx[0])).asnumpy()
+        parts = mx.gluon.utils.split_and_load(batch, ctx[:len(batch)], even_split=False)
+        return np.concatenate([net(p).asnumpy() for p in parts])
+
+    return forward, [str(c) for c in ctx]
+
+
+def _torch(checkpoint, tensors, dev_kind, ids, mean_max):
+    import torch
+    from ..convert.torch_dpn import from_canonical
+    if dev_kind == "gpu":
+        if len(ids) != 1:
+            raise DPNError("the torch runtime uses one device; use --device cuda:N")
+        if not torch.cuda.is_available() or ids[0] >= torch.cuda.device_count():
+            raise DPNError("--device cuda:%d: torch sees no such CUDA device" % ids[0])
+        device = torch.device("cuda", ids[0])
+    else:
+        device = torch.device("cpu")
+    model = from_canonical(tensors, mean_max=mean_max, source=str(checkpoint)).to(device).eval()
+
+    def forward(batch):
+        with torch.inference_mode():
+            return model(torch.from_numpy(batch).to(device)).float().cpu().numpy()
+
+    return forward, [str(device)]
+
+
+def _onnx(checkpoint, tensors, dev_kind, ids, mean_max):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise DPNError("the onnx runtime needs onnxruntime: pip install onnx onnxruntime") from None
+    from ..convert.onnx_export import export_onnx
+    providers = ["CPUExecutionProvider"]
+    if dev_kind == "gpu":
+        if len(ids) != 1 or "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise DPNError("--device %s: onnxruntime has no CUDA provider here (one GPU only)"
+                           % ",".join(map(str, ids)))
+        providers = [("CUDAExecutionProvider", {"device_id": ids[0]})] + providers
+    with tempfile.TemporaryDirectory(prefix="dpn-evaluate-") as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        export_onnx(tensors, path, mean_max=mean_max, source=str(checkpoint))
+        session = ort.InferenceSession(path, providers=providers)
+    input_name = session.get_inputs()[0].name
+    output_name = session.get_outputs()[0].name
+
+    def forward(batch):
+        return session.run([output_name], {input_name: batch})[0]
+
+    names = ["cuda:%d" % ids[0]] if dev_kind == "gpu" else ["cpu"]
+    return forward, names
+
