@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import DPNError
 from .data import Dataset, iter_batches, open_dataset
 from .metrics import TopKError
-from .preprocess import PROTOCOLS, preprocess, resize_size
+from .preprocess import PROTOCOLS, preprocess as preprocess_image, resize_size
 
 __all__ = ["evaluate", "predict", "settings", "class_names", "open_dataset", "PROTOCOLS"]
 
@@ -89,7 +89,7 @@ def predict(runtime, images: Sequence, size: int = 224, protocol: str = "authors
             top: int = 5) -> List[dict]:
     """Top ``top`` classes with softmax probabilities for each image (path or bytes)."""
     names = class_names(runtime.classes)
-    batch = np.stack([preprocess(img, size, protocol) for img in images])
+    batch = np.stack([preprocess_image(img, size, protocol) for img in images])
     logits = runtime(batch).astype(np.float64)
     prob = np.exp(logits - logits.max(axis=1, keepdims=True))
     prob /= prob.sum(axis=1, keepdims=True)

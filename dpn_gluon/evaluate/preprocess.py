@@ -10,11 +10,15 @@ Two protocols, both bicubic and both ending in the authors' normalization
   ``_cfg`` for the ``dpn*.mx_in1k`` weights: crop_pct 0.875, bicubic, mean (124,117,104)/255,
   std 1/(0.0167*255), which is the same normalization; pytorch-ports.md 2.4 and 3.4).
 
-Resizing is PIL's bicubic (``Image.BICUBIC``, a = -0.5, antialiased when shrinking), for both
-protocols and every runtime, so the Gluon, PyTorch and ONNX runtimes see identical arrays and
-nothing but numpy and Pillow is needed to feed them. The authors resized with OpenCV's
-bicubic (a = -0.75, no antialiasing) inside MXNet; tests/test_evaluate_preprocess.py measures
-the difference against ``mx.image.resize_short(interp=2)`` (see docs/evaluate.md).
+Each protocol resizes with the kernel of the pipeline it reproduces: ``authors`` with OpenCV's
+bicubic (a = -0.75, no antialiasing when shrinking), which their MXNet iterator called,
+re-implemented here in numpy (tests/test_evaluate_preprocess.py: within 1 gray level of
+``mx.image.resize_short(interp=2)``, which is cv::resize); ``timm`` with PIL's
+``Image.BICUBIC`` (a = -0.5, antialiased), as timm's transforms. PIL's and OpenCV's kernels
+differ by up to ~15 gray levels when shrinking a detailed image, so using either for both
+would shift one protocol's accuracy. Decoding is PIL's for both. Every runtime (Gluon,
+PyTorch, ONNX) gets its arrays from this one module, so they see identical inputs, and
+nothing but numpy and Pillow is needed to feed them.
 
 The long side is ``floor(short_target * long / short)``, as torchvision's ``Resize(int)`` and
 ``mx.image.resize_short`` both compute it; the crop offset floors (MXNet) for ``authors`` and
@@ -74,14 +78,62 @@ def short_side_size(width: int, height: int, short: int) -> Tuple[int, int]:
 
 
 def resize_crop(img, crop: int, protocol: str = "authors") -> np.ndarray:
-    """Bicubic short-side resize and center crop: uint8 HWC RGB, ``crop x crop``."""
+    """Bicubic short-side resize and center crop: uint8 HWC RGB, ``crop x crop``.
+
+    ``authors``: OpenCV's bicubic (:func:`cv_bicubic_resize_crop`), as their MXNet pipeline;
+    ``timm``: PIL's bicubic, as timm's (torchvision) transforms on PIL images.
+    """
     from PIL import Image
     img = img.convert("RGB")
     w, h = short_side_size(img.width, img.height, resize_size(crop, protocol))
+    left, top = _crop_offset(w - crop, protocol), _crop_offset(h - crop, protocol)
+    if protocol == "authors":
+        return cv_bicubic_resize_crop(np.asarray(img), (h, w), (top, left, crop, crop))
     if (w, h) != img.size:
         img = img.resize((w, h), Image.BICUBIC)
-    left, top = _crop_offset(w - crop, protocol), _crop_offset(h - crop, protocol)
     return np.asarray(img.crop((left, top, left + crop, top + crop)), dtype=np.uint8)
+
+
+#: OpenCV's bicubic coefficient (``cv::resize`` INTER_CUBIC); PIL uses -0.5.
+CV_CUBIC_A = -0.75
+
+
+def _cv_cubic_taps(n_in: int, n_out: int, start: int, count: int):
+    """Source indices and weights (4 each) of cv::resize's bicubic for outputs start..start+count.
+
+    Source coordinate ``(i + 0.5) * n_in / n_out - 0.5``, taps at floor - 1 .. floor + 2,
+    borders replicated; no antialiasing when shrinking (unlike PIL).
+    """
+    a = CV_CUBIC_A
+    pos = (np.arange(start, start + count) + 0.5) * (n_in / n_out) - 0.5
+    base = np.floor(pos)
+    t = pos - base
+    w0 = ((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a
+    w1 = ((a + 2) * t - (a + 3)) * t * t + 1
+    w2 = ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1
+    weights = (w0, w1, w2, 1 - w0 - w1 - w2)
+    index = [np.clip(base.astype(np.int64) - 1 + k, 0, n_in - 1) for k in range(4)]
+    return index, weights
+
+
+def cv_bicubic_resize_crop(hwc: np.ndarray, size: Tuple[int, int],
+                           box: Tuple[int, int, int, int]) -> np.ndarray:
+    """``cv2.resize(hwc, size[::-1], interpolation=INTER_CUBIC)`` cropped to ``box``, in numpy.
+
+    ``size`` is (height, width) of the resized image, ``box`` (top, left, height, width) of
+    the crop; only the cropped pixels are computed (separably: rows, then columns). OpenCV
+    itself works in 11-bit fixed point, so results can differ from it by one gray level.
+    """
+    top, left, ch, cw = box
+    rows, wy = _cv_cubic_taps(hwc.shape[0], size[0], top, ch)
+    cols, wx = _cv_cubic_taps(hwc.shape[1], size[1], left, cw)
+    tmp = np.zeros((ch,) + hwc.shape[1:], np.float64)
+    for i, w in zip(rows, wy):
+        tmp += w[:, None, None] * hwc[i]
+    out = np.zeros((ch, cw) + hwc.shape[2:], np.float64)
+    for i, w in zip(cols, wx):
+        out += w[None, :, None] * tmp[:, i]
+    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
 
 
 def _crop_offset(excess: int, protocol: str) -> int:
