@@ -43,7 +43,7 @@ def make_jpegs(seed=0, shapes=SHAPES):
 def labels_at_ranks(logits, ranks=TARGET_RANKS):
     """Labels whose rank among each row's logits is the given one."""
     order = np.argsort(-logits, axis=1, kind="stable")
-    return np.array([order[i, r] for i, r in enumerate(ranks)], dtype=np.int64)
+    return np.array([order[i, r] for i, r in enumerate(ranks[:len(logits)])], dtype=np.int64)
 
 
 def expected_errors(logits, labels):
