@@ -66,6 +66,9 @@ def load_image(source: ImageSource, name: str = None):
         fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
         with fp, Image.open(fp) as img:
             return img.convert("RGB")
+    except Image.UnidentifiedImageError:
+        raise ImageError("%s: cannot decode image: not an image, or its header is corrupt"
+                         % name) from None
     except Exception as err:  # PIL raises several kinds (OSError, SyntaxError, ValueError...)
         raise ImageError("%s: cannot decode image: %s" % (name, err)) from None
 
