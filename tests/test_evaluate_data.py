@@ -170,12 +170,13 @@ def test_metrics_streaming_equals_one_shot_and_argsort():
 
 
 @pytest.mark.parametrize("spec,parsed", [("cpu", ("cpu", [])), ("gpu", ("gpu", [0])),
-                                         ("gpu:0,1", ("gpu", [0, 1])), ("cuda:1", ("gpu", [1]))])
+                                         ("gpu:0,1", ("gpu", [0, 1])), ("cuda:1", ("gpu", [1])),
+                                         ("cpu:0,1", ("cpu", [0, 1]))])
 def test_parse_devices(spec, parsed):
     assert parse_devices(spec) == parsed
 
 
-@pytest.mark.parametrize("spec", ["tpu", "gpu:a", "gpu:0,0", "cpu:1"])
+@pytest.mark.parametrize("spec", ["tpu", "gpu:a", "gpu:0,0", "cuda:-1"])
 def test_parse_devices_rejects(spec):
     with pytest.raises(DPNError, match="bad --device"):
         parse_devices(spec)

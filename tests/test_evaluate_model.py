@@ -112,6 +112,19 @@ def test_runtimes_report_the_same_errors(tmp_path, checkpoint, jpegs, size, mean
         assert rec["runtime"] == rt and rec["images"] == count
 
 
+def test_gluon_splits_batches_over_several_contexts(checkpoint, jpegs):
+    """--device cpu:0,1,2: split_and_load over three MXNet contexts, same logits, any batch."""
+    from dpn_gluon.evaluate.runtimes import load_runtime
+    batch = np.stack([preprocess(b, 64, "authors") for b in jpegs[:5]])
+    one = load_runtime("gluon", checkpoint, "cpu")
+    three = load_runtime("gluon", checkpoint, "cpu:0,1,2")
+    assert three.devices == ["cpu(0)", "cpu(1)", "cpu(2)"]
+    ref = gluon_logits(checkpoint, batch, False)
+    np.testing.assert_allclose(one(batch), ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(three(batch), ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(three(batch[:2]), ref[:2], rtol=1e-4, atol=1e-5)
+
+
 def test_predict_with_a_4786_class_checkpoint(tmp_path, jpegs):
     from dpn_gluon import write_seeded_checkpoint
     ckpt = write_seeded_checkpoint(str(tmp_path / "dpn68b-5k"), name="dpn68-5k", seed=1)

@@ -50,18 +50,21 @@ def read_model(path) -> Tuple[str, int, str, dict]:
 
 
 def parse_devices(spec: str) -> Tuple[str, List[int]]:
-    """``cpu`` / ``gpu`` / ``gpu:0,1`` / ``cuda`` / ``cuda:1`` -> ('cpu'|'gpu', [ids])."""
+    """``cpu`` / ``gpu`` / ``gpu:0,1`` / ``cuda`` / ``cuda:1`` -> ('cpu'|'gpu', [ids]).
+
+    ``cpu:0,1`` (several MXNet CPU contexts) exercises the Gluon batch split without a GPU.
+    """
     spec = (spec or "cpu").strip().lower()
     kind, _, ids = spec.partition(":")
     if kind == "cpu" and not ids:
         return "cpu", []
-    if kind in ("gpu", "cuda"):
+    if kind in ("cpu", "gpu", "cuda"):
         try:
             numbers = [int(i) for i in ids.split(",")] if ids else [0]
         except ValueError:
             numbers = []
         if numbers and all(i >= 0 for i in numbers) and len(set(numbers)) == len(numbers):
-            return "gpu", numbers
+            return ("cpu" if kind == "cpu" else "gpu"), numbers
     raise DPNError("bad --device %r (use cpu, gpu, gpu:0,1, cuda or cuda:N)" % spec)
 
 
@@ -85,7 +88,7 @@ def _gluon(checkpoint, tensors, dev_kind, ids, mean_max):
                            % (",".join(map(str, ids)), mx.context.num_gpus()))
         ctx = [mx.gpu(i) for i in ids]
     else:
-        ctx = [mx.cpu()]
+        ctx = [mx.cpu(i) for i in ids] or [mx.cpu()]
     net = load_checkpoint(checkpoint, ctx=ctx, mean_max=mean_max)
     net.hybridize(static_alloc=True, static_shape=True)
 
@@ -107,6 +110,8 @@ def _torch(checkpoint, tensors, dev_kind, ids, mean_max):
         if not torch.cuda.is_available() or ids[0] >= torch.cuda.device_count():
             raise DPNError("--device cuda:%d: torch sees no such CUDA device" % ids[0])
         device = torch.device("cuda", ids[0])
+    elif len(ids) > 1:
+        raise DPNError("the torch runtime uses one device; use --device cpu or cuda:N")
     else:
         device = torch.device("cpu")
     model = from_canonical(tensors, mean_max=mean_max, source=str(checkpoint)).to(device).eval()
@@ -125,10 +130,11 @@ def _onnx(checkpoint, tensors, dev_kind, ids, mean_max):
         raise DPNError("the onnx runtime needs onnxruntime: pip install onnx onnxruntime") from None
     from ..convert.onnx_export import export_onnx
     providers = ["CPUExecutionProvider"]
+    if len(ids) > 1:
+        raise DPNError("the onnx runtime uses one device; use --device cpu or cuda:N")
     if dev_kind == "gpu":
-        if len(ids) != 1 or "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise DPNError("--device %s: onnxruntime has no CUDA provider here (one GPU only)"
-                           % ",".join(map(str, ids)))
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise DPNError("--device cuda:%d: onnxruntime has no CUDA provider here" % ids[0])
         providers = [("CUDAExecutionProvider", {"device_id": ids[0]})] + providers
     with tempfile.TemporaryDirectory(prefix="dpn-evaluate-") as tmp:
         path = os.path.join(tmp, "model.onnx")
