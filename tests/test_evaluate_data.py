@@ -123,6 +123,8 @@ def test_worker_processes_give_the_same_batches(tmp_path, jpegs):
     serial = list(evdata.iter_batches(ds, 32, "authors", 3, workers=0))
     parallel = list(evdata.iter_batches(ds, 32, "authors", 3, workers=2))
     assert [len(b.labels) for b in parallel] == [3, 3, 2]
+    by_file = np.stack([preprocess(evdata.read_source(s), 32, "authors") for s in ds.sources])
+    np.testing.assert_array_equal(np.concatenate([b.data for b in serial]), by_file)
     for a, b in zip(serial, parallel):
         np.testing.assert_array_equal(a.data, b.data)
         np.testing.assert_array_equal(a.indices, b.indices)

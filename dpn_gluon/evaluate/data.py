@@ -11,8 +11,8 @@
   the same :func:`~dpn_gluon.evaluate.preprocess.preprocess` as files are.
 
 :func:`open_dataset` detects which one a path is. :func:`iter_batches` decodes and resizes in
-worker processes (``spawn``: the parent may hold MXNet or CUDA state that must not be forked)
-and yields float32 NCHW batches in dataset order. Unreadable images are skipped and counted,
+worker processes (forked where the platform can, as MXNet's own DataLoader does: the
+workers touch only numpy and Pillow) and yields float32 NCHW batches in dataset order. Unreadable images are skipped and counted,
 or raise :class:`~dpn_gluon.evaluate.preprocess.ImageError` when ``strict``.
 
 This module imports neither MXNet nor torch.
@@ -28,7 +28,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import DPNError
-from .preprocess import ImageError, preprocess
+from .preprocess import ImageError, load_image, normalize, resize_crop
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff", ".gif")
 
@@ -186,6 +186,10 @@ def read_source(source: Source) -> bytes:
 # -- decoding in worker processes ----------------------------------------------------------
 
 _WORKER_ARGS = None
+#: Workers touch only numpy and Pillow, so forking a parent that holds MXNet, torch or CUDA
+#: state is safe, as in ``mx.gluon.data.DataLoader``; spawn would re-run a script's
+#: ``__main__`` and cannot start from ``python -`` at all.
+_START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 def _init_worker(crop: int, protocol: str) -> None:
@@ -197,7 +201,9 @@ def _load(task) -> Tuple[int, Optional[np.ndarray], Optional[str]]:
     i, source, name = task
     crop, protocol = _WORKER_ARGS
     try:
-        return i, preprocess(read_source(source), crop, protocol, name=name), None
+        # uint8 crops travel between processes (4x less than float32); the batch is
+        # normalized at once in the parent: together, exactly preprocess().
+        return i, resize_crop(load_image(read_source(source), name), crop, protocol), None
     except (ImageError, DPNError, OSError) as err:
         msg = str(err) if isinstance(err, DPNError) else "%s: %s" % (name, err)
         return i, None, msg
@@ -218,7 +224,7 @@ def iter_batches(dataset: Dataset, crop: int, protocol: str, batch_size: int,
         raise DPNError("batch size must be positive, got %d" % batch_size)
     tasks = ((i, src, dataset.name(i)) for i, src in enumerate(dataset.sources))
     if workers > 0:
-        ctx = multiprocessing.get_context("spawn")
+        ctx = multiprocessing.get_context(_START_METHOD)
         pool = ctx.Pool(workers, initializer=_init_worker, initargs=(crop, protocol))
         results = pool.imap(_load, tasks, chunksize=max(1, min(16, batch_size // workers)))
     else:
@@ -249,5 +255,5 @@ def iter_batches(dataset: Dataset, crop: int, protocol: str, batch_size: int,
 def _batch(dataset: Dataset, arrays: Sequence[np.ndarray], idx: List[int],
            skipped: List[str]) -> Batch:
     index = np.asarray(idx, dtype=np.int64)
-    data = np.stack(arrays) if arrays else np.zeros((0, 3, 0, 0), np.float32)
+    data = normalize(np.stack(arrays)) if arrays else np.zeros((0, 3, 0, 0), np.float32)
     return Batch(data, dataset.labels[index], index, skipped)

@@ -114,7 +114,7 @@ def _cv_cubic_taps(n_in: int, n_out: int, start: int, count: int):
     w0 = ((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a
     w1 = ((a + 2) * t - (a + 3)) * t * t + 1
     w2 = ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1
-    weights = (w0, w1, w2, 1 - w0 - w1 - w2)
+    weights = tuple(w.astype(np.float32) for w in (w0, w1, w2, 1 - w0 - w1 - w2))
     index = [np.clip(base.astype(np.int64) - 1 + k, 0, n_in - 1) for k in range(4)]
     return index, weights
 
@@ -130,10 +130,10 @@ def cv_bicubic_resize_crop(hwc: np.ndarray, size: Tuple[int, int],
     top, left, ch, cw = box
     rows, wy = _cv_cubic_taps(hwc.shape[0], size[0], top, ch)
     cols, wx = _cv_cubic_taps(hwc.shape[1], size[1], left, cw)
-    tmp = np.zeros((ch,) + hwc.shape[1:], np.float64)
+    tmp = np.zeros((ch,) + hwc.shape[1:], np.float32)
     for i, w in zip(rows, wy):
         tmp += w[:, None, None] * hwc[i]
-    out = np.zeros((ch, cw) + hwc.shape[2:], np.float64)
+    out = np.zeros((ch, cw) + hwc.shape[2:], np.float32)
     for i, w in zip(cols, wx):
         out += w[None, :, None] * tmp[:, i]
     return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
@@ -145,10 +145,13 @@ def _crop_offset(excess: int, protocol: str) -> int:
 
 
 def normalize(hwc: np.ndarray) -> np.ndarray:
-    """uint8 HWC RGB -> float32 CHW ``(pixel - MEAN_RGB) * SCALE`` (subtract, then scale)."""
+    """uint8 RGB ``(..., H, W, 3)`` -> float32 ``(..., 3, H, W)``: ``(pixel - MEAN_RGB) * SCALE``.
+
+    Subtract, then scale, as MXNet's iterator; one image (HWC) or a batch (NHWC).
+    """
     x = hwc.astype(np.float32) - np.asarray(MEAN_RGB, dtype=np.float32)
     x *= np.float32(SCALE)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
 
 
 def preprocess(source: ImageSource, crop: int, protocol: str = "authors",
