@@ -17,12 +17,23 @@ Layout, little-endian::
     uint64 m, then m names: uint64 length + bytes (m == 0: a list, else a dict)
 
 Every count, length and shape is checked against the bytes that remain before anything is
-allocated, so a truncated or lying file is a :class:`CheckpointError`, never a MemoryError.
-Arrays are memory-mapped read-only (``mmap=True``) or copied out of the file.
+allocated, so a truncated or lying file is a :class:`CheckpointError`, never a MemoryError,
+an OverflowError or a hang (fuzzed: fuzz/fuzz_params.py, tests/test_hostile_params.py).
+Arrays are memory-mapped read-only (``mmap=True``) or copied out of the file; the file is
+opened read-only and must be a regular file (a FIFO or /dev/zero is refused, not read).
+
+Where this reader is stricter than ``mx.nd.load`` (1.9.1), on purpose: sparse storage,
+bfloat16 and "none" arrays (no shape: MXNet returns an NDArray that cannot be used) are
+refused; duplicate names and bytes after the names (MXNet ignores them) are errors. A 0-d
+legacy or V1 array is read as MXNet 1.9.1 reads it, a scalar (MXNet before 1.0 wrote "none"
+arrays that way, with no data after the shape; such a file fails here, as it does in 1.9.1).
+Type flags 8-11 (int16, uint16, uint32, uint64) are MXNet 2.x's: read, never written.
 """
 from __future__ import annotations
 
 import mmap as _mmap
+import os
+import stat
 import struct
 from collections import OrderedDict
 from pathlib import Path
@@ -45,6 +56,13 @@ FLAGS = {dt: flag for flag, dt in DTYPES.items()}
 _TYPE_NAMES = {12: "bfloat16"}
 _STORAGE = {1: "row_sparse", 2: "csr"}
 MAX_NDIM = 32
+#: Type flags MXNet 1.x can read (mshadow kFloat32..kBool); the writer uses only these.
+MX1_FLAGS = frozenset(range(8))
+#: A zero-size array may have large other dimensions, but not absurd ones (numpy would
+#: refuse the shape with a ValueError).
+_MAX_ZERO_SIZE_EXTENT = 1 << 48
+# The smallest array record: a legacy 0-d int8 array (uint32 ndim, context, flag, 1 byte).
+_MIN_ARRAY_BYTES = 17
 
 PathLike = Union[str, Path]
 
@@ -56,6 +74,8 @@ def is_params(head: bytes) -> bool:
 
 class _Reader:
     def __init__(self, buf, source: str):
+        if isinstance(buf, memoryview):
+            buf = buf.cast("B")               # len() must count bytes, not items
         self.buf, self.pos, self.size, self.source = buf, 0, len(buf), source
 
     def fail(self, what: str):
@@ -75,44 +95,44 @@ class _Reader:
     def count(self, item_min_bytes: int, what: str) -> int:
         (n,) = self.unpack("<Q", what)
         if n * item_min_bytes > self.size - self.pos:
-            self.fail("%s says %d, more than the file can hold" % (what, n))
+            self.fail("%s says %d, more than the file can hold (%d bytes remain)"
+                      % (what, n, self.size - self.pos))
         return n
 
 
-def _read_array(r: _Reader, index: int, copy: bool):
+def _read_array(r: _Reader, index: int, copy: bool) -> np.ndarray:
     (magic,) = r.unpack("<I", "array %d magic" % index)
     if magic in (V2_MAGIC, V3_MAGIC):
-        (stype,) = r.unpack("<i", "storage type")
+        (stype,) = r.unpack("<i", "array %d storage type" % index)
         if stype != 0:
             r.fail("array %d has %s storage; only dense arrays are supported"
                    % (index, _STORAGE.get(stype, "unknown (%d)" % stype)))
     if magic in (V1_MAGIC, V2_MAGIC, V3_MAGIC):
-        (ndim,) = r.unpack("<i", "ndim")
-        if ndim < 0 and magic == V3_MAGIC:
-            return None                       # unknown shape: an empty NDArray
+        (ndim,) = r.unpack("<i", "array %d ndim" % index)
+        if ndim == -1 and magic == V3_MAGIC or ndim == 0 and magic == V2_MAGIC:
+            r.fail("array %d has no shape (an uninitialised NDArray)" % index)
         if not 0 <= ndim <= MAX_NDIM:
             r.fail("array %d has ndim %d" % (index, ndim))
-        shape = r.unpack("<%dq" % ndim, "shape") if ndim else ()
+        shape = r.unpack("<%dq" % ndim, "array %d shape" % index)
     else:                                     # legacy: the magic was ndim, dims are uint32
         ndim = magic
         if ndim > MAX_NDIM:
             r.fail("unknown array magic 0x%08x" % magic)
-        shape = r.unpack("<%dI" % ndim, "shape") if ndim else ()
-    if ndim == 0 and magic != V3_MAGIC:
-        return None                           # MXNet writes "none" arrays with ndim 0
+        shape = r.unpack("<%dI" % ndim, "array %d shape" % index)
     if any(d < 0 for d in shape):
-        r.fail("array %d has a negative dimension %s" % (index, shape))
-    r.unpack("<ii", "context")
-    (flag,) = r.unpack("<i", "type flag")
+        r.fail("array %d has a negative dimension in shape %s" % (index, shape))
+    r.unpack("<ii", "array %d context" % index)
+    (flag,) = r.unpack("<i", "array %d type flag" % index)
     if flag not in DTYPES:
         r.fail("array %d has unsupported type %s"
                % (index, _TYPE_NAMES.get(flag, "flag %d" % flag)))
     dtype = DTYPES[flag]
-    count = 1
-    for d in shape:
+    count = extent = 1
+    for d in shape:                           # checked per step: no huge products
         count *= d
-        if count * dtype.itemsize > r.size - r.pos:
-            r.fail("array %d of shape %s needs more bytes than remain" % (index, tuple(shape)))
+        extent *= d or 1
+        if count * dtype.itemsize > r.size - r.pos or extent > _MAX_ZERO_SIZE_EXTENT:
+            r.fail("array %d of shape %s needs more bytes than remain" % (index, shape))
     start = r.take(count * dtype.itemsize, "array %d data" % index)
     arr = np.frombuffer(r.buf, dtype=dtype, count=count, offset=start).reshape(shape)
     return arr.copy() if copy else arr
@@ -131,7 +151,7 @@ def loads(buf, source: str = "<bytes>", copy: bool = True) -> "Union[OrderedDict
     if magic != LIST_MAGIC or reserved != 0:
         r.pos = 0
         r.fail("wrong magic 0x%x" % magic)
-    n = r.count(24, "array count")
+    n = r.count(_MIN_ARRAY_BYTES, "array count")
     arrays = [_read_array(r, i, copy) for i in range(n)]
     m = r.count(8, "name count")
     if m not in (0, n):
@@ -149,29 +169,38 @@ def loads(buf, source: str = "<bytes>", copy: bool = True) -> "Union[OrderedDict
     if not m:
         return arrays
     if len(set(names)) != len(names):
-        r.fail("duplicate array names")
+        seen = set()
+        r.fail("duplicate array name %r" % next(n for n in names if n in seen or seen.add(n)))
     return OrderedDict(zip(names, arrays))
 
 
 def load(path: PathLike, mmap: bool = False):
-    """Read a ``.params`` file. ``mmap=True`` returns read-only arrays backed by the file."""
+    """Read a ``.params`` file. ``mmap=True`` returns read-only arrays backed by the file.
+
+    The file is opened read-only and non-blocking (a FIFO is refused, not waited on).
+    """
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            if not mmap:
-                return loads(f.read(), str(path))
-            if path.stat().st_size == 0:
-                return loads(b"", str(path))
-            mm = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ)
-    except OSError as e:
-        raise CheckpointError("%s: cannot read: %s" % (path, e.strerror or e)) from None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise CheckpointError("%s: cannot read: not a regular file" % path)
+            if not mmap or st.st_size == 0:
+                return loads(f.read(st.st_size), str(path))
+            mm = _mmap.mmap(fd, 0, access=_mmap.ACCESS_READ)
+    except (OSError, ValueError) as e:        # ValueError: a NUL byte or bad encoding in the path
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError("%s: cannot read: %s"
+                              % (path, getattr(e, "strerror", None) or e)) from None
     return loads(mm, str(path), copy=False)
 
 
 def _header(arr: np.ndarray) -> bytes:
     dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
-    if dtype not in FLAGS:
-        raise CheckpointError("cannot store dtype %s in an MXNet .params file" % arr.dtype)
+    if FLAGS.get(dtype) not in MX1_FLAGS:
+        raise CheckpointError("cannot store dtype %s in an MXNet 1.x .params file" % arr.dtype)
     if arr.ndim == 0:
         raise CheckpointError("MXNet 1.x .params files cannot hold 0-d arrays")
     return (struct.pack("<Iii", V2_MAGIC, 0, arr.ndim) + struct.pack("<%dq" % arr.ndim, *arr.shape)
@@ -185,8 +214,10 @@ def write(f: BinaryIO, arrays: Union[Mapping[str, np.ndarray], List[np.ndarray]]
     for _, arr in items:
         arr = np.asarray(arr)
         f.write(_header(arr))
-        f.write(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
-                if arr.dtype.byteorder == ">" else memoryview(np.ascontiguousarray(arr)).cast("B"))
+        data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")
+                                    if arr.dtype.byteorder == ">" else arr.dtype)
+        if data.size:                         # memoryview cannot cast a zero-size array
+            f.write(memoryview(data.reshape(-1)).cast("B"))
     names = [n for n, _ in items if n is not None]
     f.write(struct.pack("<Q", len(names)))
     for name in names:
