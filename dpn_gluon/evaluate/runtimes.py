@@ -5,7 +5,8 @@
 float32 logits ``(n, classes)``. Every runtime starts from :func:`read_model`, the one place
 that reads a checkpoint file into canonical tensors.
 
-- ``gluon``: :func:`dpn_gluon.load_checkpoint`, hybridized; several MXNet devices split each
+- ``gluon``: the Gluon DPN of :mod:`dpn_gluon.model` (as :func:`dpn_gluon.load_checkpoint`),
+  hybridized; several MXNet devices split each
   batch with ``mx.gluon.utils.split_and_load`` (data parallel over one machine's GPUs).
 - ``torch``: :func:`dpn_gluon.convert.torch_dpn.from_canonical` (timm's layout), eval mode,
   ``torch.inference_mode``; one device.
@@ -42,11 +43,10 @@ class Runtime:
                           dtype=np.float32)
 
 
-def read_model(path) -> Tuple[str, int, str, dict]:
-    """(architecture name, classes, classifier name, canonical tensors) of a checkpoint file."""
+def read_model(path):
+    """(Arch, classes, classifier name, canonical tensors) of a checkpoint file."""
     from ..checkpoint import read_checkpoint
-    arch, classes, classifier, tensors = read_checkpoint(path)
-    return getattr(arch, "name", arch), int(classes), classifier, tensors
+    return read_checkpoint(path)
 
 
 def parse_devices(spec: str) -> Tuple[str, List[int]]:
@@ -75,13 +75,15 @@ def load_runtime(kind: str, checkpoint, devices: str = "cpu", mean_max: bool = F
     dev_kind, ids = parse_devices(devices)
     arch, classes, classifier, tensors = read_model(checkpoint)
     make = {"gluon": _gluon, "torch": _torch, "onnx": _onnx}[kind]
-    forward, names = make(checkpoint, tensors, dev_kind, ids, mean_max)
-    return Runtime(kind, arch, classes, classifier, names, forward)
+    forward, names = make(checkpoint, (arch, classes, classifier, tensors), dev_kind, ids,
+                          mean_max)
+    return Runtime(kind, arch.name, int(classes), classifier, names, forward)
 
 
-def _gluon(checkpoint, tensors, dev_kind, ids, mean_max):
+def _gluon(checkpoint, model, dev_kind, ids, mean_max):
     import mxnet as mx
-    from .. import load_checkpoint
+    from ..model import DPN, set_canonical
+    arch, classes, classifier, tensors = model
     if dev_kind == "gpu":
         if mx.context.num_gpus() < len(ids) or max(ids) >= mx.context.num_gpus():
             raise DPNError("--device gpu:%s: MXNet sees %d GPU(s)"
@@ -89,7 +91,8 @@ def _gluon(checkpoint, tensors, dev_kind, ids, mean_max):
         ctx = [mx.gpu(i) for i in ids]
     else:
         ctx = [mx.cpu(i) for i in ids] or [mx.cpu()]
-    net = load_checkpoint(checkpoint, ctx=ctx, mean_max=mean_max)
+    # dpn_gluon.load_checkpoint() without reading the file a second time.
+    net = set_canonical(DPN(arch, classes, classifier, mean_max=mean_max), tensors, ctx)
     net.hybridize(static_alloc=True, static_shape=True)
 
     def forward(batch):
@@ -101,7 +104,7 @@ def _gluon(checkpoint, tensors, dev_kind, ids, mean_max):
     return forward, [str(c) for c in ctx]
 
 
-def _torch(checkpoint, tensors, dev_kind, ids, mean_max):
+def _torch(checkpoint, model, dev_kind, ids, mean_max):
     import torch
     from ..convert.torch_dpn import from_canonical
     if dev_kind == "gpu":
@@ -114,16 +117,16 @@ def _torch(checkpoint, tensors, dev_kind, ids, mean_max):
         raise DPNError("the torch runtime uses one device; use --device cpu or cuda:N")
     else:
         device = torch.device("cpu")
-    model = from_canonical(tensors, mean_max=mean_max, source=str(checkpoint)).to(device).eval()
+    net = from_canonical(model[3], mean_max=mean_max, source=str(checkpoint)).to(device).eval()
 
     def forward(batch):
         with torch.inference_mode():
-            return model(torch.from_numpy(batch).to(device)).float().cpu().numpy()
+            return net(torch.from_numpy(batch).to(device)).float().cpu().numpy()
 
     return forward, [str(device)]
 
 
-def _onnx(checkpoint, tensors, dev_kind, ids, mean_max):
+def _onnx(checkpoint, model, dev_kind, ids, mean_max):
     try:
         import onnxruntime as ort
     except ImportError:
@@ -138,7 +141,7 @@ def _onnx(checkpoint, tensors, dev_kind, ids, mean_max):
         providers = [("CUDAExecutionProvider", {"device_id": ids[0]})] + providers
     with tempfile.TemporaryDirectory(prefix="dpn-evaluate-") as tmp:
         path = os.path.join(tmp, "model.onnx")
-        export_onnx(tensors, path, mean_max=mean_max, source=str(checkpoint))
+        export_onnx(model[3], path, mean_max=mean_max, source=str(checkpoint))
         session = ort.InferenceSession(path, providers=providers)
     input_name = session.get_inputs()[0].name
     output_name = session.get_outputs()[0].name
