@@ -218,7 +218,8 @@ def test_cli_json_and_text(tmp_path, jpegs, fake_runtime, checkpoint):
                                   "--workers", 0, "--json", "--limit", 5])
     assert res.exit_code == 0, res.stderr
     rec = json.loads(res.stdout)
-    assert (rec["top1_error"], rec["top5_error"]) == expected_errors(logits[:5], labels[:5])
+    keep = [0, 1, 3, 4, 6]          # 5 of 8, evenly spaced
+    assert (rec["top1_error"], rec["top5_error"]) == expected_errors(logits[keep], labels[keep])
     assert rec["images"] == 5 and rec["data_format"] == "list" and rec["protocol"] == "authors"
     assert "img/s" in res.stderr or "img" in res.stderr        # the progress bar
     res = run(cli.evaluate_main, [checkpoint, "--data", paths["folder"], "--size", 32,

@@ -37,7 +37,7 @@ def _common(fn):
                      help="Crop size: 224 and 320 are the authors' table columns."),
         click.option("--protocol", type=click.Choice(PROTOCOLS), default="authors",
                      show_default=True,
-                     help="authors: bicubic short side = crop, 100%% center crop. "
+                     help="authors: bicubic short side = crop, 100% center crop. "
                           "timm: short side = crop/0.875, center crop. Both normalize "
                           "(pixel - [124,117,104]) * 0.0167."),
         click.option("--mean-max", is_flag=True,
@@ -70,7 +70,7 @@ def _json_safe(value):
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True,
               help="Processes that decode and resize images (0: in the main process).")
-@click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N images.")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate N images evenly spaced over the set (a quick check).")
 @click.option("--strict", is_flag=True,
               help="Fail on an unreadable image instead of skipping it with a warning.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -86,7 +86,7 @@ def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, dev
     from .data import open_dataset
     from .runtimes import load_runtime
     settings(size, protocol, mean_max)
-    dataset = open_dataset(data, root).head(limit)
+    dataset = open_dataset(data, root).subset(limit)
     rt = load_runtime(runtime, checkpoint, device, mean_max)
     record = evaluate(rt, dataset, size, protocol, mean_max, batch_size, workers, strict,
                       progress=not quiet)

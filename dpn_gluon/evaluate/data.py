@@ -69,12 +69,17 @@ class Dataset:
                            "(%d such samples)" % (self.path, self.labels[i], self.name(i),
                                                   num_classes, bad.size))
 
-    def head(self, limit: Optional[int]) -> "Dataset":
-        """The first ``limit`` samples (all when ``limit`` is None)."""
+    def subset(self, limit: Optional[int]) -> "Dataset":
+        """``limit`` samples evenly spaced over the set (all when None or larger).
+
+        Evenly spaced rather than the first ones, so that a quick run on a class folder
+        sees every class rather than the first few.
+        """
         if limit is None or limit >= len(self):
             return self
-        return Dataset(self.path, self.kind, self.sources[:limit], self.labels[:limit],
-                       self.classes)
+        keep = (np.arange(limit) * len(self)) // limit
+        return Dataset(self.path, self.kind, [self.sources[i] for i in keep],
+                       self.labels[keep], self.classes)
 
 
 def open_dataset(path, root=None) -> Dataset:
