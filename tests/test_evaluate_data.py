@@ -296,3 +296,22 @@ def test_dataset_errors_are_one_line(tmp_path):
     (tmp_path / "y.idx").write_text("0\t0\n")
     with pytest.raises(DPNError, match="bad magic"):
         evdata.open_dataset(tmp_path / "y.rec")
+
+
+def test_synset_folders_are_labelled_by_synset_for_1000_classes(tmp_path, jpegs):
+    """A folder with 3 of the 1000 synsets: labels 0, 1 and 999, not 0, 1, 2."""
+    synsets = ["n01440764", "n01443537", "n15075141"]
+    for i, b in enumerate(jpegs[:6]):
+        d = tmp_path / "val" / synsets[i % 3]
+        d.mkdir(parents=True, exist_ok=True)
+        (d / ("%d.jpg" % i)).write_bytes(b)
+    ds = evdata.open_dataset(tmp_path / "val")
+    assert ds.relabel(["x", "y"]) is ds            # not synset folders: sorted order kept
+    bias = np.zeros(1000, np.float32)
+    bias[999], bias[1] = 2.0, 1.0                  # everything looks like toilet tissue
+    rt = Runtime("bias", "dpn68", 1000, "fc6", ["cpu"],
+                 lambda b: np.tile(bias, (len(b), 1)) + 1e-3 * b.mean(axis=(1, 2, 3))[:, None])
+    rec = evaluate(rt, ds, 32, "authors", progress=False)
+    # 2 of 6 images are in n15075141: top-1 only if it is class 999 (sorted folders: 2).
+    # Classes 1 and 0 rank 2nd and 3rd (all others tie below), so top-5 is always right.
+    assert rec["top1_error"] == 100.0 * 4 / 6 and rec["top5_error"] == 0.0

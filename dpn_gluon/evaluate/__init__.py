@@ -49,12 +49,16 @@ def evaluate(runtime, dataset: Dataset, size: int, protocol: str = "authors",
     """Top-1/top-5 error (%) of ``runtime`` on ``dataset``; one JSON-ready record.
 
     ``mean_max`` only labels the record: the head is part of the runtime already loaded.
+    Class folders named after ImageNet synsets are labelled by synset (the authors' order)
+    for 1000-class checkpoints, so a folder with only some synsets is scored correctly.
     Labels are checked against the runtime's classes before any image is decoded. Images
     that cannot be decoded are skipped and listed in ``skipped_files`` (one line each), or
     raise with ``strict``.
     """
     from tqdm import tqdm
     record = settings(size, protocol, mean_max)
+    if runtime.classes == 1000:
+        dataset = dataset.relabel([synset for synset, _ in imagenet_synsets()])
     dataset.check_labels(runtime.classes)
     metric = TopKError((1, min(5, runtime.classes)))
     skipped: List[str] = []

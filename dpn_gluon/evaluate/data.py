@@ -69,6 +69,20 @@ class Dataset:
                            "(%d such samples)" % (self.path, self.labels[i], self.name(i),
                                                   num_classes, bad.size))
 
+    def relabel(self, class_ids: Sequence[str]) -> "Dataset":
+        """Folder labels as positions in ``class_ids`` (e.g. the 1000 ImageNet synsets).
+
+        Needed when the folder holds only some of the classes: sorted-folder indices would
+        then not be the checkpoint's class indices. Unchanged unless every folder is named
+        after one of ``class_ids``.
+        """
+        if self.classes is None or not set(self.classes) <= set(class_ids):
+            return self
+        position = {c: i for i, c in enumerate(class_ids)}
+        mapping = np.array([position[c] for c in self.classes], dtype=np.int64)
+        return Dataset(self.path, self.kind, self.sources, mapping[self.labels],
+                       list(class_ids))
+
     def subset(self, limit: Optional[int]) -> "Dataset":
         """``limit`` samples evenly spaced over the set (all when None or larger).
 
