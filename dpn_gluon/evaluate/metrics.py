@@ -1,9 +1,9 @@
 """Top-1 / top-5 error (%) from logits and labels, accumulated batch by batch (numpy only).
 
 A sample counts as correct at k when fewer than k classes score strictly higher than its
-true class: the rank of the label, computed without sorting. (The tests check it against an
-independent ``np.argsort``.) Ties therefore count in the label's favour, as
-``mx.metric.TopKAccuracy`` does not guarantee either way; with float logits they do not occur.
+true class: the rank of the label, computed without sorting (the tests check it against an
+independent ``np.argsort``). Exact ties, which a real network's float logits do not produce,
+count in the label's favour.
 """
 from __future__ import annotations
 
