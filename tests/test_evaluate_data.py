@@ -226,7 +226,7 @@ def test_cli_json_and_text(tmp_path, jpegs, fake_runtime, checkpoint):
                                   "--workers", 0, "-q"])
     assert res.exit_code == 0, res.stderr
     assert "top-1 error 62.50 %" in res.stdout and "top-5 error 25.00 %" in res.stdout
-    assert "protocol=authors size=32 resize_short=32 crop=32" in res.stdout
+    assert "protocol=authors size=32 resize_short=32 crop=32 bicubic(OpenCV)" in res.stdout
 
 
 def test_cli_corrupt_image_skipped_or_strict(tmp_path, jpegs, fake_runtime, checkpoint):

@@ -103,9 +103,10 @@ def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, dev
         checkpoint, record["checkpoint_arch"], record["classes"], record["classifier"]))
     click.echo("data        %s  (%s: %d images, %d skipped)" % (
         record["data"], record["data_format"], record["images"], record["skipped"]))
-    click.echo("settings    protocol=%s size=%d resize_short=%d crop=%d bicubic "
+    click.echo("settings    protocol=%s size=%d resize_short=%d crop=%d %s "
                "mean=(124,117,104) scale=0.0167 mean_max=%s runtime=%s device=%s batch=%d"
                % (record["protocol"], record["size"], record["resize_short"], record["crop"],
+                  record["interpolation"].replace(" ", ""),
                   "on" if record["mean_max"] else "off", record["runtime"],
                   ",".join(record["devices"]), record["batch_size"]))
     click.echo("top-1 error %.2f %%" % record["top1_error"])

@@ -22,8 +22,8 @@ nothing but numpy and Pillow is needed to feed them.
 
 The long side is ``floor(short_target * long / short)``, as torchvision's ``Resize(int)`` and
 ``mx.image.resize_short`` both compute it; the crop offset floors (MXNet) for ``authors`` and
-rounds half to even (torchvision's ``CenterCrop``) for ``timm``. This module imports neither MXNet nor torch, and is
-imported by the data-loading worker processes.
+rounds half to even (torchvision's ``CenterCrop``) for ``timm``. This module imports neither
+MXNet nor torch, and is imported by the data-loading worker processes.
 """
 from __future__ import annotations
 
