@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Tuple, Union
 
 import numpy as np
+from PIL import Image
 
 from ..errors import DPNError
 from ..variants import MEAN_RGB, SCALE
@@ -40,7 +41,7 @@ PROTOCOLS = ("authors", "timm")
 #: timm's crop fraction for the converted DPN weights (``_cfg(crop_pct=0.875)``).
 TIMM_CROP_PCT = 0.875
 
-ImageSource = Union[str, Path, bytes, "PIL.Image.Image"]  # noqa: F821
+ImageSource = Union[str, Path, bytes, Image.Image]
 
 
 class ImageError(DPNError):
@@ -58,7 +59,6 @@ def resize_size(crop: int, protocol: str) -> int:
 
 def load_image(source: ImageSource, name: str = None):
     """Decode a file path, encoded bytes or a PIL image into an RGB PIL image."""
-    from PIL import Image
     if isinstance(source, Image.Image):
         return source.convert("RGB")
     name = name or (str(source) if isinstance(source, (str, Path)) else "<bytes>")
@@ -86,7 +86,6 @@ def resize_crop(img, crop: int, protocol: str = "authors") -> np.ndarray:
     ``authors``: OpenCV's bicubic (:func:`cv_bicubic_resize_crop`), as their MXNet pipeline;
     ``timm``: PIL's bicubic, as timm's (torchvision) transforms on PIL images.
     """
-    from PIL import Image
     img = img.convert("RGB")
     w, h = short_side_size(img.width, img.height, resize_size(crop, protocol))
     left, top = _crop_offset(w - crop, protocol), _crop_offset(h - crop, protocol)
