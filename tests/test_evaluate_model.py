@@ -148,6 +148,24 @@ def gluon_logits_fresh(checkpoint, batch):
     return net(mx.nd.array(batch)).asnumpy()
 
 
+@pytest.mark.parametrize("target", ["safetensors", "torch", "timm"])
+def test_converted_checkpoints_report_the_same_errors(tmp_path, checkpoint, jpegs, target):
+    """CHECKPOINT may be anything dpn-convert writes; the errors do not change."""
+    pytest.importorskip("torch")
+    from dpn_gluon.convert.pipeline import convert
+    batch = np.stack([preprocess(b, 64, "authors") for b in jpegs])
+    logits = gluon_logits(checkpoint, batch, False)
+    labels = labels_at_ranks(logits)
+    paths = write_layouts(tmp_path, jpegs, labels, CLASSES)
+    name = {"safetensors": "m.safetensors", "torch": "m.pth", "timm": "timm-dpn68"}[target]
+    out = tmp_path / name
+    convert(checkpoint, target, out, check=False)
+    assert out.exists()
+    for runtime in ("gluon", "torch"):
+        rec = evaluate_cli(out, paths["folder"], 64, "authors", False, "--runtime", runtime)
+        assert (rec["top1_error"], rec["top5_error"]) == expected_errors(logits, labels)
+
+
 def test_bad_checkpoint_is_exit_2(tmp_path, jpegs):
     paths = write_layouts(tmp_path, jpegs, [0] * len(jpegs), 2)
     bad = tmp_path / "junk-0000.params"

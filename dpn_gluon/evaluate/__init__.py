@@ -40,7 +40,8 @@ def settings(size: int, protocol: str, mean_max: bool) -> dict:
                        % (MEAN_MAX_MIN_SIZE, size))
     return {"protocol": protocol, "size": size, "resize_short": resize_size(size, protocol),
             "crop": size,
-            "interpolation": "bicubic (%s)" % ("OpenCV" if protocol == "authors" else "PIL"), "mean_rgb": [124.0, 117.0, 104.0],
+            "interpolation": "bicubic (%s)" % ("OpenCV" if protocol == "authors" else "PIL"),
+            "mean_rgb": [124.0, 117.0, 104.0],
             "scale": 0.0167, "mean_max": bool(mean_max)}
 
 

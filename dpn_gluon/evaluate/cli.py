@@ -60,7 +60,7 @@ def _json_safe(value):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--data", required=True, type=click.Path(exists=True, path_type=Path),
               help="ImageNet-style folder (one sub-folder per class, sorted synset order), "
                    "an im2rec .lst list (index<TAB>label<TAB>path) or a .rec with its .idx.")
@@ -70,7 +70,8 @@ def _json_safe(value):
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True,
               help="Processes that decode and resize images (0: in the main process).")
-@click.option("--limit", type=click.IntRange(min=1), help="Evaluate N images evenly spaced over the set (a quick check).")
+@click.option("--limit", type=click.IntRange(min=1),
+              help="Evaluate N images evenly spaced over the set (a quick check).")
 @click.option("--strict", is_flag=True,
               help="Fail on an unreadable image instead of skipping it with a warning.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -78,6 +79,9 @@ def _json_safe(value):
 def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, device, as_json,
                   batch_size, workers, limit, strict, quiet):
     """Top-1 / top-5 error (%) of CHECKPOINT on a labelled image set.
+
+    CHECKPOINT is any file dpn-convert reads: the authors' PREFIX-0000.params (or PREFIX),
+    a Gluon .params, a PyTorch .pth, a .safetensors or a timm folder.
 
     Reproduces the authors' single-crop table with --protocol authors at --size 224,
     --size 320 and --size 320 --mean-max (docs/evaluate.md lists the published numbers).
@@ -115,7 +119,7 @@ def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, dev
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True)

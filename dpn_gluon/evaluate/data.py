@@ -3,8 +3,9 @@
 - **folder**: one sub-folder per class; labels are the sorted sub-folder names' indices, which
   for ImageNet is the sorted synset order the authors trained with (and that
   ``mx.gluon.data.vision.ImageFolderDataset`` and torchvision's ``ImageFolder`` use).
-- **list**: the authors' ``.lst`` (MXNet's ``im2rec`` format): ``index\\tlabel[\\tlabel...]\\tpath``,
-  paths relative to ``root`` (default: the list's folder); the first label is the class.
+- **list**: the authors' ``.lst`` (MXNet's ``im2rec`` format),
+  ``index\\tlabel[\\tlabel...]\\tpath``, paths relative to ``root`` (default: the list's
+  folder); the first label is the class.
 - **record**: a ``.rec`` file with its ``.idx`` (``key\\toffset`` lines), as written by
   ``mx.recordio.MXIndexedRecordIO`` / ``pack_img``. The records are read here without MXNet
   (magic, length, ``IRHeader`` 'IfQQ', the encoded image) and the image bytes are decoded by
@@ -12,8 +13,9 @@
 
 :func:`open_dataset` detects which one a path is. :func:`iter_batches` decodes and resizes in
 worker processes (forked where the platform can, as MXNet's own DataLoader does: the
-workers touch only numpy and Pillow) and yields float32 NCHW batches in dataset order. Unreadable images are skipped and counted,
-or raise :class:`~dpn_gluon.evaluate.preprocess.ImageError` when ``strict``.
+workers touch only numpy and Pillow) and yields float32 NCHW batches in dataset order.
+Unreadable images are skipped and counted, or raise
+:class:`~dpn_gluon.evaluate.preprocess.ImageError` when ``strict``.
 
 This module imports neither MXNet nor torch.
 """

@@ -3,7 +3,7 @@
 :func:`load_runtime` returns a :class:`Runtime`: a callable from a float32 NCHW numpy batch
 (already preprocessed by :mod:`dpn_gluon.evaluate.preprocess`, the same for every runtime) to
 float32 logits ``(n, classes)``. Every runtime starts from :func:`read_model`, the one place
-that reads a checkpoint file into canonical tensors.
+that reads a checkpoint (any format dpn-convert reads) into canonical tensors.
 
 - ``gluon``: the Gluon DPN of :mod:`dpn_gluon.model` (as :func:`dpn_gluon.load_checkpoint`),
   hybridized; several MXNet devices split each
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, List, Tuple
 
@@ -44,9 +45,15 @@ class Runtime:
 
 
 def read_model(path):
-    """(Arch, classes, classifier name, canonical tensors) of a checkpoint file."""
-    from ..checkpoint import read_checkpoint
-    return read_checkpoint(path)
+    """(Arch, classes, classifier name, canonical tensors) of any checkpoint dpn-convert reads.
+
+    The authors' ``PREFIX-0000.params`` (or ``PREFIX``), a Gluon ``.params``, a PyTorch
+    ``.pth`` (timm's keys), ``.safetensors`` or a timm folder: detected from the content by
+    :func:`dpn_gluon.convert.formats.read`, validated against the variant table.
+    """
+    from ..convert.formats import read
+    w = read(path, hash_source=False)
+    return w.arch, w.classes, w.classifier, w.tensors
 
 
 def parse_devices(spec: str) -> Tuple[str, List[int]]:
@@ -117,7 +124,11 @@ def _torch(checkpoint, model, dev_kind, ids, mean_max):
         raise DPNError("the torch runtime uses one device; use --device cpu or cuda:N")
     else:
         device = torch.device("cpu")
-    net = from_canonical(model[3], mean_max=mean_max, source=str(checkpoint)).to(device).eval()
+    with warnings.catch_warnings():
+        # The tensors are read-only views of the file; load_state_dict copies them anyway.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        net = from_canonical(model[3], mean_max=mean_max, source=str(checkpoint))
+    net = net.to(device).eval()
 
     def forward(batch):
         with torch.inference_mode():
