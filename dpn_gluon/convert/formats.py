@@ -228,7 +228,7 @@ def _check_torch_zip(path: Path) -> set:
     try:
         with zipfile.ZipFile(path) as z:
             infos = z.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as e:
+    except Exception as e:    # zipfile raises BadZipFile, NotImplementedError, struct.error, ...
         raise CheckpointError("%s: not a loadable PyTorch state_dict: a broken zip archive (%s)"
                               % (path, str(e).splitlines()[0] if str(e) else type(e).__name__)) from None
     if not any(i.filename.endswith("/data.pkl") or i.filename == "data.pkl" for i in infos):
