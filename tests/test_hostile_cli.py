@@ -686,3 +686,17 @@ def test_fuzz_torch_and_safetensors_readers(tmp_path, capsys):
               "%d seeds in %.1f s" % (stats["executions"], stats["parsed"], stats["refused"],
                                       len(seeds), time.perf_counter() - start))
     assert stats["refused"] and stats["parsed"]
+
+
+def test_wrong_values_keep_the_exact_check_and_skip_the_numeric_one(folder):
+    """NaN weights give NaN logits in both frameworks: the numeric check is skipped with a
+    note (it would report a failure the conversion did not cause); the bit-for-bit check of
+    every tensor still runs and passes (NaN payloads included)."""
+    src = folder / "nan-0000.params"
+    src.write_bytes(params_bytes(dpn68(edit=_set_value(FIRST_CONV, np.nan))))
+    r = CliRunner().invoke(main, [str(src), "--to", "torch", "-o", str(folder / "n.pth"), "--json"])
+    assert r.exit_code == 0, r.output
+    rec = json.loads(r.stdout)
+    assert rec["ok"] and rec["check"]["exact"] is True
+    assert any("numeric check skipped" in n for n in rec["notes"])
+    assert "bit-identical" in r.stderr
