@@ -24,6 +24,10 @@ Formats, and what they must stay compatible with:
   ``push_to_hf_hub`` writes and ``timm.create_model('local-dir:PATH')`` reads;
 - ``onnx`` (target only): delegated to :mod:`dpn_gluon.convert.onnx_export`.
 
+Hostile input: every reader is bounded by the file's size before it allocates (a lying
+header, a zip bomb, a storage declared larger than the file), runs no code from the file,
+and refuses anything it does not expect in one line naming the file (docs/hostile.md).
+
 Memory: sources are memory-mapped (``.params``, torch ``mmap=True``) or read tensor by
 tensor (safetensors), arrays stay views through renaming, and writers stream from them, so a
 conversion holds about one copy of the checkpoint. numpy is the only hard dependency:
@@ -477,7 +481,7 @@ def canonicalize(raw: Mapping[str, np.ndarray], metadata: Mapping[str, str], sou
                                   "statistic" % where)
         shapes = {k: v.shape for k, v in renamed.items()}
         found, classes, own = _identify(shapes, arch, where)
-        chosen = classifier or own
+        chosen, head = classifier or own, own + "_weight"
         tensors = OrderedDict()
         for name in variants.tensor_spec(found, classes, own):
             target = chosen + name[len(own):] if name.startswith(own + "_") else name
@@ -495,14 +499,13 @@ def canonicalize(raw: Mapping[str, np.ndarray], metadata: Mapping[str, str], sou
         chosen = classifier or (meta_fc if meta_fc in variants.CLASSIFIERS else None) \
             or variants.default_classifier(found.name, classes)
         by_name = {new: old for old, (new, _) in rules.items()}
+        head = by_name["fc6_weight"]
         tensors = OrderedDict()
         for name, shape in variants.tensor_spec(found, classes, "fc6").items():
             arr = raw[by_name[name]]
             target = chosen + name[3:] if name.startswith("fc6_") else name
             tensors[target] = arr.reshape(shape) if arr.shape != shape else arr
-    head = next((old for old, (new, _) in rules.items() if new == "fc6_weight"), None) \
-        if scheme != "mxnet" else chosen + "_weight"
-    _check_metadata(metadata, found, classes, where, head or "the classifier")
+    _check_metadata(metadata, found, classes, where, head)
     return Weights(found, classes, chosen, tensors, source, fmt, dict(metadata))
 
 
