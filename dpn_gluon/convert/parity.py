@@ -325,9 +325,16 @@ def torch_taps(arch: variants.Arch, classes: int, classifier: str, tensors, x: n
         model = torch_dpn.from_canonical(tensors, arch.name, classes, classifier, mean_max=mean_max)
     tdtype = getattr(torch, dtype)
     model = model.to(device=device, dtype=tdtype)
-    with torch.inference_mode():
-        taps = model.taps(torch.from_numpy(x).to(device=device, dtype=tdtype))
-        return OrderedDict((k, v.float().cpu().numpy()) for k, v in taps.items())
+    # float32 on Ampere+ GPUs: cuDNN convolutions default to TF32 (10-bit mantissa), ~1e-3
+    # off; a float32 check must compute in float32.
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.inference_mode():
+            taps = model.taps(torch.from_numpy(x).to(device=device, dtype=tdtype))
+            return OrderedDict((k, v.float().cpu().numpy()) for k, v in taps.items())
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def onnx_taps(arch: variants.Arch, classes: int, classifier: str, tensors, x: np.ndarray,
