@@ -165,15 +165,15 @@ def _check_report_path(report: Path, force: bool):
 @click.argument("reference", type=click.Path(path_type=Path))
 @click.argument("candidate", type=click.Path(path_type=Path))
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="torch", show_default=True,
-              help="Run B in PyTorch (the timm-layout DPN) or in onnxruntime (the ONNX export "
+              help="Run CANDIDATE in PyTorch (the timm-layout DPN) or in onnxruntime (the ONNX export "
                    "with every tap as an output).")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
-              help="Device of B's runtime.")
+              help="Device of CANDIDATE's runtime.")
 @click.option("--mx-device", type=click.Choice(MX_DEVICES), default="cpu", show_default=True,
               help="Device of the MXNet reference; gpu falls back to the CPU, with a message, "
                    "where the MXNet build has no kernels for the card (Hopper and newer).")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
-              help="B's compute dtype (PyTorch only); A always runs in float32.")
+              help="CANDIDATE's compute dtype (PyTorch only); REFERENCE runs in float32.")
 @click.option("--size", type=click.IntRange(32, 1024), default=64, show_default=True,
               help="Input height and width (at least 193 with --mean-max).")
 @click.option("--batch", type=click.IntRange(1, 256), default=2, show_default=True,
@@ -195,10 +195,10 @@ def _check_report_path(report: Path, force: bool):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON record (the rows) on stdout.")
 def check_command(reference, candidate, runtime, device, mx_device, dtype, size, batch, seed,
                   images, mean_max, tolerance, report, force, as_json):
-    """Per-layer parity of two checkpoints: A in the authors' MXNet graph, B converted.
+    """Per-layer parity: REFERENCE in the authors' MXNet graph, CANDIDATE in PyTorch or ONNX.
 
-    A and B are any checkpoints dpn-convert reads (the authors' .params, Gluon, .pth,
-    .safetensors, timm folder) of the same architecture and class count. The same batch
+    REFERENCE and CANDIDATE are any checkpoints dpn-convert reads (the authors' .params,
+    Gluon, .pth, .safetensors, timm folder) of the same architecture and class count. The same batch
     goes through both; outputs are compared at the stem (pool1), every dual-path block's
     residual (_sum) and dense (_cat) paths, the final BN-ReLU and the logits. Prints one row
     per tap (max abs, max rel, cosine, ok) and marks the first failing one: where the two
@@ -211,7 +211,7 @@ def check_command(reference, candidate, runtime, device, mx_device, dtype, size,
         _check_report_path(report, force)
     ref = read(reference, hash_source=False)
     cand = read(candidate, hash_source=False)
-    for w, role in ((ref, "A (reference)"), (cand, "B (candidate)")):
+    for w, role in ((ref, "reference"), (cand, "candidate")):
         _log("%s: %s, %s, %s, %d classes, %d tensors (%s)" % (
             role, w.source, w.format, w.arch.name, w.classes, len(w.tensors), ", ".join(w.dtypes)))
     rep = layer_parity(ref, cand, runtime=runtime, device=device, dtype=dtype, batch=batch,

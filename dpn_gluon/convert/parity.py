@@ -501,11 +501,15 @@ def main(argv=None) -> int:
                python=platform.python_version(), torch=torch.__version__, mxnet=mxnet.__version__,
                device=(torch.cuda.get_device_name(0) if a.device == "cuda" else "cpu"),
                batch=a.batch, size=a.size, seed=a.seed)
+    if "onnx" in a.runtime:
+        import onnxruntime
+        env["onnxruntime"] = onnxruntime.__version__
     if a.json:
         print(json.dumps(dict(env=env, rows=rows), indent=1))
         return 0
-    print("Device: %(device)s (%(machine)s); Python %(python)s, torch %(torch)s, mxnet %(mxnet)s; "
-          "seeded weights, %(batch)dx3x%(size)dx%(size)d, seed %(seed)d." % env)
+    print("Device: %(device)s (%(machine)s); Python %(python)s, torch %(torch)s, mxnet %(mxnet)s%(ort)s; "
+          "seeded weights, %(batch)dx3x%(size)dx%(size)d, seed %(seed)d."
+          % dict(env, ort=", onnxruntime %s" % env["onnxruntime"] if "onnxruntime" in env else ""))
     print()
     print("| arch | runtime | dtype | worst tap | max rel (worst tap) | max rel (logits) "
           "| min cosine | top-1 | tolerance | result |")
