@@ -249,12 +249,14 @@ def test_bad_inputs(dpn68_files, folder, seeded_weights):
     from dpn_gluon.errors import DPNError
     src, pth = dpn68_files
     other = write_seeded_checkpoint(folder / "b68", name="dpn68b", symbol=False)
+    (folder / "junk.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     cases = [
         ((src, other), "differ"),
         ((src, pth, "--runtime", "onnx", "--dtype", "float16"), "float32 graph only"),
         ((src, pth, "--size", "16"), "16"),
         ((src, folder / "nope.pth"), "nope.pth"),
         ((src, pth, "--report", folder / "r.txt"), ".png"),
+        ((src, pth, "--image", folder / "junk.jpg"), "junk.jpg"),
     ]
     if not HAS_CUDA:
         cases.append(((src, pth, "--device", "cuda"), "CUDA"))

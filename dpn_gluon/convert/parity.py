@@ -241,25 +241,12 @@ def seeded_batch(batch: int = 2, size: int = 64, seed: int = 0) -> np.ndarray:
 
 
 def load_images(paths: Sequence[Union[str, Path]], size: int) -> np.ndarray:
-    """Images -> (N, 3, size, size) float32 with the authors' preprocessing: RGB, bicubic
-    resize of the short side to ``size``, 100 % center crop, ``(pixel - MEAN_RGB) * SCALE``."""
-    from PIL import Image, UnidentifiedImageError
-    out = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                im = im.convert("RGB")
-                w, h = im.size
-                scale = size / min(w, h)
-                im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))),
-                               Image.BICUBIC)
-                left, top = (im.width - size) // 2, (im.height - size) // 2
-                arr = np.asarray(im.crop((left, top, left + size, top + size)), np.float32)
-        except (OSError, UnidentifiedImageError) as e:
-            raise DPNError("%s: cannot read the image: %s" % (p, getattr(e, "strerror", None) or e)) from None
-        arr = (arr - np.array(variants.MEAN_RGB, np.float32)) * np.float32(variants.SCALE)
-        out.append(arr.transpose(2, 0, 1))
-    return np.ascontiguousarray(np.stack(out), dtype=np.float32)
+    """Images -> (N, 3, size, size) float32 with the authors' preprocessing
+    (:func:`dpn_gluon.evaluate.preprocess.preprocess`, protocol ``authors``: bicubic resize
+    of the short side to ``size``, 100 % center crop, ``(pixel - MEAN_RGB) * SCALE``)."""
+    from ..evaluate.preprocess import preprocess
+    return np.ascontiguousarray(np.stack([preprocess(p, size, "authors") for p in paths]),
+                                dtype=np.float32)
 
 
 # -- the two sides -----------------------------------------------------------------------------
