@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -340,3 +339,35 @@ def test_cuda_cli(dpn68_files):
     r = run("check", src, pth, "--device", "cuda", "--mx-device", "gpu", "--dtype", "float16")
     assert r.exit_code == 0, r.output
     assert "cuda" in r.stdout
+
+
+# -- ONNX files as written ------------------------------------------------------------------
+
+def test_written_onnx_file_checked_as_it_is(dpn68_files, folder):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    src, _ = dpn68_files
+    out = folder / "m.onnx"
+    r = run(src, "--to", "onnx", "-o", out, "--force", "--json")
+    assert r.exit_code == 0, r.output
+    assert list(table_rows(r.stderr)) == variants.tap_names(variants.ARCHS["dpn68"])
+    assert json.loads(r.stdout)["check"]["parity"]["runtime"] == "onnx"
+
+    r = run("check", src, out, "--json", "--size", "32")     # runtime: onnx, from the file
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["runtime"] == "onnx"
+
+    model = onnx.load(str(out))
+    init = {t.name: t for t in model.graph.initializer}
+    g, b = init["conv4_x__2_c1x1-a__bn__bn_gamma"], init["conv4_x__2_c1x1-a__bn__bn_beta"]
+    g_raw, b_raw = bytes(g.raw_data), bytes(b.raw_data)
+    assert g_raw and b_raw
+    g.raw_data, b.raw_data = b_raw, g_raw
+    bad = folder / "bad.onnx"
+    onnx.save(model, str(bad))
+    r = run("check", src, bad, "--json", "--size", "32")
+    assert r.exit_code == 1, r.output
+    assert json.loads(r.stdout)["first_failure"] == "conv4_x__2_sum"
+
+    r = run("check", src, out, "--runtime", "torch")
+    assert r.exit_code == 2 and "--runtime onnx only" in r.stderr

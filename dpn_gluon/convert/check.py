@@ -123,6 +123,8 @@ def check_written(weights: "formats.Weights", target: str, files: List[Path], nu
     if target == "onnx":
         report.notes.append("onnx: no tensor-by-tensor check (the exporter checks its graph)")
         log("check: " + report.notes[-1])
+        if numeric:
+            _numeric(report, weights, log, device, tolerance, onnx_file=files[-1])
         return report
     main = files[-1]       # mxnet: PREFIX-0000.params comes after the symbol
     formats.release(weights.tensors.values())    # the write touched them all
@@ -152,20 +154,25 @@ def check_written(weights: "formats.Weights", target: str, files: List[Path], nu
     else:
         log("check: %d problems, first: %s" % (len(problems), problems[0]))
     if numeric:
-        report.parity, note = numeric_parity(back, device=device, tolerance=tolerance, log=log,
-                                             reference=weights)
-        if note:
-            report.notes.append(note)
-            log("check: " + note)
-        elif report.parity:
-            report.numeric = summary(report.parity)
-            n, first = report.numeric, report.parity.first_failure
-            log("check: MXNet graph vs PyTorch DPN on %dx3x%dx%d, %d taps: logits max rel %.2e, "
-                "top-5 agreement %.0f%% (%s)"
-                % (n.batch, n.size, n.size, len(report.parity.rows), n.max_rel,
-                   100 * n.top5_agreement, "ok" if n.passed else "FAILED at %s, tolerance %g"
-                   % (first.name if first else "the logits' top-5", report.parity.tolerance)))
+        _numeric(report, back, log, device, tolerance, reference=weights)
     return report
+
+
+def _numeric(report: CheckReport, weights, log, device, tolerance, reference=None, onnx_file=None):
+    report.parity, note = numeric_parity(weights, device=device, tolerance=tolerance, log=log,
+                                         reference=reference, onnx_file=onnx_file)
+    if note:
+        report.notes.append(note)
+        log("check: " + note)
+    elif report.parity:
+        report.numeric = summary(report.parity)
+        n, first = report.numeric, report.parity.first_failure
+        log("check: MXNet graph vs %s on %dx3x%dx%d, %d taps: logits max rel %.2e, "
+            "top-5 agreement %.0f%% (%s)"
+            % ("the written ONNX model" if onnx_file else "the PyTorch DPN", n.batch, n.size,
+               n.size, len(report.parity.rows), n.max_rel, 100 * n.top5_agreement,
+               "ok" if n.passed else "FAILED at %s, tolerance %g"
+               % (first.name if first else "the logits' top-5", report.parity.tolerance)))
 
 
 def summary(parity: "ParityReport") -> NumericReport:
@@ -185,30 +192,35 @@ def compare_shapes(want: Mapping[str, tuple], got: Mapping[str, tuple]) -> List[
 
 def numeric_parity(weights: "formats.Weights", batch: int = 2, size: int = 64, seed: int = 0,
                    device: str = "cpu", tolerance: Optional[float] = None, log=None,
-                   reference: Optional["formats.Weights"] = None):
+                   reference: Optional["formats.Weights"] = None,
+                   onnx_file: Optional[Path] = None):
     """(ParityReport, None), or (None, why it did not run).
 
     The per-layer report of ``weights`` (the written file, read back) in the PyTorch DPN
-    against the authors' graph on ``reference`` (the conversion's source; default
-    ``weights`` itself): both models use a global-average head (the authors' 7x7 ``pool5`` is the same
-    function at 224x224 and runs only there), so a small seeded batch suffices; float32.
+    (or of the written ``onnx_file`` in onnxruntime, as it is) against the authors' graph on
+    ``reference`` (the conversion's source; default ``weights`` itself). Both models use a
+    global-average head (the authors' 7x7 ``pool5`` is the same function at 224x224 and
+    runs only there), so a small seeded batch suffices; float32.
     """
     # look before importing: MXNet and torch cost ~150 MB each, only worth it if both run
-    missing = [m for m in ("mxnet", "torch") if not _importable(m)]
+    runtime = ("mxnet", "onnxruntime" if onnx_file else "torch")
+    missing = [m for m in runtime if not _importable(m)]
     if missing:
-        what = " and ".join({"mxnet": "MXNet", "torch": "torch"}[m] for m in missing)
+        what = " and ".join({"mxnet": "MXNet"}.get(m, m) for m in missing)
         return None, ("%s %s not installed: numerical check skipped (the written tensors were "
                       "compared exactly with the source)" % (what, "is" if len(missing) == 1 else "are"))
     absent = [m for m in ("dpn_gluon.symbols", "dpn_gluon.convert.torch_dpn") if not _importable(m)]
-    if absent:
+    if absent and not onnx_file:
         return None, "numerical check skipped: %s not available" % ", ".join(absent)
     try:
-        for module in ("mxnet", "torch"):
+        for module in runtime:
             importlib.import_module(module)
-        from .parity import layer_parity
+        from .parity import layer_parity, read_onnx
     except (ImportError, OSError) as e:
         return None, "numerical check skipped: %s" % e
-    report = layer_parity(weights if reference is None else reference, weights, "torch", device, "float32", batch, size, seed,
+    candidate = read_onnx(onnx_file) if onnx_file else weights
+    report = layer_parity(weights if reference is None else reference, candidate,
+                          "onnx" if onnx_file else "torch", device, "float32", batch, size, seed,
                           tolerance=RTOL if tolerance is None else tolerance, log=log)
     return report, None
 

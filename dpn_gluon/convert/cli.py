@@ -25,7 +25,7 @@ from pathlib import Path
 import click
 
 from .. import variants
-from ..errors import DPNError
+from ..errors import CheckpointError, DPNError
 from .atomic import check_writable
 from .formats import TARGETS
 from .parity import DEVICES, DTYPES, MX_DEVICES, RUNTIMES
@@ -164,9 +164,10 @@ def _check_report_path(report: Path, force: bool):
 @main.command("check")
 @click.argument("reference", type=click.Path(path_type=Path))
 @click.argument("candidate", type=click.Path(path_type=Path))
-@click.option("--runtime", type=click.Choice(RUNTIMES), default="torch", show_default=True,
-              help="Run CANDIDATE in PyTorch (the timm-layout DPN) or in onnxruntime (the ONNX export "
-                   "with every tap as an output).")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
+              help="Run CANDIDATE in PyTorch (the timm-layout DPN) or in onnxruntime (its ONNX "
+                   "export with every tap as an output). Default: torch, or onnx when CANDIDATE "
+                   "is an ONNX model dpn-convert wrote, which runs as it is.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Device of CANDIDATE's runtime.")
 @click.option("--mx-device", type=click.Choice(MX_DEVICES), default="cpu", show_default=True,
@@ -206,20 +207,34 @@ def check_command(reference, candidate, runtime, device, mx_device, dtype, size,
     top-1 class on every image), 1 otherwise, 2 bad input.
     """
     from .formats import read
-    from .parity import layer_parity
+    from .parity import OnnxModel, layer_parity, read_onnx
     if report is not None:
         _check_report_path(report, force)
     ref = read(reference, hash_source=False)
-    cand = read(candidate, hash_source=False)
+    try:
+        cand = read(candidate, hash_source=False)
+    except CheckpointError as e:
+        if not candidate.is_file():
+            raise
+        try:
+            cand = read_onnx(candidate)
+        except DPNError:
+            raise e from None
     for w, role in ((ref, "reference"), (cand, "candidate")):
+        if isinstance(w, OnnxModel):
+            _log("%s: %s, onnx, %s, %d classes, %s head"
+                 % (role, w.path, w.arch.name, w.classes, "mean-max" if w.mean_max else "global"))
+            continue
         _log("%s: %s, %s, %s, %d classes, %d tensors (%s)" % (
             role, w.source, w.format, w.arch.name, w.classes, len(w.tensors), ", ".join(w.dtypes)))
+    runtime = runtime or ("onnx" if isinstance(cand, OnnxModel) else "torch")
     rep = layer_parity(ref, cand, runtime=runtime, device=device, dtype=dtype, batch=batch,
                        size=size, seed=seed, images=list(images) or None, tolerance=tolerance,
                        mx_device=mx_device, mean_max=mean_max, log=_log)
     if as_json:
         d = rep.to_dict()
-        d.update(reference=str(ref.source), candidate=str(cand.source))
+        d.update(reference=str(ref.source),
+                 candidate=str(cand.path if isinstance(cand, OnnxModel) else cand.source))
         click.echo(json.dumps(d, sort_keys=True))
     else:
         click.echo(rep.table())

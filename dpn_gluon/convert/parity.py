@@ -252,15 +252,20 @@ def load_images(paths: Sequence[Union[str, Path]], size: int) -> np.ndarray:
 # -- the two sides -----------------------------------------------------------------------------
 
 def _unpack(w: WeightsLike, what: str):
-    """(arch, classes, classifier, float32 tensors) from formats.Weights or canonical tensors."""
+    """(arch, classes, classifier, tensors) from formats.Weights or canonical tensors."""
     tensors = getattr(w, "tensors", w)
     if not isinstance(tensors, Mapping):
         raise DPNError("%s: expected canonical tensors or Weights, got %s" % (what, type(w).__name__))
     source = str(getattr(w, "source", what))
     arch, classes, classifier = variants.identify({k: np.shape(v) for k, v in tensors.items()},
                                                   source=source)
-    t32 = OrderedDict((k, np.asarray(v, dtype=np.float32)) for k, v in tensors.items())
-    return arch, classes, classifier, t32
+    return arch, classes, classifier, tensors
+
+
+def _float32(tensors: Mapping[str, np.ndarray]) -> "OrderedDict[str, np.ndarray]":
+    """float32 views (copies only of other dtypes); made per side, so that the two sides'
+    widened copies of a float16 checkpoint are never held at once."""
+    return OrderedDict((k, np.asarray(v, dtype=np.float32)) for k, v in tensors.items())
 
 
 def mx_context(mx_device: str = "cpu", log=None):
@@ -324,10 +329,48 @@ def torch_taps(arch: variants.Arch, classes: int, classifier: str, tensors, x: n
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
-def onnx_taps(arch: variants.Arch, classes: int, classifier: str, tensors, x: np.ndarray,
-              device: str = "cpu", mean_max: bool = False, log=None) -> "OrderedDict[str, np.ndarray]":
-    """Every tap of the exported ONNX graph (``tap_outputs=True``), run by onnxruntime."""
+@dataclass
+class OnnxModel:
+    """An ONNX file written by :mod:`dpn_gluon.convert.onnx_export`, to be run as it is."""
+
+    path: Path
+    arch: variants.Arch
+    classes: int
+    classifier: str
+    mean_max: bool
+
+
+def read_onnx(path: Union[str, Path]) -> OnnxModel:
+    """The variant of an ONNX model from the metadata dpn-convert writes (arch, classes,
+    classifier, head); raises :class:`DPNError` for anything else."""
+    path = Path(path)
     try:
+        import onnx
+    except ImportError:
+        raise DPNError("%s: reading an ONNX model needs onnx" % path) from None
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:       # protobuf's DecodeError and friends
+        raise DPNError("%s: not an ONNX model (%s)" % (path, str(e).splitlines()[0][:100])) from None
+    props = {p.key: p.value for p in model.metadata_props}
+    if "arch" not in props or "classes" not in props:
+        raise DPNError("%s: an ONNX model without dpn-convert's metadata (arch, classes)" % path)
+    try:
+        classes = int(props["classes"])
+    except ValueError:
+        raise DPNError("%s: metadata classes=%r is not a number" % (path, props["classes"])) from None
+    arch, classes, classifier = variants.resolve(props["arch"], classes, props.get("classifier"))
+    return OnnxModel(path, arch, classes, classifier, props.get("head") == "mean_max")
+
+
+def onnx_taps(arch: variants.Arch, classes: int, classifier: str, tensors, x: np.ndarray,
+              device: str = "cpu", mean_max: bool = False, log=None,
+              model_path: Optional[Path] = None) -> "OrderedDict[str, np.ndarray]":
+    """Every tap of an ONNX graph, run by onnxruntime: the export of ``tensors`` with
+    ``tap_outputs=True``, or the file ``model_path`` as written, with every tap (node
+    outputs named after the authors' ops) added as a graph output."""
+    try:
+        import onnx
         import onnxruntime as ort
         from .onnx_export import export_onnx
     except ImportError as e:
@@ -338,15 +381,30 @@ def onnx_taps(arch: variants.Arch, classes: int, classifier: str, tensors, x: np
             raise DPNError("--device cuda: this onnxruntime has no CUDAExecutionProvider "
                            "(install onnxruntime-gpu)")
         providers = ["CUDAExecutionProvider"]
+    taps = variants.tap_names(arch)
     with tempfile.TemporaryDirectory(prefix="dpn-parity-") as tmp:
-        path = export_onnx(tensors, Path(tmp) / "taps.onnx", arch.name, classes, classifier,
-                           mean_max=mean_max, tap_outputs=True)
-        sess = ort.InferenceSession(str(path), providers=providers)
+        if model_path is None:
+            model = export_onnx(tensors, Path(tmp) / "taps.onnx", arch.name, classes, classifier,
+                                mean_max=mean_max, tap_outputs=True)
+            model = str(model)
+        else:
+            proto = onnx.load(str(model_path))
+            produced = {o for n in proto.graph.node for o in n.output}
+            missing = [t for t in taps[:-1] if t not in produced]
+            if missing or "logits" not in {o.name for o in proto.graph.output}:
+                raise DPNError("%s: not dpn-convert's %s graph: no node output %s"
+                               % (model_path, arch.name, (missing or ["logits"])[0]))
+            outputs = {o.name for o in proto.graph.output}
+            proto.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                                      for t in taps[:-1] if t not in outputs)
+            model = proto.SerializeToString()
+            del proto
+        sess = ort.InferenceSession(model, providers=providers)
         if device == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
             raise DPNError("--device cuda: onnxruntime's CUDA provider did not load")
         names = [o.name for o in sess.get_outputs()]
         got = dict(zip(names, sess.run(None, {"data": x})))
-    return OrderedDict((t, got[t]) for t in variants.tap_names(arch))
+    return OrderedDict((t, got[t]) for t in taps)
 
 
 # -- the comparison ------------------------------------------------------------------------------
@@ -383,7 +441,8 @@ def layer_parity(reference: WeightsLike, candidate: WeightsLike, runtime: str = 
                  mean_max: bool = False, log=None) -> ParityReport:
     """Run ``reference`` in the authors' MXNet graph and ``candidate`` in ``runtime``; compare
     every tap. Both are :class:`~dpn_gluon.convert.formats.Weights` or canonical tensors of
-    the same architecture and class count.
+    the same architecture and class count; with ``runtime='onnx'`` the candidate may also be
+    an ONNX file dpn-convert wrote (:func:`read_onnx`), run as it is.
 
     ``images`` (paths) replace the seeded batch (``batch``, ``seed``); ``size`` is the input
     side (at least 32; 193 for the mean-max head). ``tolerance`` defaults to
@@ -407,7 +466,17 @@ def layer_parity(reference: WeightsLike, candidate: WeightsLike, runtime: str = 
     if not tolerance > 0:
         raise DPNError("--tolerance must be positive, got %g" % tolerance)
     r_arch, r_classes, r_fc, r_tensors = _unpack(reference, "reference")
-    c_arch, c_classes, c_fc, c_tensors = _unpack(candidate, "candidate")
+    if isinstance(candidate, OnnxModel):
+        if runtime != "onnx":
+            raise DPNError("%s: an ONNX model runs with --runtime onnx only" % candidate.path)
+        if candidate.mean_max != mean_max:
+            raise DPNError("%s: the ONNX model has the %s head: %s --mean-max"
+                           % (candidate.path, "mean-max" if candidate.mean_max else "global",
+                              "pass" if candidate.mean_max else "drop"))
+        c_arch, c_classes, c_fc, c_tensors = (candidate.arch, candidate.classes,
+                                              candidate.classifier, {})
+    else:
+        c_arch, c_classes, c_fc, c_tensors = _unpack(candidate, "candidate")
     if (r_arch.name, r_classes) != (c_arch.name, c_classes):
         raise DPNError("the two checkpoints differ: %s with %d classes vs %s with %d classes"
                        % (r_arch.name, r_classes, c_arch.name, c_classes))
@@ -419,11 +488,12 @@ def layer_parity(reference: WeightsLike, candidate: WeightsLike, runtime: str = 
     x = load_images(images, size) if images else seeded_batch(batch, size, seed)
     inputs = "%d image%s" % (len(x), "s" if len(x) > 1 else "") if images else "seeded(%d)" % seed
     ctx, mx_used = mx_context(mx_device, log)
-    ref = reference_taps(r_arch, r_classes, r_fc, r_tensors, x, ctx, mean_max)
+    ref = reference_taps(r_arch, r_classes, r_fc, _float32(r_tensors), x, ctx, mean_max)
     if runtime == "torch":
-        got = torch_taps(c_arch, c_classes, c_fc, c_tensors, x, device, dtype, mean_max)
+        got = torch_taps(c_arch, c_classes, c_fc, _float32(c_tensors), x, device, dtype, mean_max)
     else:
-        got = onnx_taps(c_arch, c_classes, c_fc, c_tensors, x, device, mean_max, log)
+        got = onnx_taps(c_arch, c_classes, c_fc, _float32(c_tensors), x, device, mean_max, log,
+                        model_path=candidate.path if isinstance(candidate, OnnxModel) else None)
     rows = [compare_tap(t, ref[t], got[t], tolerance) for t in variants.tap_names(r_arch)]
     top1, top5 = topk_agreement(ref["logits"], got["logits"])
     notes = []
