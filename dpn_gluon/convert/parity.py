@@ -9,7 +9,8 @@ The same batch (seeded, or real images with the authors' preprocessing) goes thr
 - the **candidate**: the timm-layout PyTorch DPN (:mod:`dpn_gluon.convert.torch_dpn`, on
   cpu/cuda in float32, float16 or bfloat16), or the ONNX graph of
   :mod:`dpn_gluon.convert.onnx_export` with every tap as an output, run by onnxruntime
-  (CPU, or the CUDA provider).
+  (CPU, or the CUDA provider); or an ONNX file dpn-convert wrote, run as written with its
+  tap nodes added as outputs (:func:`read_onnx`).
 
 Both are tapped at :func:`dpn_gluon.variants.tap_names`: ``pool1``, every block's
 ``<block>_sum`` (residual path) and ``<block>_cat`` (dense path), the final BN-ReLU and the
