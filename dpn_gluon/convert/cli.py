@@ -1,8 +1,8 @@
 """``dpn-convert``: the authors' DPN checkpoints to and from PyTorch, safetensors, timm, Gluon.
 
     dpn-convert SRC --to {torch,safetensors,timm,mxnet,gluon,onnx} [-o OUT] [--arch NAME]
-                [--classifier fc6|fc6-1k] [--epoch N] [--force] [--check/--no-check] [--json]
-                [--device cpu|cuda] [--tolerance X] [--report FILE.png|.html]
+                [--classifier fc6|fc6-1k] [--epoch N] [--force] [--check/--no-check] [--strict]
+                [--json] [--device cpu|cuda] [--tolerance X] [--report FILE.png|.html]
     dpn-convert check A B [--runtime torch|onnx] [--device cpu|cuda] [--mx-device cpu|gpu]
                 [--dtype float32|float16|bfloat16] [--size N] [--batch N] [--seed N]
                 [--image FILE ...] [--tolerance X] [--report FILE] [--json]
@@ -102,6 +102,9 @@ def main(ctx):
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Reload the output and compare every tensor exactly with SRC; with MXNet and "
                    "torch installed also run a seeded batch through both frameworks.")
+@click.option("--strict", is_flag=True,
+              help="Refuse (exit 2, no output) a checkpoint with NaN/Inf weights or BatchNorm "
+                   "variances <= 0; without it these are warnings naming the tensors.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON record on stdout.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the check runs the PyTorch DPN (MXNet runs on the CPU).")
@@ -109,8 +112,8 @@ def main(ctx):
               help="Max relative difference per tap for the check (default 1e-5).")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also draw the check's per-layer errors: FILE.png, .svg or .html.")
-def convert_command(src, to, out, arch, classifier, epoch, force, check, as_json, device,
-                    tolerance, report):
+def convert_command(src, to, out, arch, classifier, epoch, force, check, strict, as_json,
+                    device, tolerance, report):
     """Convert SRC (an authors' .params, Gluon file, .pth, .safetensors or timm folder).
 
     The format is detected from the content, the architecture and class count from the
@@ -123,7 +126,8 @@ def convert_command(src, to, out, arch, classifier, epoch, force, check, as_json
     if check and device == "cuda":
         _require_cuda()
     result = convert(src, to, out=out, arch=arch, classifier=classifier, epoch=epoch,
-                     force=force, check=check, log=_log, device=device, tolerance=tolerance)
+                     force=force, check=check, strict=strict, log=_log, device=device,
+                     tolerance=tolerance)
     parity = result.check.parity if result.check else None
     if parity is not None:
         click.echo(parity.table(), err=True)

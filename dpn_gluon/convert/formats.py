@@ -24,6 +24,10 @@ Formats, and what they must stay compatible with:
   ``push_to_hf_hub`` writes and ``timm.create_model('local-dir:PATH')`` reads;
 - ``onnx`` (target only): delegated to :mod:`dpn_gluon.convert.onnx_export`.
 
+Hostile input: every reader is bounded by the file's size before it allocates (a lying
+header, a zip bomb, a storage declared larger than the file), runs no code from the file,
+and refuses anything it does not expect in one line naming the file (docs/hostile.md).
+
 Memory: sources are memory-mapped (``.params``, torch ``mmap=True``) or read tensor by
 tensor (safetensors), arrays stay views through renaming, and writers stream from them, so a
 conversion holds about one copy of the checkpoint. numpy is the only hard dependency:
@@ -47,7 +51,7 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from .. import variants
-from ..errors import CheckpointError, DPNError
+from ..errors import CheckpointError, DPNError, KeyMismatch
 from . import mxparams, names
 from .atomic import atomic_path, atomic_write, check_writable, check_writable_folder
 
@@ -130,6 +134,8 @@ def detect(path: PathLike) -> str:
             head = f.read(64)
     except OSError as e:
         raise CheckpointError("%s: cannot read: %s" % (path, e.strerror or e)) from None
+    if not head:
+        raise CheckpointError("%s: an empty file, not a checkpoint" % path)
     if mxparams.is_params(head):
         keys = list(_load_params(path).keys())
         return "mxnet" if keys and all(k.startswith(("arg:", "aux:")) for k in keys) else "gluon"
@@ -200,30 +206,113 @@ def _read_gluon(path: Path):
     return OrderedDict(raw.items()), {}
 
 
+#: dtypes a checkpoint may hold (numpy and MXNet both have them); anything else is refused.
+_DTYPES = ("float16", "float32", "float64", "uint8", "int8", "int32", "int64", "bool")
+#: The most a config.json may hold: a timm config is about 1 KiB.
+MAX_CONFIG_BYTES = 1 << 20
+#: safetensors' own limit on the JSON header.
+MAX_SAFETENSORS_HEADER = 100_000_000
+#: The largest class count a metadata field may declare (the 5k head has 4786).
+MAX_CLASSES = 1_000_000
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError as e:
+        raise CheckpointError("%s: cannot read: %s" % (path, e.strerror or e)) from None
+
+
+def _check_torch_zip(path: Path) -> set:
+    """A zip-format ``.pth`` may hold nothing bigger than itself: ``torch.save`` stores every
+    record uncompressed, so a compressed record (a zip bomb) or one larger than the file is
+    refused before torch reads anything. Returns the sizes of the tensor data records."""
+    import zipfile
+    size = _file_size(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except Exception as e:    # zipfile raises BadZipFile, NotImplementedError, struct.error, ...
+        raise CheckpointError("%s: not a loadable PyTorch state_dict: a broken zip archive (%s)"
+                              % (path, str(e).splitlines()[0] if str(e) else type(e).__name__)) from None
+    if not any(i.filename.endswith("/data.pkl") or i.filename == "data.pkl" for i in infos):
+        raise CheckpointError("%s: a zip archive without data.pkl, not a PyTorch file" % path)
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError("%s: record %s is compressed (%d bytes unpacking to %d); "
+                                  "torch.save never compresses, refused" % (
+                                      path, info.filename, info.compress_size, info.file_size))
+        if info.header_offset + info.file_size > size:
+            raise CheckpointError("%s: record %s says %d bytes, more than the %d-byte file holds"
+                                  % (path, info.filename, info.file_size, size))
+    return {i.file_size for i in infos if "/data/" in i.filename}
+
+
+def _check_torch_legacy(path: Path) -> None:
+    """A legacy (pre-zip) ``.pth`` allocates every storage at the size its pickle declares,
+    before reading the bytes; so the pickle is first read with fake tensors (no storage is
+    allocated) and the declared sizes are held against the file's."""
+    import torch
+    try:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+    except ImportError:       # a torch without fake tensors: its own allocation errors remain
+        return
+    with FakeTensorMode():
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    storages = {}
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif torch.is_tensor(item) and item.layout == torch.strided:
+            storage = item.untyped_storage()
+            storages[storage._cdata] = storage.nbytes()
+    declared, size = sum(storages.values()), _file_size(path)
+    if declared > size:
+        raise CheckpointError("%s: not a loadable PyTorch state_dict: its tensors declare %d "
+                              "bytes, more than the %d-byte file holds" % (path, declared, size))
+
+
+def _torch_reason(e: BaseException) -> str:
+    text = str(e).strip()
+    if "Weights only load failed" in text or "weights_only" in text:
+        return "holds Python objects other than tensors (refused: only weights are loaded)"
+    if isinstance(e, MemoryError) or "can't allocate memory" in text:
+        return "declares tensors larger than memory"
+    if "not resizable" in text or "out of bounds for storage" in text:
+        return "a tensor's shape reaches past the bytes stored for it (truncated or lying sizes)"
+    return text.splitlines()[0].split(". ")[0] if text else type(e).__name__
+
+
 def _read_torch(path: Path):
     try:
         import torch
     except ImportError:
         raise DPNError("%s: reading a PyTorch file needs torch (pip install torch)" % path) from None
+    zipped = _peek(path, 4) == b"PK\x03\x04"
+    records = _check_torch_zip(path) if zipped else None
     try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e) and "zip" not in str(e):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)   # legacy format
+        with warnings.catch_warnings():    # torch warns about odd pickle protocols: ours to say
+            warnings.simplefilter("ignore")
+            if not zipped:
+                _check_torch_legacy(path)
+            # zip files are memory-mapped: a storage can never reach past the end of the file
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+    except CheckpointError:
+        raise
     except Exception as e:   # torch raises pickle, zip and runtime errors of many kinds
-        reason = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
-        if "Weights only load failed" in str(e) or "weights_only" in str(e):
-            reason = "holds Python objects other than tensors (refused: only weights are loaded)"
-        raise CheckpointError("%s: not a loadable PyTorch state_dict: %s" % (path, reason)) from None
+        raise CheckpointError("%s: not a loadable PyTorch state_dict: %s"
+                              % (path, _torch_reason(e))) from None
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError("%s: holds a %s, not a state_dict (a mapping of tensors)"
                               % (path, type(obj).__name__))
-    bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    bad = [str(k)[:80] for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
         raise CheckpointError("%s: not a state_dict: %d entries are not named tensors (%s)"
                               % (path, len(bad), ", ".join(bad[:3])))
@@ -232,40 +321,132 @@ def _read_torch(path: Path):
         obj = OrderedDict((k[len("module."):], v) for k, v in obj.items())
     out: "OrderedDict[str, np.ndarray]" = OrderedDict()
     for k, t in obj.items():
+        if records is not None and t.layout == torch.strided \
+                and t.untyped_storage().nbytes() not in records:
+            # a memory-mapped storage whose pickle declares more than its record holds
+            # runs on into the next records; torch checks this only when not mapping
+            raise CheckpointError("%s: %s declares a %d-byte storage that no record holds"
+                                  % (path, k, t.untyped_storage().nbytes()))
+        if t.layout != torch.strided:
+            raise CheckpointError("%s: %s has %s storage; only dense tensors are supported"
+                                  % (path, k, str(t.layout).replace("torch.", "")))
         if t.dtype == torch.bfloat16:
             raise CheckpointError("%s: %s is bfloat16, which numpy and MXNet cannot hold; "
                                   "cast the state_dict to float32 first" % (path, k))
-        out[k] = t.detach().cpu().numpy()
+        name = str(t.dtype).replace("torch.", "")
+        if name not in _DTYPES or t.is_quantized or t.device.type != "cpu":
+            raise CheckpointError("%s: %s is a %s tensor; a checkpoint holds %s"
+                                  % (path, k, name, "/".join(_DTYPES)))
+        out[k] = t.detach().numpy()
     return out, {}
+
+
+def _safetensors_header_length(path: Path) -> int:
+    """The JSON header's declared length, checked against the file before anything parses it."""
+    size = _file_size(path)
+    head = _peek(path, 8)
+    if len(head) < 8:
+        raise CheckpointError("%s: not a valid safetensors file: %d bytes, shorter than the "
+                              "8-byte header length" % (path, size))
+    (n,) = struct.unpack("<Q", head)
+    if n > size - 8 or n > MAX_SAFETENSORS_HEADER:
+        raise CheckpointError("%s: not a valid safetensors file: header length says %d bytes, "
+                              "but %d remain (truncated or not safetensors)" % (path, n, size - 8))
+    return n
 
 
 def _read_safetensors(path: Path):
     from safetensors import safe_open
+    _safetensors_header_length(path)
     try:
         # pread, not mmap: each tensor is read once into its own buffer, no mapped pages
         with safe_open(str(path), framework="np", backend="pread") as f:
             metadata = dict(f.metadata() or {})
-            out = OrderedDict((k, f.get_tensor(k)) for k in f.keys())
+            out = OrderedDict()
+            for k in f.keys():
+                dtype = f.get_slice(k).get_dtype()
+                if _ST_DTYPES.get(dtype) not in _DTYPES:
+                    raise CheckpointError("%s: %s is %s; a checkpoint holds %s"
+                                          % (path, k, dtype, "/".join(_DTYPES)))
+                out[k] = f.get_tensor(k)
+    except CheckpointError:
+        raise
     except Exception as e:   # the Rust side raises SafetensorError, a plain Exception
         raise CheckpointError("%s: not a valid safetensors file: %s"
                               % (path, str(e).splitlines()[0] if str(e) else type(e).__name__)) from None
+    _check_metadata_types(metadata, path)
     return out, metadata
 
 
-def _read_timm(path: Path):
+_ST_DTYPES = {"F16": "float16", "F32": "float32", "F64": "float64", "U8": "uint8",
+              "I8": "int8", "I32": "int32", "I64": "int64", "BOOL": "bool"}
+
+
+def _arch_name(value: str) -> str:
+    """timm names may carry a pretrained tag: ``dpn68b.mx_in1k`` is dpn68b."""
+    return value.split(".", 1)[0]
+
+
+def _check_metadata_types(metadata: Mapping[str, str], where) -> None:
+    """The metadata fields the converter reads must be what it wrote: a known architecture,
+    a class count, a classifier name; anything else is refused, not guessed around."""
+    arch = metadata.get("architecture")
+    if arch is not None and _arch_name(arch) not in variants.ARCHS:
+        raise CheckpointError("%s: metadata names architecture %r, not a DPN this converter "
+                              "knows (%s)" % (where, arch[:60], ", ".join(variants.ARCHS)))
+    classes = metadata.get("classes")
+    if classes is not None and not (classes.isdigit() and 1 <= int(classes) <= MAX_CLASSES):
+        raise CheckpointError("%s: metadata says classes %r, not a class count"
+                              % (where, classes[:60]))
+    fc = metadata.get("classifier")
+    if fc is not None and fc not in variants.CLASSIFIERS:
+        raise CheckpointError("%s: metadata names classifier %r (expected %s)"
+                              % (where, fc[:60], " or ".join(variants.CLASSIFIERS)))
+
+
+def _read_config(path: Path) -> dict:
+    config_path = path / TIMM_CONFIG
+    size = _file_size(config_path)
+    if size > MAX_CONFIG_BYTES:
+        raise CheckpointError("%s: %s is %d bytes; a timm config is a few KiB (at most %d)"
+                              % (path, TIMM_CONFIG, size, MAX_CONFIG_BYTES))
     try:
-        config = json.loads((path / TIMM_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CheckpointError("%s: unreadable %s: %s" % (path, TIMM_CONFIG, e)) from None
-    if not isinstance(config, dict) or "architecture" not in config:
-        raise CheckpointError("%s: %s has no \"architecture\"" % (path, TIMM_CONFIG))
+        with open(config_path, "rb") as f:
+            config = json.loads(f.read(MAX_CONFIG_BYTES + 1).decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        reason = e.strerror if isinstance(e, OSError) else str(e).splitlines()[0][:120] \
+            if str(e) else type(e).__name__
+        raise CheckpointError("%s: unreadable %s: %s" % (path, TIMM_CONFIG, reason)) from None
+    if not isinstance(config, dict):
+        raise CheckpointError("%s: %s holds a JSON %s, not an object"
+                              % (path, TIMM_CONFIG, type(config).__name__))
+    arch = config.get("architecture")
+    if not isinstance(arch, str):
+        raise CheckpointError("%s: %s has no \"architecture\" string" % (path, TIMM_CONFIG))
+    classes = config.get("num_classes")
+    if classes is not None and (type(classes) is not int or not 1 <= classes <= MAX_CLASSES):
+        raise CheckpointError("%s: %s: num_classes is %r, not a class count"
+                              % (path, TIMM_CONFIG, str(classes)[:60]))
+    extra = config.get("dpn")
+    if extra is not None and not isinstance(extra, dict):
+        raise CheckpointError("%s: %s: \"dpn\" is not an object" % (path, TIMM_CONFIG))
+    fc = (extra or {}).get("classifier")
+    if fc is not None and not isinstance(fc, str):
+        raise CheckpointError("%s: %s: dpn.classifier is not a string" % (path, TIMM_CONFIG))
+    return config
+
+
+def _read_timm(path: Path):
+    config = _read_config(path)
     tensors, metadata = _read_safetensors(path / TIMM_WEIGHTS)
     metadata = dict(metadata)
-    extra = config.get("dpn") or {}
-    metadata.update({"config_architecture": str(config["architecture"]),
-                     "config_num_classes": str(config.get("num_classes", ""))})
-    if extra.get("classifier"):
-        metadata["classifier"] = extra["classifier"]
+    metadata.update({"config_architecture": config["architecture"],
+                     "config_num_classes": str(config.get("num_classes") or "")})
+    said = {"architecture": config["architecture"]}
+    fc = (config.get("dpn") or {}).get("classifier")
+    if fc:
+        metadata["classifier"] = said["classifier"] = fc
+    _check_metadata_types(said, path / TIMM_CONFIG)
     return tensors, metadata
 
 
@@ -289,15 +470,18 @@ def canonicalize(raw: Mapping[str, np.ndarray], metadata: Mapping[str, str], sou
     if classifier is not None and classifier not in variants.CLASSIFIERS:
         raise DPNError("unknown classifier name %r (choose from %s)"
                        % (classifier, ", ".join(variants.CLASSIFIERS)))
-    scheme = names.scheme_of(list(raw))
+    try:
+        scheme = names.scheme_of(list(raw))
+    except CheckpointError as e:
+        raise CheckpointError("%s: %s" % (where, e)) from None
     if scheme == "mxnet":
         renamed = OrderedDict((names.canonical_from_gluon_param(k), v) for k, v in raw.items())
         if len(renamed) != len(raw):
             raise CheckpointError("%s: holds both moving_* and running_* copies of a "
                                   "statistic" % where)
         shapes = {k: v.shape for k, v in renamed.items()}
-        found, classes, own = variants.identify(shapes, arch, where)
-        chosen = classifier or own
+        found, classes, own = _identify(shapes, arch, where)
+        chosen, head = classifier or own, own + "_weight"
         tensors = OrderedDict()
         for name in variants.tensor_spec(found, classes, own):
             target = chosen + name[len(own):] if name.startswith(own + "_") else name
@@ -307,29 +491,72 @@ def canonicalize(raw: Mapping[str, np.ndarray], metadata: Mapping[str, str], sou
         rules = names.rename_all(list(raw), scheme, "mxnet", unit, "fc6", where)
         shapes = {new: names.canonical_shape(reshape, scheme, raw[old].shape)
                   for old, (new, reshape) in rules.items()}
-        found, classes, _ = variants.identify(shapes, arch, where)
+        try:
+            found, classes, _ = _identify(shapes, arch, where)
+        except KeyMismatch as e:
+            raise _in_stored_names(e, rules, raw, scheme, unit) from None
         meta_fc = metadata.get("classifier")
         chosen = classifier or (meta_fc if meta_fc in variants.CLASSIFIERS else None) \
             or variants.default_classifier(found.name, classes)
         by_name = {new: old for old, (new, _) in rules.items()}
+        head = by_name["fc6_weight"]
         tensors = OrderedDict()
         for name, shape in variants.tensor_spec(found, classes, "fc6").items():
             arr = raw[by_name[name]]
             target = chosen + name[3:] if name.startswith("fc6_") else name
             tensors[target] = arr.reshape(shape) if arr.shape != shape else arr
-    _check_metadata(metadata, found, classes, where)
+    _check_metadata(metadata, found, classes, where, head)
     return Weights(found, classes, chosen, tensors, source, fmt, dict(metadata))
 
 
-def _check_metadata(metadata: Mapping[str, str], arch: variants.Arch, classes: int, where: str):
+def _check_metadata(metadata: Mapping[str, str], arch: variants.Arch, classes: int, where: str,
+                    head: str = "the classifier"):
     said_arch = metadata.get("config_architecture") or metadata.get("architecture")
-    if said_arch and said_arch != arch.name:
-        raise CheckpointError("%s: metadata says architecture %s, but the tensors are %s"
-                              % (where, said_arch, arch.name))
+    field_of = "config.json" if metadata.get("config_architecture") else "metadata"
+    if said_arch and _arch_name(said_arch) != arch.name:
+        raise CheckpointError("%s: %s says architecture %s, but the tensors are %s"
+                              % (where, field_of, said_arch, arch.name))
     said = metadata.get("config_num_classes") or metadata.get("classes")
+    field_of = "config.json num_classes" if metadata.get("config_num_classes") else "metadata classes"
     if said and said.isdigit() and int(said) != classes:
-        raise CheckpointError("%s: metadata says %s classes, but the classifier has %d"
-                              % (where, said, classes))
+        raise CheckpointError("%s: %s says %s, but %s has %d rows (a %d-class head)"
+                              % (where, field_of, said, head, classes, classes))
+
+
+def _in_stored_names(e: KeyMismatch, rules, raw, scheme: str, unit: str) -> KeyMismatch:
+    """The same mismatch in the file's own key names and shapes (timm's or Gluon's), which
+    the user can find in the file, instead of the canonical names it was checked under."""
+    stored = {new: (old, reshape) for old, (new, reshape) in rules.items()}
+
+    def key(name):
+        if name in stored:
+            return stored[name][0]
+        try:
+            return names.rename(name, "mxnet", scheme, unit)[0]
+        except KeyError:
+            return name
+
+    misshapen = [(key(k), tuple(raw[stored[k][0]].shape),
+                  names.reshape_for(stored[k][1], scheme, want)) for k, _, want in e.misshapen]
+    return KeyMismatch(e.source, e.what, [key(k) for k in e.missing],
+                       [key(k) for k in e.unexpected], misshapen)
+
+
+def _identify(shapes, arch: Optional[str], where: str):
+    """variants.identify, and where ``--arch`` names another architecture than the tensors
+    are, a mismatch that says which one they are."""
+    try:
+        return variants.identify(shapes, arch, where)
+    except KeyMismatch as e:
+        if arch is None:
+            raise
+        try:
+            found, classes, _ = variants.identify(shapes, None, where)
+        except DPNError:
+            raise e from None
+        raise KeyMismatch(where, "%s (--arch; the tensors are %s with %d classes)"
+                          % (arch, found.name, classes),
+                          e.missing, e.unexpected, e.misshapen) from None
 
 
 def release(arrays) -> None:

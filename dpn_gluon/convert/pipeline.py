@@ -3,6 +3,8 @@
 read (detect the format) -> canonical tensors validated against the variant table -> rename
 for the target -> write atomically -> check (:mod:`.formats`, :mod:`.check`). The source is
 opened read-only and never written; an output that exists is refused unless ``force``.
+Values no trained network has (NaN/Inf, BatchNorm variances <= 0; :mod:`.sanity`) are
+warnings naming the tensors, or with ``strict`` an error before anything is written.
 """
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ from pathlib import Path
 from typing import List, Optional, Union
 
 from ..errors import DPNError
-from . import formats
-from .check import CheckReport, check_written
+from . import formats, sanity
+from .check import CheckReport, _importable, check_written
 
 PathLike = Union[str, Path]
 
@@ -31,6 +33,7 @@ class ConversionResult:
     source_sha256: Optional[str] = None
     check: Optional[CheckReport] = None
     notes: List[str] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -39,7 +42,7 @@ class ConversionResult:
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("source", "source_format", "target", "outputs", "arch",
                                            "classes", "classifier", "tensors", "dtypes",
-                                           "source_sha256", "notes")}
+                                           "source_sha256", "notes", "warnings")}
         d["check"] = self.check.to_dict() if self.check else None
         d["ok"] = self.ok
         return d
@@ -47,13 +50,15 @@ class ConversionResult:
 
 def convert(src: PathLike, to: str, out: Optional[PathLike] = None, arch: Optional[str] = None,
             classifier: Optional[str] = None, epoch: Optional[int] = None, force: bool = False,
-            check: bool = True, numeric: bool = True, log=None, device: str = "cpu",
-            tolerance: Optional[float] = None) -> ConversionResult:
+            check: bool = True, numeric: bool = True, strict: bool = False, log=None,
+            device: str = "cpu", tolerance: Optional[float] = None) -> ConversionResult:
     """Convert the checkpoint at ``src`` to format ``to``; see :mod:`dpn_gluon.convert.formats`.
 
     ``out`` is the output path (for ``mxnet``, the prefix), or a folder for the default
     name. ``device`` and ``tolerance`` go to the check's per-layer parity
-    (:func:`dpn_gluon.convert.check.check_written`). Raises :class:`dpn_gluon.errors.DPNError` on bad input, leaving no output.
+    (:func:`dpn_gluon.convert.check.check_written`). Raises
+    :class:`dpn_gluon.errors.DPNError` on bad input (with ``strict``, on wrong values too),
+    leaving no output.
     """
     notes: List[str] = []
 
@@ -74,6 +79,16 @@ def convert(src: PathLike, to: str, out: Optional[PathLike] = None, arch: Option
         log("read %s: %s, %s, %d classes, classifier %s, %d tensors (%s)"
             % (weights.source, weights.format, weights.arch.name, weights.classes,
                weights.classifier, len(weights.tensors), ", ".join(weights.dtypes)))
+    warned: List[str] = []
+    sanity.enforce(sanity.check_values(weights.tensors), strict, warned.append, str(path))
+    formats.release(weights.tensors.values())     # the scan mapped every page in
+    for msg in warned if log else ():
+        log("warning: " + msg)
+    if warned and check and numeric and _importable("mxnet") and _importable("torch"):
+        # it would run, and NaN logits on both sides would read as a failed conversion
+        note("numeric check skipped: the source's values are wrong (see the warnings); "
+             "the tensors are still compared bit for bit")
+        numeric = False
     files = formats.write(weights, to, target, force=force, log=note)
     if log:
         log("wrote " + ", ".join(str(f) for f in files))
@@ -83,4 +98,4 @@ def convert(src: PathLike, to: str, out: Optional[PathLike] = None, arch: Option
         source=str(weights.source), source_format=weights.format, target=to,
         outputs=[str(f) for f in files], arch=weights.arch.name, classes=weights.classes,
         classifier=weights.classifier, tensors=len(weights.tensors), dtypes=weights.dtypes,
-        source_sha256=weights.sha256, check=report, notes=notes)
+        source_sha256=weights.sha256, check=report, notes=notes, warnings=warned)
