@@ -413,7 +413,7 @@ CASES = [
                               % FIRST_CONV)),
     ("nan-weights-strict", Case(file(lambda: params_bytes(dpn68(edit=_set_value(FIRST_CONV, np.nan))),
                                      "nan-0000.params"), 2,
-                                r"nan-0000\.params: 1 wrong values problems \(strict\): %s holds "
+                                r"nan-0000\.params: refused \(--strict\): 1 tensor with wrong values: %s holds "
                                 r"1 NaN" % FIRST_CONV, ("--strict",))),
     ("inf-weights-warn", Case(file(lambda: params_bytes(dpn68(edit=_set_value(FIRST_CONV, -np.inf))),
                                    "inf-0000.params"), 0, r"%s holds 1 Inf" % FIRST_CONV)),
@@ -423,7 +423,7 @@ CASES = [
                                    % VAR)),
     ("bn-variance-negative-strict", Case(
         file(lambda: params_bytes(dpn68(edit=_set_value(VAR, -1.0, at=(0, 1)))), "var-0000.params"),
-        2, r"\(strict\): %s \(BatchNorm variance\) has 2 of \d+ values <= 0 \(min -1\)" % VAR,
+        2, r"1 tensor with wrong values: %s \(BatchNorm variance\) has 2 of \d+ values <= 0 \(min -1\)" % VAR,
         ("--strict",))),
     ("swapped-shapes-params", Case(
         file(lambda: params_bytes(dpn68(edit=_swap(GAMMA_A, GAMMA_B))), "swap-0000.params"), 2,

@@ -99,7 +99,7 @@ def test_enforce_strict_raises_one_line_naming_tensors():
     with pytest.raises(CheckpointError) as err:
         sanity.enforce(problems, strict=True, source="ckpt.params")
     msg = str(err.value)
-    assert msg.startswith("ckpt.params: 12 ") and "\n" not in msg
+    assert msg.startswith("ckpt.params: refused (--strict): 12 tensors") and "\n" not in msg
     assert "t0 holds 1 NaN" in msg and "t9 holds" in msg and "(2 more)" in msg
     assert "t10 holds" not in msg
 
@@ -112,7 +112,7 @@ def test_enforce_warns_each_problem_when_not_strict():
                    "x.params: b (BatchNorm variance) has 1 of 2 values <= 0 (min 0)"]
     many = []
     sanity.enforce(["p%d" % i for i in range(15)], strict=False, warn=many.append)
-    assert len(many) == sanity.SHOWN + 1 and many[-1].endswith("5 more wrong values problems")
+    assert len(many) == sanity.SHOWN + 1 and many[-1].endswith("5 more tensors with wrong values")
 
 
 def test_enforce_default_warning_and_no_problems():

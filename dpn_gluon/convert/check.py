@@ -204,12 +204,12 @@ def numeric_parity(weights: "formats.Weights", batch: int = 2, size: int = 64, s
     """
     # look before importing: MXNet and torch cost ~150 MB each, only worth it if both run
     runtime = ("mxnet", "onnxruntime" if onnx_file else "torch")
-    missing = [m for m in runtime if not _importable(m)]
+    missing = [m for m in runtime if not importable(m)]
     if missing:
         what = " and ".join({"mxnet": "MXNet"}.get(m, m) for m in missing)
         return None, ("%s %s not installed: numerical check skipped (the written tensors were "
                       "compared exactly with the source)" % (what, "is" if len(missing) == 1 else "are"))
-    absent = [m for m in ("dpn_gluon.symbols", "dpn_gluon.convert.torch_dpn") if not _importable(m)]
+    absent = [m for m in ("dpn_gluon.symbols", "dpn_gluon.convert.torch_dpn") if not importable(m)]
     if absent and not onnx_file:
         return None, "numerical check skipped: %s not available" % ", ".join(absent)
     try:
@@ -225,7 +225,7 @@ def numeric_parity(weights: "formats.Weights", batch: int = 2, size: int = 64, s
     return report, None
 
 
-def _importable(module: str) -> bool:
+def importable(module: str) -> bool:
     if module in sys.modules:
         return sys.modules[module] is not None
     try:

@@ -14,7 +14,7 @@ from typing import List, Optional, Union
 
 from ..errors import DPNError
 from . import formats, sanity
-from .check import CheckReport, _importable, check_written
+from .check import CheckReport, importable, check_written
 
 PathLike = Union[str, Path]
 
@@ -84,7 +84,7 @@ def convert(src: PathLike, to: str, out: Optional[PathLike] = None, arch: Option
     formats.release(weights.tensors.values())     # the scan mapped every page in
     for msg in warned if log else ():
         log("warning: " + msg)
-    if warned and check and numeric and _importable("mxnet") and _importable("torch"):
+    if warned and check and numeric and importable("mxnet") and importable("torch"):
         # it would run, and NaN logits on both sides would read as a failed conversion
         note("numeric check skipped: the source's values are wrong (see the warnings); "
              "the tensors are still compared bit for bit")

@@ -102,10 +102,10 @@ def enforce(problems: Sequence[str], strict: bool, warn: Optional[Callable[[str]
     if strict:
         shown = "; ".join(problems[:SHOWN])
         more = " ... (%d more)" % (len(problems) - SHOWN) if len(problems) > SHOWN else ""
-        raise CheckpointError("%s: %d wrong values problems (strict): %s%s"
-                              % (source, len(problems), shown, more))
+        raise CheckpointError("%s: refused (--strict): %d tensor%s with wrong values: %s%s"
+                              % (source, len(problems), "" if len(problems) == 1 else "s", shown, more))
     warn = warn or _warn
     for problem in problems[:SHOWN]:
         warn("%s: %s" % (source, problem))
     if len(problems) > SHOWN:
-        warn("%s: ... and %d more wrong values problems" % (source, len(problems) - SHOWN))
+        warn("%s: ... and %d more tensors with wrong values" % (source, len(problems) - SHOWN))
