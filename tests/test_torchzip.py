@@ -16,6 +16,7 @@ def _tensors():
         ("half", rng.normal(size=(7,)).astype("float16")),
         ("double", rng.normal(size=(2, 2)).astype("float64")),
         ("counter", np.array(5, dtype="int64")),
+        ("scalar_big_endian", np.array(2.5, dtype=">f8")),
         ("strided", rng.normal(size=(30, 40)).astype("float32")[:, ::2]),
         ("big_endian", np.arange(300, dtype=">f4")),
         ("ünïcode", np.arange(4, dtype="int32")),

@@ -98,7 +98,7 @@ def write_state_dict(f: BinaryIO, tensors: Mapping[str, np.ndarray], archive: st
         if little not in _STORAGE:
             raise ValueError("%s: dtype %s has no torch storage here" % (name, arr.dtype))
         if not arr.flags.c_contiguous or arr.dtype != little:
-            arr = np.ascontiguousarray(arr, dtype=little)
+            arr = np.ascontiguousarray(arr, dtype=little).reshape(arr.shape)
         arrays.append((name, arr))
     p = _Pickle()
     p.ordered_dict()
