@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -90,3 +91,72 @@ def atomic_write(path: Union[str, Path], force: bool = False) -> Iterator[Binary
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def check_writable_folder(path: Union[str, Path], force: bool = False) -> Path:
+    """:func:`check_writable` for an output that is a folder (a timm folder)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DPNError("%s is a file, not an output folder" % path)
+    if path.exists() and not force:
+        raise OutputExists("%s exists (use --force to overwrite)" % path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise DPNError("output folder %s does not exist" % folder)
+    if not os.access(folder, os.W_OK):
+        raise DPNError("output folder %s is not writable" % folder)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: Union[str, Path], force: bool = False,
+                directory: bool = False) -> Iterator[Path]:
+    """Like :func:`atomic_write`, for writers that take a file name or fill a folder.
+
+    Yields a temporary path beside ``path`` (an empty folder with ``directory=True``, as a
+    timm folder needs); on success it replaces ``path`` (an existing one only with ``force``;
+    an existing folder is moved aside first and removed after, so the new one appears in
+    one rename).
+    """
+    path = check_writable_folder(path, force) if directory else check_writable(path, force)
+    try:
+        if directory:
+            tmp = Path(tempfile.mkdtemp(prefix=".%s." % path.name, suffix=".part", dir=path.parent))
+        else:
+            fd, name = tempfile.mkstemp(prefix=".%s." % path.name, suffix=".part", dir=path.parent)
+            os.close(fd)
+            tmp = Path(name)
+    except OSError as e:
+        raise _cannot_write(path, e) from e
+    try:
+        yield tmp
+        try:
+            for f in (sorted(tmp.iterdir()) if directory else [tmp]):
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+                os.chmod(f, _mode_for(path / f.name if directory else path))
+            if directory:
+                os.chmod(tmp, _mode_for(path) | 0o111 & ~_umask())
+                if path.exists():
+                    old = Path(tempfile.mkdtemp(prefix=".%s." % path.name, suffix=".old",
+                                                dir=path.parent))
+                    os.replace(path, old / "previous")
+                    os.replace(tmp, path)
+                    shutil.rmtree(old, ignore_errors=True)
+                    return
+            os.replace(tmp, path)
+        except OSError as e:
+            raise _cannot_write(path, e) from e
+    except BaseException:
+        if directory:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

@@ -121,6 +121,21 @@ def reshape_for(reshape: Optional[str], scheme: str, canonical_shape: Tuple[int,
     return RESHAPES[reshape].get(scheme, tuple)(tuple(canonical_shape))
 
 
+#: The inverse of each named reshape: the canonical shape from the stored one, or None
+#: when the stored shape is not what the reshape produces (left for validation to report).
+UNRESHAPES = {
+    "fc_as_conv1x1": {"timm": lambda shape: tuple(shape[:2])
+                      if len(shape) == 4 and tuple(shape[2:]) == (1, 1) else None},
+}
+
+
+def canonical_shape(reshape: Optional[str], scheme: str, stored_shape: Tuple[int, ...]):
+    """The canonical (authors') shape of a tensor ``scheme`` stores as ``stored_shape``."""
+    inverse = UNRESHAPES.get(reshape, {}).get(scheme) if reshape else None
+    shape = inverse(tuple(stored_shape)) if inverse else None
+    return tuple(stored_shape) if shape is None else shape
+
+
 def rename_all(names: Iterable[str], src: str, dst: str, unit: str = "standard",
                classifier: str = "fc6", source: str = "checkpoint",
                ) -> "OrderedDict[str, Tuple[str, Optional[str]]]":

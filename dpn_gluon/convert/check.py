@@ -1,0 +1,224 @@
+"""The post-write check of ``dpn-convert``: reload what was written and prove it is the source.
+
+Two parts (STYLE.md item 6):
+
+1. **Exact**: the written files are read back through the same detect/read path a user's
+   next program would take, and every tensor is compared with the source bit for bit
+   (dtype, shape and bytes: float16 must stay float16, -0.0 must stay -0.0). The stored key
+   list is compared too, against the name table's expectation for that target (timm keys
+   with their ``num_batches_tracked`` counters, Gluon's structural names, ``arg:``/``aux:``).
+2. **Numerical**, when MXNet and torch are both importable: a fixed seeded batch runs
+   through the authors' MXNet graph (:mod:`dpn_gluon.symbols`) and through the PyTorch DPN
+   (:mod:`dpn_gluon.convert.torch_dpn`) built from the written weights; the report gives the
+   max relative logit difference and top-5 agreement. Without MXNet the report says so and
+   the exact comparison stands alone.
+
+Neither MXNet nor torch is imported unless the numerical part runs (or the target is .pth).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+import numpy as np
+
+from .. import variants
+from ..errors import DPNError
+from . import formats, names
+
+#: Max relative logit difference (max |a - b| / max |a|) the numerical check accepts.
+RTOL = 1e-5
+#: Mismatches listed in a report (the count of the rest follows).
+MAX_LISTED = 20
+
+
+@dataclass
+class NumericReport:
+    batch: int
+    size: int
+    max_abs: float
+    max_rel: float
+    top5_agreement: float
+    passed: bool
+
+
+@dataclass
+class CheckReport:
+    exact: Optional[bool] = None          # None: not applicable (onnx)
+    tensors: int = 0
+    mismatches: List[str] = field(default_factory=list)
+    numeric: Optional[NumericReport] = None
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.exact is not False and (self.numeric is None or self.numeric.passed)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bit-identical: same dtype, same shape, same bytes."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return np.array_equal(np.ascontiguousarray(a).view(np.uint8),
+                          np.ascontiguousarray(b).view(np.uint8))
+
+
+def compare_tensors(expected: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> List[str]:
+    """Every difference between two {name: array} mappings, one short line each.
+
+    Memory-mapped pages of both sides are released tensor by tensor as they are compared.
+    """
+    problems = ["missing %s" % k for k in expected if k not in got]
+    problems += ["unexpected %s" % k for k in got if k not in expected]
+    for k, a in expected.items():
+        if k not in got:
+            continue
+        b = got[k]
+        problems += _compare_one(k, a, b)
+        formats.release((a, b))
+    return problems
+
+
+def _compare_one(k: str, a: np.ndarray, b: np.ndarray) -> List[str]:
+    if a.dtype != b.dtype:
+        return ["%s: dtype %s, expected %s" % (k, b.dtype, a.dtype)]
+    if a.shape != b.shape:
+        return ["%s: shape %s, expected %s" % (k, b.shape, a.shape)]
+    return [] if same_bits(a, b) else ["%s: values differ" % k]
+
+
+def expected_stored_keys(weights: "formats.Weights", target: str) -> Dict[str, tuple]:
+    """Key -> shape a target file must hold, from the variant table and the name table."""
+    spec = variants.tensor_spec(weights.arch, weights.classes, weights.classifier)
+    if target == "mxnet":      # the reader strips arg:/aux: after checking each prefix
+        return dict(spec)
+    scheme = "gluon" if target == "gluon" else "timm"
+    return dict(names.expected_keys(spec, scheme, weights.unit, weights.classifier))
+
+
+def check_written(weights: "formats.Weights", target: str, files: List[Path], numeric: bool = True,
+                  log=None) -> CheckReport:
+    """Reload the files a conversion wrote and compare them with its source weights."""
+    log = log or (lambda msg: None)
+    report = CheckReport()
+    if target == "onnx":
+        report.notes.append("onnx: no tensor-by-tensor check (the exporter checks its graph)")
+        log("check: " + report.notes[-1])
+        return report
+    main = files[-1]       # mxnet: PREFIX-0000.params comes after the symbol
+    formats.release(weights.tensors.values())    # the write touched them all
+    try:
+        fmt = formats.detect(main)
+        raw, metadata = formats.read_raw(main, fmt)
+        back = formats.canonicalize(raw, metadata, main, fmt, classifier=weights.classifier)
+    except DPNError as e:
+        report.exact = False
+        report.mismatches = ["cannot read the output back: %s" % e]
+        log("check: " + report.mismatches[0])
+        return report
+    stored = {k: tuple(v.shape) for k, v in raw.items()}
+    key_problems = compare_shapes(expected_stored_keys(weights, target), stored)
+    if (back.arch.name, back.classes) != (weights.arch.name, weights.classes):
+        key_problems.append("read back as %s with %d classes" % (back.arch.name, back.classes))
+    if fmt in ("mxnet", "safetensors", "timm") and back.classifier != weights.classifier:
+        key_problems.append("classifier read back as %s" % back.classifier)
+    report.tensors = len(back.tensors)
+    problems = key_problems + compare_tensors(weights.tensors, back.tensors)
+    report.exact = not problems
+    report.mismatches = problems[:MAX_LISTED] + (
+        ["... %d more" % (len(problems) - MAX_LISTED)] if len(problems) > MAX_LISTED else [])
+    if report.exact:
+        log("check: %d tensors bit-identical to the source (%s)"
+            % (report.tensors, ", ".join(weights.dtypes)))
+    else:
+        log("check: %d problems, first: %s" % (len(problems), problems[0]))
+    if numeric:
+        report.numeric, note = numeric_parity(back)
+        if note:
+            report.notes.append(note)
+            log("check: " + note)
+        elif report.numeric:
+            n = report.numeric
+            log("check: MXNet graph vs PyTorch DPN on %dx3x%dx%d: max rel %.2e, top-5 agreement "
+                "%.0f%% (%s)" % (n.batch, n.size, n.size, n.max_rel, 100 * n.top5_agreement,
+                                 "ok" if n.passed else "FAILED, tolerance %g" % RTOL))
+    return report
+
+
+def compare_shapes(want: Mapping[str, tuple], got: Mapping[str, tuple]) -> List[str]:
+    problems = ["missing key %s" % k for k in want if k not in got]
+    problems += ["unexpected key %s" % k for k in got if k not in want]
+    problems += ["%s stored as %s, expected %s" % (k, got[k], s)
+                 for k, s in want.items() if k in got and tuple(got[k]) != tuple(s)]
+    return problems
+
+
+def numeric_parity(weights: "formats.Weights", batch: int = 2, size: int = 64, seed: int = 0):
+    """(NumericReport, None), or (None, why it did not run).
+
+    Both models use a global-average head (the authors' 7x7 ``pool5`` is the same function
+    at 224x224 and runs only there), so a small seeded batch suffices; computed in float32.
+    """
+    # look before importing: MXNet and torch cost ~150 MB each, only worth it if both run
+    missing = [m for m in ("mxnet", "torch") if not _importable(m)]
+    if missing:
+        what = " and ".join({"mxnet": "MXNet", "torch": "torch"}[m] for m in missing)
+        return None, ("%s %s not installed: numerical check skipped (the written tensors were "
+                      "compared exactly with the source)" % (what, "is" if len(missing) == 1 else "are"))
+    absent = [m for m in ("dpn_gluon.symbols", "dpn_gluon.convert.torch_dpn") if not _importable(m)]
+    if absent:
+        return None, "numerical check skipped: %s not available" % ", ".join(absent)
+    os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")   # no MKLDNN banner on stderr
+    try:
+        import mxnet as mx
+        import torch
+        from .torch_dpn import from_canonical
+        from ..symbols import get_symbol
+    except ImportError as e:
+        return None, "numerical check skipped: %s" % e
+    tensors = {k: np.asarray(v, dtype=np.float32) for k, v in weights.tensors.items()}
+    x = np.random.RandomState(seed).uniform(-2, 2, (batch, 3, size, size)).astype(np.float32)
+    sym = get_symbol(weights.arch.name, weights.classes, weights.classifier,
+                     head="global", softmax=False)
+    args = {k: mx.nd.array(v) for k, v in tensors.items() if not variants.is_aux(k)}
+    args["data"] = mx.nd.array(x)
+    aux = {k: mx.nd.array(v) for k, v in tensors.items() if variants.is_aux(k)}
+    exe = sym.bind(mx.cpu(), args=args, aux_states=aux, grad_req="null")
+    ref = exe.forward(is_train=False)[0].asnumpy().reshape(batch, -1)
+    with warnings.catch_warnings():
+        # read-only views of the written file; the model copies them into its parameters
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        model = from_canonical(tensors, weights.arch.name, weights.classes, weights.classifier)
+    with torch.no_grad():
+        out = model(torch.from_numpy(x)).numpy().reshape(batch, -1)
+    return logit_report(ref, out, size), None
+
+
+def _importable(module: str) -> bool:
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def logit_report(ref: np.ndarray, out: np.ndarray, size: int) -> NumericReport:
+    diff = np.abs(ref.astype(np.float64) - out.astype(np.float64))
+    max_abs = float(diff.max())
+    max_rel = max_abs / max(float(np.abs(ref).max()), 1e-30)
+    k = min(5, ref.shape[1])
+    top_ref = np.argsort(-ref, axis=1)[:, :k]
+    top_out = np.argsort(-out, axis=1)[:, :k]
+    agree = float(np.mean([set(a) == set(b) for a, b in zip(top_ref, top_out)]))
+    return NumericReport(ref.shape[0], size, max_abs, max_rel, agree, max_rel <= RTOL)

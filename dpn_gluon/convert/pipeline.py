@@ -1,0 +1,83 @@
+"""``convert()``: one conversion end to end, as a library call (the CLI is a thin shell on it).
+
+read (detect the format) -> canonical tensors validated against the variant table -> rename
+for the target -> write atomically -> check (:mod:`.formats`, :mod:`.check`). The source is
+opened read-only and never written; an output that exists is refused unless ``force``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Union
+
+from ..errors import DPNError
+from . import formats
+from .check import CheckReport, check_written
+
+PathLike = Union[str, Path]
+
+
+@dataclass
+class ConversionResult:
+    source: str
+    source_format: str
+    target: str
+    outputs: List[str]
+    arch: str
+    classes: int
+    classifier: str
+    tensors: int
+    dtypes: List[str]
+    source_sha256: Optional[str] = None
+    check: Optional[CheckReport] = None
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.check is None or self.check.ok
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("source", "source_format", "target", "outputs", "arch",
+                                           "classes", "classifier", "tensors", "dtypes",
+                                           "source_sha256", "notes")}
+        d["check"] = self.check.to_dict() if self.check else None
+        d["ok"] = self.ok
+        return d
+
+
+def convert(src: PathLike, to: str, out: Optional[PathLike] = None, arch: Optional[str] = None,
+            classifier: Optional[str] = None, epoch: Optional[int] = None, force: bool = False,
+            check: bool = True, numeric: bool = True, log=None) -> ConversionResult:
+    """Convert the checkpoint at ``src`` to format ``to``; see :mod:`dpn_gluon.convert.formats`.
+
+    ``out`` is the output path (for ``mxnet``, the prefix), or a folder for the default
+    name. Raises :class:`dpn_gluon.errors.DPNError` on bad input, leaving no output.
+    """
+    notes: List[str] = []
+
+    def note(msg: str):
+        notes.append(msg)
+        if log:
+            log(msg)
+
+    if to not in formats.TARGETS:
+        raise DPNError("unknown target format %r (choose from %s)"
+                               % (to, ", ".join(formats.TARGETS)))
+    path = formats.resolve_source(src, epoch)
+    fmt = formats.detect(path)
+    target = formats.default_output(path, fmt, to, out)
+    formats.check_outputs(path, fmt, to, target, force)     # refuse early, before any work
+    weights = formats.read(path, arch=arch, classifier=classifier)
+    if log:
+        log("read %s: %s, %s, %d classes, classifier %s, %d tensors (%s)"
+            % (weights.source, weights.format, weights.arch.name, weights.classes,
+               weights.classifier, len(weights.tensors), ", ".join(weights.dtypes)))
+    files = formats.write(weights, to, target, force=force, log=note)
+    if log:
+        log("wrote " + ", ".join(str(f) for f in files))
+    report = check_written(weights, to, files, numeric=numeric, log=log) if check else None
+    return ConversionResult(
+        source=str(weights.source), source_format=weights.format, target=to,
+        outputs=[str(f) for f in files], arch=weights.arch.name, classes=weights.classes,
+        classifier=weights.classifier, tensors=len(weights.tensors), dtypes=weights.dtypes,
+        source_sha256=weights.sha256, check=report, notes=notes)
