@@ -69,3 +69,29 @@ def test_progress_counts_every_byte(tmp_path):
 def test_unsupported_dtype_is_refused(tmp_path):
     with open(tmp_path / "c.pth", "wb") as f, pytest.raises(ValueError, match="complex"):
         write_state_dict(f, {"z": np.zeros(2, dtype="complex64")})
+
+
+def test_convert_to_torch_without_check_does_not_import_torch(tmp_path):
+    """dpn-convert --to torch --no-check writes the .pth without torch; torch reads it back."""
+    import json
+    import subprocess
+    import sys
+    from dpn_gluon.checkpoint import read_checkpoint, write_seeded_checkpoint
+    src = write_seeded_checkpoint(tmp_path / "dpn68", "dpn68", seed=1, symbol=False)
+    out = tmp_path / "dpn68.pth"
+    code = ("import json, sys\nfrom dpn_gluon.convert.pipeline import convert\n"
+            "convert(sys.argv[1], 'torch', out=sys.argv[2], check=False)\n"
+            "print(json.dumps('torch' in sys.modules))")
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", code, str(src), str(out)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, check=True, env=env)
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) is False
+    from dpn_gluon.convert import torch_dpn
+    _, _, _, tensors = read_checkpoint(src)
+    model = torch_dpn.build_model("dpn68")
+    model.load_state_dict(torch.load(out, weights_only=True, mmap=True), strict=True)
+    reference = torch_dpn.from_canonical(tensors).state_dict()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, reference[key]), key
