@@ -69,7 +69,9 @@ def run_conversion(archs, cache, repeats, threads, log):
             ratios[target] = {
                 "classic_over_ours": ratio(rows["classic"]["wall"], ours["wall"]),
                 "ours_over_cp": ratio(ours["wall"], rows["cp"]["wall"]),
+                "ours_over_cp_fsync": ratio(ours["wall"], rows["cp+fsync"]["wall"]),
                 "inproc_over_cp": ratio(inproc[target], rows["cp"]["wall"]),
+                "inproc_over_cp_fsync": ratio(inproc[target], rows["cp+fsync"]["wall"]),
                 "rss_over_file": ours["rss_over_file"],
                 "rss_over_file_check": rows["ours-%s-check" % target]["rss_over_file"],
             }
@@ -126,9 +128,10 @@ def print_report(res, out=sys.stdout):
         for t, s in c["in_process"].items():
             p("  %-24s %-26s" % ("in-process " + t, _fmt(s, digits=3)))
         for t, r in c["ratios"].items():
-            p("  ratios %-12s classic/ours %s  ours/cp %s  in-process/cp %s  RSS/file %.2f (with check %.2f)"
+            p("  ratios %-11s classic/ours %s  ours/cp %s  in-process/cp %s (/cp+fsync %s)  "
+              "RSS/file %.2f (with check %.2f)"
               % (t, _rfmt(r["classic_over_ours"]), _rfmt(r["ours_over_cp"]), _rfmt(r["inproc_over_cp"]),
-                 r["rss_over_file"], r["rss_over_file_check"]))
+                 _rfmt(r["inproc_over_cp_fsync"]), r["rss_over_file"], r["rss_over_file_check"]))
     if res.get("inference"):
         p("\ninference, CPU, 224x224, %d threads: images/s median [min-max] (IQR), max rel. logit diff vs Module"
           % res["settings"]["threads"])

@@ -4,6 +4,8 @@ For a full-size seeded authors'-format checkpoint (written once into a cache fol
 :func:`dpn_gluon.checkpoint.write_seeded_checkpoint`) each command runs as a fresh process:
 
 - ``cp``: read and write every byte, the floor any converter is measured against;
+- ``cp+fsync``: the same, then ``sync`` the copy: ``dpn-convert`` fsyncs its output before
+  renaming it into place (atomic_write), which plain ``cp`` does not;
 - ``classic``: :mod:`benchmarks.classic_convert` (``mx.nd.load`` + rename + ``torch.save``);
 - ``ours-safetensors`` / ``ours-torch``: ``dpn-convert SRC --to ... --no-check``;
 - ``ours-*-check``: the same with the default ``--check`` (reload and compare every tensor,
@@ -44,6 +46,7 @@ def commands(src: str, work: str):
     cli = [py, "-m", "dpn_gluon.convert.cli", src]
     return {
         "cp": ["cp", src, out(".copy")],
+        "cp+fsync": ["sh", "-c", 'cp "$0" "$1" && sync "$1"', src, out(".copy2")],
         "classic": [py, "-m", "benchmarks.classic_convert", src, out(".classic.pth")],
         "ours-safetensors": cli + ["--to", "safetensors", "-o", out(".safetensors"), "--force", "--no-check"],
         "ours-torch": cli + ["--to", "torch", "-o", out(".pth"), "--force", "--no-check"],
