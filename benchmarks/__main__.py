@@ -227,20 +227,26 @@ def main(argv=None):
     res = {"date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"),
            "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
            "machine": machine(), "settings": settings}
+    os.makedirs(a.out, exist_ok=True)
+
+    def save():     # after each part, so that a later failure keeps what was measured
+        res["seconds"] = time.time() - t0
+        with open(os.path.join(a.out, "results.json"), "w") as f:
+            json.dump(res, f, indent=1, sort_keys=True)
+
     if "conversion" in parts:
         res["conversion"] = run_conversion(settings["conv_archs"], a.cache, settings["conv_repeats"],
                                            a.threads, log)
+        save()
     if "inference" in parts:
         from .inference import BACKENDS
         res["inference"] = run_inference(settings["inf_archs"], settings["batches"], list(BACKENDS),
                                          settings["inf_repeats"], settings["min_time"], a.threads, log)
+        save()
     if "gpu" in parts:
         from . import gpu
         res["gpu"] = gpu.measure(archs=["dpn68"] if a.quick else None, out=sys.stderr)
-    res["seconds"] = time.time() - t0
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "results.json"), "w") as f:
-        json.dump(res, f, indent=1, sort_keys=True)
+    save()
     png = chart(res, os.path.join(a.out, "chart.png"))
     print_report(res)
     print("\nwrote %s%s in %.0f s" % (os.path.join(a.out, "results.json"),

@@ -78,11 +78,13 @@ def _torch(name, tensors, batch, threads):
 def _ort(name, tensors, batch, threads, tmp):
     import onnxruntime as ort
     from dpn_gluon.convert.onnx_export import export_onnx
-    path = export_onnx(tensors, os.path.join(tmp, name + ".onnx"))
+    path = os.path.join(tmp, name + ".onnx")
+    if not os.path.exists(path):    # one export serves every batch size (batch is dynamic)
+        export_onnx(tensors, path)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
     def run(x):
         return sess.run(None, {"data": x})[0]
