@@ -349,7 +349,11 @@ class _FoldedStem(gluon.HybridBlock):
 
 
 class _FoldedBlock(DualPathBlock):
-    """A DualPathBlock with c3x3-b's and c1x1-c's BatchNorms folded into the convs before them."""
+    """A DualPathBlock with c3x3-b's and c1x1-c's BatchNorms folded into the convs before them.
+
+    Only the children differ (same attribute names), so DualPathBlock's forward is reused;
+    its __init__ is skipped because it would build the unfolded children and their names.
+    """
 
     def __init__(self, spec: BlockSpec, epsilon: float = BN_EPS, **kwargs):
         gluon.HybridBlock.__init__(self, **kwargs)
