@@ -28,9 +28,18 @@ def summarize(samples: Sequence[float]) -> Dict[str, float]:
 
 
 def ratio(num: Dict[str, float], den: Dict[str, float]) -> Dict[str, float]:
-    """num/den of two summaries: the ratio of medians, with the range min/max .. max/min."""
+    """num/den of two summaries: the ratio of medians, with the range min/max .. max/min
+    (for measurements that were not taken in the same rounds)."""
     return {"median": num["median"] / den["median"], "low": num["min"] / den["max"],
-            "high": num["max"] / den["min"]}
+            "high": num["max"] / den["min"], "paired": False}
+
+
+def paired(num: Sequence[float], den: Sequence[float]) -> Dict[str, float]:
+    """num/den per round of interleaved samples (round r of each was measured back to back,
+    so load from elsewhere mostly cancels): median, and min/max as the spread."""
+    r = np.asarray(num, dtype=float) / np.asarray(den, dtype=float)
+    return {"median": float(np.median(r)), "low": float(r.min()), "high": float(r.max()),
+            "paired": True}
 
 
 def child_env(threads: int) -> Dict[str, str]:

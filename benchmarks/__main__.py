@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from . import ROOT, ratio, run_child, summarize
+from . import ROOT, paired, ratio, run_child, summarize
 from . import conversion as conv_bench
 
 MIB = 2.0 ** 20
@@ -49,7 +49,7 @@ def _fmt(s, scale=1.0, digits=2):
 
 
 def _rfmt(r):
-    return "%.2fx [%.2f-%.2f]" % (r["median"], r["low"], r["high"])
+    return "%.2fx [%.2f-%.2f]%s" % (r["median"], r["low"], r["high"], "" if r.get("paired") else "*")
 
 
 def run_conversion(archs, cache, repeats, threads, log):
@@ -61,15 +61,15 @@ def run_conversion(archs, cache, repeats, threads, log):
         rows = {}
         for label, s in raw["process"].items():
             rows[label] = {"wall": summarize(s["wall"]), "rss": summarize(s["rss"]),
-                           "rss_over_file": max(s["rss"]) / size}
+                           "rss_over_file": max(s["rss"]) / size, "samples": s["wall"]}
         inproc = {t: summarize(v) for t, v in raw["in_process"].items()}
         ratios = {}
         for target in ("safetensors", "torch"):
             ours = rows["ours-" + target]
             ratios[target] = {
-                "classic_over_ours": ratio(rows["classic"]["wall"], ours["wall"]),
-                "ours_over_cp": ratio(ours["wall"], rows["cp"]["wall"]),
-                "ours_over_cp_fsync": ratio(ours["wall"], rows["cp+fsync"]["wall"]),
+                "classic_over_ours": paired(rows["classic"]["samples"], ours["samples"]),
+                "ours_over_cp": paired(ours["samples"], rows["cp"]["samples"]),
+                "ours_over_cp_fsync": paired(ours["samples"], rows["cp+fsync"]["samples"]),
                 "inproc_over_cp": ratio(inproc[target], rows["cp"]["wall"]),
                 "inproc_over_cp_fsync": ratio(inproc[target], rows["cp+fsync"]["wall"]),
                 "rss_over_file": ours["rss_over_file"],
@@ -94,11 +94,12 @@ def run_inference(archs, batches, backends, repeats, min_time, threads, log):
             rows = {}
             for backend in backends:
                 r = raw[backend][b]
-                rows[backend] = {"images_s": summarize(r["samples"]), "iters": r["iters"]}
+                rows[backend] = {"images_s": summarize(r["samples"]), "iters": r["iters"],
+                                 "samples": r["samples"]}
                 if ref is not None:
                     rows[backend]["max_rel_vs_module"] = float(
                         np.abs(np.asarray(r["logits"]) - ref).max() / np.abs(ref).max())
-            ips = {k: v["images_s"] for k, v in rows.items()}
+            ips = {k: v["samples"] for k, v in rows.items()}
             ratios = {}
             pairs = [("gluon_hybrid_over_module", "gluon-hybrid", "module"),
                      ("gluon_mkldnn_over_module", "gluon-mkldnn", "module"),
@@ -109,9 +110,36 @@ def run_inference(archs, batches, backends, repeats, min_time, threads, log):
                      ("ort_over_torch", "ort", "torch")]
             for key, a, c in pairs:
                 if a in ips and c in ips:
-                    ratios[key] = ratio(ips[a], ips[c])
+                    ratios[key] = paired(ips[a], ips[c])
             results.append({"arch": name, "batch": batch, "rows": rows, "ratios": ratios})
     return results
+
+
+def targets(res) -> list:
+    """(description, value, met) for each target of the benchmarks issue (#6)."""
+    out = []
+    for c in res.get("conversion", []):
+        for t, r in c["ratios"].items():
+            out.append(("%s -> %s: classic/ours >= 4x" % (c["arch"], t), r["classic_over_ours"]["median"],
+                        r["classic_over_ours"]["median"] >= 4))
+            out.append(("%s -> %s: peak RSS <= 1.3x file" % (c["arch"], t), r["rss_over_file"],
+                        r["rss_over_file"] <= 1.3))
+            out.append(("%s -> %s: in-process <= 3x cp" % (c["arch"], t), r["inproc_over_cp"]["median"],
+                        r["inproc_over_cp"]["median"] <= 3))
+    for r in res.get("inference", []):
+        k = "%s bs%d: " % (r["arch"], r["batch"])
+        q = r["ratios"]
+        if "gluon_mkldnn_over_module" in q:
+            v = q["gluon_mkldnn_over_module"]["median"]
+            out.append((k + "hybridized Gluon (MKLDNN) / Module >= 1", v, v >= 1))
+        best = max((q[x]["median"] for x in ("gluon_mkldnn_over_torch", "gluon_folded_over_torch") if x in q),
+                   default=None)
+        if best is not None:
+            out.append((k + "best Gluon / PyTorch >= 1", best, best >= 1))
+        if "ort_over_torch" in q:
+            v = q["ort_over_torch"]["median"]
+            out.append((k + "ONNX Runtime / PyTorch >= 1.3", v, v >= 1.3))
+    return out
 
 
 def print_report(res, out=sys.stdout):
@@ -120,6 +148,8 @@ def print_report(res, out=sys.stdout):
     p("machine: %s, %d cores (%s); python %s; %s" % (m["cpu"], m["nproc"], m["platform"], m["python"],
       ", ".join("%s %s" % kv for kv in m["versions"].items() if kv[1])))
     p("command: %s" % res["command"])
+    p("ratios: median [min-max] of per-round ratios of interleaved runs; * = ratio of medians "
+      "[min/max-max/min] (not measured in the same rounds)")
     for c in res.get("conversion", []):
         p("\nconversion %s (%.1f MiB .params): wall s median [min-max], peak RSS" % (c["arch"], c["file_bytes"] / MIB))
         for label, r in c["rows"].items():
@@ -141,7 +171,11 @@ def print_report(res, out=sys.stdout):
                 s = row["images_s"]
                 p("    %-14s %-24s (IQR %.2f-%.2f)  %.1e" % (backend, _fmt(s), s["q1"], s["q3"],
                                                           row.get("max_rel_vs_module", float("nan"))))
-            p("    ratios: " + "; ".join("%s %s" % (k, _rfmt(v)) for k, v in r["ratios"].items()))
+            p("    ratios (per round, median [min-max]): " + "; ".join("%s %s" % (k, _rfmt(v)) for k, v in r["ratios"].items()))
+    if res.get("targets"):
+        p("\ntargets (medians):")
+        for desc, value, met in res["targets"]:
+            p("  %-58s %6.2f  %s" % (desc, value, "met" if met else "MISSED"))
     g = res.get("gpu")
     if g is not None:
         if not g:
@@ -246,6 +280,7 @@ def main(argv=None):
     if "gpu" in parts:
         from . import gpu
         res["gpu"] = gpu.measure(archs=["dpn68"] if a.quick else None, out=sys.stderr)
+    res["targets"] = targets(res)
     save()
     png = chart(res, os.path.join(a.out, "chart.png"))
     print_report(res)
