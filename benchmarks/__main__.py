@@ -266,7 +266,7 @@ def main(argv=None):
     def save():     # after each part, so that a later failure keeps what was measured
         res["seconds"] = time.time() - t0
         with open(os.path.join(a.out, "results.json"), "w") as f:
-            json.dump(res, f, indent=1, sort_keys=True)
+            json.dump(res, f, indent=1)
 
     if "conversion" in parts:
         res["conversion"] = run_conversion(settings["conv_archs"], a.cache, settings["conv_repeats"],
