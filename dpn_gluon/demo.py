@@ -1,11 +1,15 @@
-"""``python -m dpn_gluon.demo``: the authors' graph and the Gluon DPN on one seeded checkpoint.
+"""``python -m dpn_gluon.demo`` (``make demo``): the main job on one seeded checkpoint.
 
-Writes an authors'-format checkpoint with seeded weights (``PREFIX-0000.params`` and
+Part 1, the model: writes an authors'-format checkpoint with seeded weights (``PREFIX-0000.params`` and
 ``PREFIX-symbol.json``) into a temporary folder, loads it twice -- as the authors did
 (``mx.model.load_checkpoint`` + ``mx.mod.Module``) and with :func:`dpn_gluon.load_checkpoint`
 -- runs the same seeded batch through both (Gluon imperative and hybridized) and prints
 max-abs / max-rel differences and top-5 agreement. Results go to stdout; exit status 1 if
 the Gluon model does not match the symbol within 1e-5.
+
+Part 2, the converter (:mod:`dpn_gluon.convert.demo`): the same kind of checkpoint converted
+to a PyTorch state_dict and a timm folder and back, bit for bit, with the MXNet-vs-PyTorch
+parity figures. ``--no-convert`` skips it.
 """
 from __future__ import annotations
 
@@ -84,8 +88,16 @@ def main(argv=None) -> int:
         c for c in variants.CHECKPOINTS if c not in variants.ARCHS], help="architecture or checkpoint name")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-convert", action="store_true", help="skip part 2, the converter")
     args = parser.parse_args(argv)
-    return 0 if run(args.model, args.batch, args.seed) else 1
+    print("== 1. the authors' graph vs the Gluon DPN")
+    ok = run(args.model, args.batch, args.seed)
+    if not args.no_convert:
+        from .convert import demo as convert_demo
+        print("\n== 2. dpn-convert: original -> torch / timm folder -> original")
+        with tempfile.TemporaryDirectory(prefix="dpn-convert-demo-") as tmp:
+            ok &= convert_demo.run(Path(tmp), args.model, args.seed)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -80,3 +80,12 @@ def test_bad_input_without_mxnet_is_one_line(scratch):
     code, out, log, _ = run_without_mxnet(scratch / "junk.params", "--to", "safetensors")
     assert code == 2 and out == ""
     assert log.startswith("dpn-convert: error:") and len(log.splitlines()) == 1
+
+
+def test_parity_check_without_mxnet_says_it_needs_it(src):
+    """``dpn-convert check`` runs the authors' graph in MXNet: without it, exit 2, one line."""
+    pytest.importorskip("torch")
+    path, _ = src
+    code, out, log, _ = run_without_mxnet("check", path, path)
+    assert code == 2 and out == ""
+    assert log.splitlines()[-1].startswith("dpn-convert: error: per-layer parity needs MXNet")

@@ -7,29 +7,32 @@ Two parts (STYLE.md item 6):
    (dtype, shape and bytes: float16 must stay float16, -0.0 must stay -0.0). The stored key
    list is compared too, against the name table's expectation for that target (timm keys
    with their ``num_batches_tracked`` counters, Gluon's structural names, ``arg:``/``aux:``).
-2. **Numerical**, when MXNet and torch are both importable: a fixed seeded batch runs
-   through the authors' MXNet graph (:mod:`dpn_gluon.symbols`) and through the PyTorch DPN
-   (:mod:`dpn_gluon.convert.torch_dpn`) built from the written weights; the report gives the
-   max relative logit difference and top-5 agreement. Without MXNet the report says so and
-   the exact comparison stands alone.
+2. **Numerical**, when MXNet and torch are both importable: the per-layer parity report
+   (:func:`dpn_gluon.convert.parity.layer_parity`): a fixed seeded batch runs through the
+   authors' MXNet graph (:mod:`dpn_gluon.symbols`) and through the PyTorch DPN
+   (:mod:`dpn_gluon.convert.torch_dpn`) built from the written weights, compared at every
+   tap (stem, each block's residual and dense paths, final BN-ReLU, logits); the summary
+   keeps the max relative logit difference and top-5 agreement. Without MXNet the report
+   says so and the exact comparison stands alone.
 
 Neither MXNet nor torch is imported unless the numerical part runs (or the target is .pth).
 """
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional
 
 import numpy as np
 
 from .. import variants
 from ..errors import DPNError
 from . import formats, names
+
+if TYPE_CHECKING:
+    from .parity import ParityReport
 
 #: Max relative logit difference (max |a - b| / max |a|) the numerical check accepts.
 RTOL = 1e-5
@@ -54,6 +57,7 @@ class CheckReport:
     mismatches: List[str] = field(default_factory=list)
     numeric: Optional[NumericReport] = None
     notes: List[str] = field(default_factory=list)
+    parity: Optional["ParityReport"] = None      # the per-layer table behind ``numeric``
 
     @property
     def ok(self) -> bool:
@@ -61,6 +65,7 @@ class CheckReport:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d["parity"] = self.parity.to_dict() if self.parity else None
         d["ok"] = self.ok
         return d
 
@@ -107,13 +112,19 @@ def expected_stored_keys(weights: "formats.Weights", target: str) -> Dict[str, t
 
 
 def check_written(weights: "formats.Weights", target: str, files: List[Path], numeric: bool = True,
-                  log=None) -> CheckReport:
-    """Reload the files a conversion wrote and compare them with its source weights."""
+                  log=None, device: str = "cpu", tolerance: Optional[float] = None) -> CheckReport:
+    """Reload the files a conversion wrote and compare them with its source weights.
+
+    ``device`` and ``tolerance`` are the PyTorch side's device and the per-tap relative
+    tolerance of the numerical part (default :data:`RTOL`).
+    """
     log = log or (lambda msg: None)
     report = CheckReport()
     if target == "onnx":
         report.notes.append("onnx: no tensor-by-tensor check (the exporter checks its graph)")
         log("check: " + report.notes[-1])
+        if numeric:
+            _numeric(report, weights, log, device, tolerance, onnx_file=files[-1])
         return report
     main = files[-1]       # mxnet: PREFIX-0000.params comes after the symbol
     formats.release(weights.tensors.values())    # the write touched them all
@@ -143,16 +154,32 @@ def check_written(weights: "formats.Weights", target: str, files: List[Path], nu
     else:
         log("check: %d problems, first: %s" % (len(problems), problems[0]))
     if numeric:
-        report.numeric, note = numeric_parity(back)
-        if note:
-            report.notes.append(note)
-            log("check: " + note)
-        elif report.numeric:
-            n = report.numeric
-            log("check: MXNet graph vs PyTorch DPN on %dx3x%dx%d: max rel %.2e, top-5 agreement "
-                "%.0f%% (%s)" % (n.batch, n.size, n.size, n.max_rel, 100 * n.top5_agreement,
-                                 "ok" if n.passed else "FAILED, tolerance %g" % RTOL))
+        _numeric(report, back, log, device, tolerance, reference=weights)
     return report
+
+
+def _numeric(report: CheckReport, weights, log, device, tolerance, reference=None, onnx_file=None):
+    report.parity, note = numeric_parity(weights, device=device, tolerance=tolerance, log=log,
+                                         reference=reference, onnx_file=onnx_file)
+    if note:
+        report.notes.append(note)
+        log("check: " + note)
+    elif report.parity:
+        report.numeric = summary(report.parity)
+        n, first = report.numeric, report.parity.first_failure
+        log("check: MXNet graph vs %s on %dx3x%dx%d, %d taps: logits max rel %.2e, "
+            "top-5 agreement %.0f%% (%s)"
+            % ("the written ONNX model" if onnx_file else "the PyTorch DPN", n.batch, n.size,
+               n.size, len(report.parity.rows), n.max_rel, 100 * n.top5_agreement,
+               "ok" if n.passed else "FAILED at %s, tolerance %g"
+               % (first.name if first else "the logits' top-5", report.parity.tolerance)))
+
+
+def summary(parity: "ParityReport") -> NumericReport:
+    """The logits row of a per-layer report; ``passed`` means every tap passed."""
+    logits = parity.logits
+    return NumericReport(parity.batch, parity.size, logits.max_abs, logits.max_rel,
+                         parity.top5_agreement, parity.passed)
 
 
 def compare_shapes(want: Mapping[str, tuple], got: Mapping[str, tuple]) -> List[str]:
@@ -163,45 +190,39 @@ def compare_shapes(want: Mapping[str, tuple], got: Mapping[str, tuple]) -> List[
     return problems
 
 
-def numeric_parity(weights: "formats.Weights", batch: int = 2, size: int = 64, seed: int = 0):
-    """(NumericReport, None), or (None, why it did not run).
+def numeric_parity(weights: "formats.Weights", batch: int = 2, size: int = 64, seed: int = 0,
+                   device: str = "cpu", tolerance: Optional[float] = None, log=None,
+                   reference: Optional["formats.Weights"] = None,
+                   onnx_file: Optional[Path] = None):
+    """(ParityReport, None), or (None, why it did not run).
 
-    Both models use a global-average head (the authors' 7x7 ``pool5`` is the same function
-    at 224x224 and runs only there), so a small seeded batch suffices; computed in float32.
+    The per-layer report of ``weights`` (the written file, read back) in the PyTorch DPN
+    (or of the written ``onnx_file`` in onnxruntime, as it is) against the authors' graph on
+    ``reference`` (the conversion's source; default ``weights`` itself). Both models use a
+    global-average head (the authors' 7x7 ``pool5`` is the same function at 224x224 and
+    runs only there), so a small seeded batch suffices; float32.
     """
     # look before importing: MXNet and torch cost ~150 MB each, only worth it if both run
-    missing = [m for m in ("mxnet", "torch") if not _importable(m)]
+    runtime = ("mxnet", "onnxruntime" if onnx_file else "torch")
+    missing = [m for m in runtime if not _importable(m)]
     if missing:
-        what = " and ".join({"mxnet": "MXNet", "torch": "torch"}[m] for m in missing)
+        what = " and ".join({"mxnet": "MXNet"}.get(m, m) for m in missing)
         return None, ("%s %s not installed: numerical check skipped (the written tensors were "
                       "compared exactly with the source)" % (what, "is" if len(missing) == 1 else "are"))
     absent = [m for m in ("dpn_gluon.symbols", "dpn_gluon.convert.torch_dpn") if not _importable(m)]
-    if absent:
+    if absent and not onnx_file:
         return None, "numerical check skipped: %s not available" % ", ".join(absent)
-    os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")   # no MKLDNN banner on stderr
     try:
-        import mxnet as mx
-        import torch
-        from .torch_dpn import from_canonical
-        from ..symbols import get_symbol
-    except ImportError as e:
+        for module in runtime:
+            importlib.import_module(module)
+        from .parity import layer_parity, read_onnx
+    except (ImportError, OSError) as e:
         return None, "numerical check skipped: %s" % e
-    tensors = {k: np.asarray(v, dtype=np.float32) for k, v in weights.tensors.items()}
-    x = np.random.RandomState(seed).uniform(-2, 2, (batch, 3, size, size)).astype(np.float32)
-    sym = get_symbol(weights.arch.name, weights.classes, weights.classifier,
-                     head="global", softmax=False)
-    args = {k: mx.nd.array(v) for k, v in tensors.items() if not variants.is_aux(k)}
-    args["data"] = mx.nd.array(x)
-    aux = {k: mx.nd.array(v) for k, v in tensors.items() if variants.is_aux(k)}
-    exe = sym.bind(mx.cpu(), args=args, aux_states=aux, grad_req="null")
-    ref = exe.forward(is_train=False)[0].asnumpy().reshape(batch, -1)
-    with warnings.catch_warnings():
-        # read-only views of the written file; the model copies them into its parameters
-        warnings.filterwarnings("ignore", message=".*not writable.*")
-        model = from_canonical(tensors, weights.arch.name, weights.classes, weights.classifier)
-    with torch.no_grad():
-        out = model(torch.from_numpy(x)).numpy().reshape(batch, -1)
-    return logit_report(ref, out, size), None
+    candidate = read_onnx(onnx_file) if onnx_file else weights
+    report = layer_parity(weights if reference is None else reference, candidate,
+                          "onnx" if onnx_file else "torch", device, "float32", batch, size, seed,
+                          tolerance=RTOL if tolerance is None else tolerance, log=log)
+    return report, None
 
 
 def _importable(module: str) -> bool:

@@ -2,10 +2,15 @@
 
     dpn-convert SRC --to {torch,safetensors,timm,mxnet,gluon,onnx} [-o OUT] [--arch NAME]
                 [--classifier fc6|fc6-1k] [--epoch N] [--force] [--check/--no-check] [--json]
+                [--device cpu|cuda] [--tolerance X] [--report FILE.png|.html]
+    dpn-convert check A B [--runtime torch|onnx] [--device cpu|cuda] [--mx-device cpu|gpu]
+                [--dtype float32|float16|bfloat16] [--size N] [--batch N] [--seed N]
+                [--image FILE ...] [--tolerance X] [--report FILE] [--json]
 
-A thin shell over :func:`dpn_gluon.convert.pipeline.convert`. The command is a group whose
-default subcommand is ``convert``, so ``dpn-convert SRC --to X`` and ``dpn-convert convert
-SRC --to X`` are the same, and further subcommands (``dpn-convert check A B``) fit beside it.
+Thin shells over :func:`dpn_gluon.convert.pipeline.convert` and
+:func:`dpn_gluon.convert.parity.layer_parity`. The command is a group whose default
+subcommand is ``convert``, so ``dpn-convert SRC --to X`` and ``dpn-convert convert SRC --to X``
+are the same, and ``dpn-convert check A B`` sits beside it.
 
 Results on stdout (the output paths, or one JSON record with ``--json``); progress and logs on
 stderr. Exit 0 ok, 1 the check failed, 2 bad input or usage (one line on stderr, no
@@ -20,8 +25,10 @@ from pathlib import Path
 import click
 
 from .. import variants
-from ..errors import DPNError
+from ..errors import CheckpointError, DPNError
+from .atomic import check_writable
 from .formats import TARGETS
+from .parity import DEVICES, DTYPES, MX_DEVICES, RUNTIMES
 
 PROG = "dpn-convert"
 
@@ -96,22 +103,148 @@ def main(ctx):
               help="Reload the output and compare every tensor exactly with SRC; with MXNet and "
                    "torch installed also run a seeded batch through both frameworks.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON record on stdout.")
-def convert_command(src, to, out, arch, classifier, epoch, force, check, as_json):
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
+              help="Where the check runs the PyTorch DPN (MXNet runs on the CPU).")
+@click.option("--tolerance", type=click.FloatRange(0, min_open=True), default=None,
+              help="Max relative difference per tap for the check (default 1e-5).")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw the check's per-layer errors: FILE.png, .svg or .html.")
+def convert_command(src, to, out, arch, classifier, epoch, force, check, as_json, device,
+                    tolerance, report):
     """Convert SRC (an authors' .params, Gluon file, .pth, .safetensors or timm folder).
 
     The format is detected from the content, the architecture and class count from the
-    tensor names and shapes. Exit 0 ok, 1 check failed, 2 bad input.
+    tensor names and shapes. The check (on by default) prints the per-layer parity table
+    on stderr. Exit 0 ok, 1 check failed, 2 bad input.
     """
     from .pipeline import convert
+    if report is not None:
+        _check_report_path(report, force)
+    if check and device == "cuda":
+        _require_cuda()
     result = convert(src, to, out=out, arch=arch, classifier=classifier, epoch=epoch,
-                     force=force, check=check, log=_log)
+                     force=force, check=check, log=_log, device=device, tolerance=tolerance)
+    parity = result.check.parity if result.check else None
+    if parity is not None:
+        click.echo(parity.table(), err=True)
+        if report is not None:
+            _log("report: %s" % parity.write(report, force))
+    elif report is not None:
+        _log("no report written: the numerical check did not run")
     if as_json:
         click.echo(json.dumps(result.to_dict(), sort_keys=True))
     else:
         for path in result.outputs:
             click.echo(path)
     if not result.ok:
-        _log("check FAILED: %s" % "; ".join(result.check.mismatches[:3] or ["logits differ"]))
+        first = parity.first_failure if parity is not None else None
+        _log("check FAILED: %s" % "; ".join(
+            result.check.mismatches[:3]
+            or ["first failing tap %s" % first.name if first else "logits differ"]))
+        return 1
+    return 0
+
+
+def _require_cuda():
+    """Refuse --device cuda before writing anything when torch sees no CUDA device."""
+    try:
+        import torch
+    except ImportError:
+        raise DPNError("--device cuda needs torch") from None
+    if not torch.cuda.is_available():
+        raise DPNError("--device cuda: torch %s sees no CUDA device" % torch.__version__)
+
+
+def _check_report_path(report: Path, force: bool):
+    if report.suffix.lower() not in (".png", ".svg", ".html", ".htm"):
+        raise DPNError("%s: --report must name a .png, .svg or .html file" % report)
+    check_writable(report, force)
+
+
+@main.command("check")
+@click.argument("reference", type=click.Path(path_type=Path))
+@click.argument("candidate", type=click.Path(path_type=Path))
+@click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
+              help="Run CANDIDATE in PyTorch (the timm-layout DPN) or in onnxruntime (its ONNX "
+                   "export with every tap as an output). Default: torch, or onnx when CANDIDATE "
+                   "is an ONNX model dpn-convert wrote, which runs as it is.")
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
+              help="Device of CANDIDATE's runtime.")
+@click.option("--mx-device", type=click.Choice(MX_DEVICES), default="cpu", show_default=True,
+              help="Device of the MXNet reference; gpu falls back to the CPU, with a message, "
+                   "where the MXNet build has no kernels for the card (Hopper and newer).")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
+              help="CANDIDATE's compute dtype (PyTorch only); REFERENCE runs in float32.")
+@click.option("--size", type=click.IntRange(32, 1024), default=64, show_default=True,
+              help="Input height and width (at least 193 with --mean-max).")
+@click.option("--batch", type=click.IntRange(1, 256), default=2, show_default=True,
+              help="Seeded images (ignored with --image).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the batch.")
+@click.option("--image", "images", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="An image to use instead of the seeded batch (repeatable); preprocessed as "
+                   "the authors did: bicubic short-side resize to --size, center crop, "
+                   "(pixel - (124, 117, 104)) * 0.0167.")
+@click.option("--mean-max", is_flag=True,
+              help="Compare the authors' mean-max test head instead of global average pooling.")
+@click.option("--tolerance", type=click.FloatRange(0, min_open=True), default=None,
+              help="Max relative difference per tap, max|a-b|/max|a| (default: 1e-5 for "
+                   "float32; the measured bounds for float16 and bfloat16).")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Draw max rel diff per tap on a log scale: FILE.png, .svg or .html.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --report file.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON record (the rows) on stdout.")
+def check_command(reference, candidate, runtime, device, mx_device, dtype, size, batch, seed,
+                  images, mean_max, tolerance, report, force, as_json):
+    """Per-layer parity: REFERENCE in the authors' MXNet graph, CANDIDATE in PyTorch or ONNX.
+
+    REFERENCE and CANDIDATE are any checkpoints dpn-convert reads (the authors' .params,
+    Gluon, .pth, .safetensors, timm folder) of the same architecture and class count. The same batch
+    goes through both; outputs are compared at the stem (pool1), every dual-path block's
+    residual (_sum) and dense (_cat) paths, the final BN-ReLU and the logits. Prints one row
+    per tap (max abs, max rel, cosine, ok) and marks the first failing one: where the two
+    models part. Exit 0 every tap within the tolerance (and, for float16/bfloat16, the same
+    top-1 class on every image), 1 otherwise, 2 bad input.
+    """
+    from .formats import read
+    from .parity import OnnxModel, layer_parity, read_onnx
+    if report is not None:
+        _check_report_path(report, force)
+    ref = read(reference, hash_source=False)
+    try:
+        cand = read(candidate, hash_source=False)
+    except CheckpointError as e:
+        if not candidate.is_file():
+            raise
+        try:
+            cand = read_onnx(candidate)
+        except DPNError:
+            raise e from None
+    for w, role in ((ref, "reference"), (cand, "candidate")):
+        if isinstance(w, OnnxModel):
+            _log("%s: %s, onnx, %s, %d classes, %s head"
+                 % (role, w.path, w.arch.name, w.classes, "mean-max" if w.mean_max else "global"))
+            continue
+        _log("%s: %s, %s, %s, %d classes, %d tensors (%s)" % (
+            role, w.source, w.format, w.arch.name, w.classes, len(w.tensors), ", ".join(w.dtypes)))
+    runtime = runtime or ("onnx" if isinstance(cand, OnnxModel) else "torch")
+    rep = layer_parity(ref, cand, runtime=runtime, device=device, dtype=dtype, batch=batch,
+                       size=size, seed=seed, images=list(images) or None, tolerance=tolerance,
+                       mx_device=mx_device, mean_max=mean_max, log=_log)
+    if as_json:
+        d = rep.to_dict()
+        d.update(reference=str(ref.source),
+                 candidate=str(cand.path if isinstance(cand, OnnxModel) else cand.source))
+        click.echo(json.dumps(d, sort_keys=True))
+    else:
+        click.echo(rep.table())
+    if report is not None:
+        _log("report: %s" % rep.write(report, force))
+    if not rep.passed:
+        first = rep.first_failure
+        _log("parity FAILED: %s" % ("first failing tap %s (max rel %.2e > %g)"
+                                    % (first.name, first.max_rel, rep.tolerance) if first
+                                    else "top-1 classes differ"))
         return 1
     return 0
 

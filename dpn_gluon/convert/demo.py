@@ -14,28 +14,10 @@ import tempfile
 from pathlib import Path
 
 from .. import variants
+from ..checkpoint import write_seeded_checkpoint
 from . import mxparams
 from .check import same_bits
 from .pipeline import convert
-
-
-def _seeded(prefix: Path, name: str, seed: int) -> Path:
-    try:
-        from ..checkpoint import write_seeded_checkpoint
-    except ImportError:
-        write_seeded_checkpoint = None
-    if write_seeded_checkpoint is not None:
-        return Path(write_seeded_checkpoint(prefix, name=name, seed=seed, symbol=False))
-    import numpy as np    # the fallback without the checkpoint module: plain seeded normals
-    arch, classes, fc = variants.resolve(name)
-    rng = np.random.default_rng(seed)
-    path = Path("%s-0000.params" % prefix)
-    with open(path, "wb") as f:
-        mxparams.write(f, {("aux:" if variants.is_aux(k) else "arg:") + k:
-                           (rng.uniform(0.5, 2, s) if variants.is_aux(k) else rng.normal(0, 0.05, s)
-                            ).astype("float32")
-                           for k, s in variants.tensor_spec(arch, classes, fc).items()})
-    return path
 
 
 def _line(step: str, result) -> str:
@@ -50,7 +32,7 @@ def _line(step: str, result) -> str:
 
 
 def run(folder: Path, name: str = "dpn68", seed: int = 0, out=sys.stdout, log=None) -> bool:
-    src = _seeded(folder / name, name, seed)
+    src = Path(write_seeded_checkpoint(folder / name, name=name, seed=seed, symbol=False))
     print("seeded %s checkpoint: %s" % (name, src), file=out)
     steps = [
         ("original -> torch", src, "torch", folder / ("%s.pth" % name), None),

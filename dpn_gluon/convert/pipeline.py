@@ -47,11 +47,13 @@ class ConversionResult:
 
 def convert(src: PathLike, to: str, out: Optional[PathLike] = None, arch: Optional[str] = None,
             classifier: Optional[str] = None, epoch: Optional[int] = None, force: bool = False,
-            check: bool = True, numeric: bool = True, log=None) -> ConversionResult:
+            check: bool = True, numeric: bool = True, log=None, device: str = "cpu",
+            tolerance: Optional[float] = None) -> ConversionResult:
     """Convert the checkpoint at ``src`` to format ``to``; see :mod:`dpn_gluon.convert.formats`.
 
     ``out`` is the output path (for ``mxnet``, the prefix), or a folder for the default
-    name. Raises :class:`dpn_gluon.errors.DPNError` on bad input, leaving no output.
+    name. ``device`` and ``tolerance`` go to the check's per-layer parity
+    (:func:`dpn_gluon.convert.check.check_written`). Raises :class:`dpn_gluon.errors.DPNError` on bad input, leaving no output.
     """
     notes: List[str] = []
 
@@ -75,7 +77,8 @@ def convert(src: PathLike, to: str, out: Optional[PathLike] = None, arch: Option
     files = formats.write(weights, to, target, force=force, log=note)
     if log:
         log("wrote " + ", ".join(str(f) for f in files))
-    report = check_written(weights, to, files, numeric=numeric, log=log) if check else None
+    report = (check_written(weights, to, files, numeric=numeric, log=log, device=device,
+                            tolerance=tolerance) if check else None)
     return ConversionResult(
         source=str(weights.source), source_format=weights.format, target=to,
         outputs=[str(f) for f in files], arch=weights.arch.name, classes=weights.classes,

@@ -1,0 +1,127 @@
+"""Evaluation under the authors' ImageNet protocol (and timm's): the library behind the CLIs.
+
+:func:`evaluate` runs a :class:`~dpn_gluon.evaluate.runtimes.Runtime` over a labelled
+:class:`~dpn_gluon.evaluate.data.Dataset` and returns top-1/top-5 error, throughput and the
+exact settings; :func:`predict` gives the top classes of single images. ``dpn-evaluate`` and
+``dpn-predict`` (:mod:`dpn_gluon.evaluate.cli`) are thin commands over these two.
+
+Imports neither MXNet nor torch; the runtime does, when it is loaded.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from ..errors import DPNError
+from .data import Dataset, iter_batches, open_dataset
+from .metrics import TopKError
+from .preprocess import PROTOCOLS, preprocess as preprocess_image, resize_size
+
+__all__ = ["evaluate", "predict", "settings", "class_names", "open_dataset", "PROTOCOLS"]
+
+#: Smallest input whose final feature map (stride 32) holds the 7x7 average pool of the
+#: authors' mean-max head.
+MEAN_MAX_MIN_SIZE = 224
+
+
+def settings(size: int, protocol: str, mean_max: bool) -> dict:
+    """The preprocessing and head settings, validated, as reported beside the results."""
+    if protocol not in PROTOCOLS:
+        raise DPNError("unknown protocol %r (choose from %s)" % (protocol, ", ".join(PROTOCOLS)))
+    if size < 32:
+        raise DPNError("--size must be at least 32 (the network's stride), got %d" % size)
+    if mean_max and size < MEAN_MAX_MIN_SIZE:
+        raise DPNError("--mean-max needs --size >= %d (a 7x7 final feature map), got %d"
+                       % (MEAN_MAX_MIN_SIZE, size))
+    return {"protocol": protocol, "size": size, "resize_short": resize_size(size, protocol),
+            "crop": size,
+            "interpolation": "bicubic (%s)" % ("OpenCV" if protocol == "authors" else "PIL"),
+            "mean_rgb": [124.0, 117.0, 104.0],
+            "scale": 0.0167, "mean_max": bool(mean_max)}
+
+
+def evaluate(runtime, dataset: Dataset, size: int, protocol: str = "authors",
+             mean_max: bool = False, batch_size: int = 32, workers: int = 0,
+             strict: bool = False, progress: bool = True) -> dict:
+    """Top-1/top-5 error (%) of ``runtime`` on ``dataset``; one JSON-ready record.
+
+    ``mean_max`` only labels the record: the head is part of the runtime already loaded.
+    Class folders named after ImageNet synsets are labelled by synset (the authors' order)
+    for 1000-class checkpoints, so a folder with only some synsets is scored correctly.
+    Labels are checked against the runtime's classes before any image is decoded. Images
+    that cannot be decoded are skipped and listed in ``skipped_files`` (one line each), or
+    raise with ``strict``.
+    """
+    from tqdm import tqdm
+    record = settings(size, protocol, mean_max)
+    if runtime.classes == 1000:
+        dataset = dataset.relabel([synset for synset, _ in imagenet_synsets()])
+    dataset.check_labels(runtime.classes)
+    metric = TopKError((1, min(5, runtime.classes)))
+    skipped: List[str] = []
+    bar = tqdm(total=len(dataset), unit="img", file=sys.stderr, disable=not progress,
+               desc="%s %s@%d" % (runtime.arch, protocol, size), dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        for batch in iter_batches(dataset, size, protocol, batch_size, workers, strict):
+            if len(batch.labels):
+                metric.update(runtime(batch.data), batch.labels)
+            skipped += batch.skipped
+            bar.update(len(batch.labels) + len(batch.skipped))
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    if not metric.count:
+        raise DPNError("%s: none of the %d images could be decoded" % (dataset.path, len(dataset)))
+    k5 = metric.ks[-1]
+    record.update({
+        "checkpoint_arch": runtime.arch, "classes": runtime.classes,
+        "classifier": runtime.classifier, "runtime": runtime.kind, "devices": runtime.devices,
+        "batch_size": batch_size, "workers": workers,
+        "data": str(dataset.path), "data_format": dataset.kind,
+        "images": metric.count, "skipped": len(skipped), "skipped_files": skipped,
+        "top1_error": metric.error(1), "top5_error": metric.error(k5),
+        "seconds": seconds, "images_per_s": metric.count / seconds if seconds else float("nan"),
+    })
+    return record
+
+
+def predict(runtime, images: Sequence, size: int = 224, protocol: str = "authors",
+            top: int = 5) -> List[dict]:
+    """Top ``top`` classes with softmax probabilities for each image (path or bytes)."""
+    names = class_names(runtime.classes)
+    batch = np.stack([preprocess_image(img, size, protocol) for img in images])
+    logits = runtime(batch).astype(np.float64)
+    prob = np.exp(logits - logits.max(axis=1, keepdims=True))
+    prob /= prob.sum(axis=1, keepdims=True)
+    out = []
+    for img, p in zip(images, prob):
+        order = np.argsort(-p, kind="stable")[:min(top, runtime.classes)]
+        out.append({"image": str(img), "top": [
+            {"index": int(i), "name": names[i] if names else None,
+             "probability": float(p[i])} for i in order]})
+    return out
+
+
+@lru_cache(maxsize=None)
+def imagenet_synsets() -> tuple:
+    """((synset, name), ...) of ImageNet-1k in sorted synset order: the authors' label order."""
+    path = Path(__file__).with_name("imagenet_classes.txt")
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            synset, _, name = line.partition(" ")
+            rows.append((synset, name.strip()))
+    return tuple(rows)
+
+
+def class_names(classes: int) -> Optional[List[str]]:
+    """Human-readable names for 1000 classes (ImageNet-1k); None for other class sets."""
+    if classes != 1000:
+        return None
+    return ["%s %s" % row for row in imagenet_synsets()]

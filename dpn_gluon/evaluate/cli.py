@@ -1,0 +1,149 @@
+"""``dpn-evaluate`` and ``dpn-predict``: thin click commands over :mod:`dpn_gluon.evaluate`.
+
+Results on stdout (a short report, or one JSON record with ``--json``); progress bar,
+warnings and errors on stderr. Exit 0 ok, 2 bad input or usage (one line, no traceback).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import DPNError
+from .preprocess import PROTOCOLS
+from .runtimes import RUNTIMES
+
+
+def _one_line_errors(fn):
+    """DPNError (bad input) -> one line on stderr and exit 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DPNError as err:
+            click.echo("error: %s" % str(err).splitlines()[0], err=True)
+            sys.exit(2)
+    return wrapper
+
+
+def _common(fn):
+    """Options shared by both commands."""
+    for option in reversed([
+        click.option("--size", type=click.IntRange(min=32), default=224, show_default=True,
+                     help="Crop size: 224 and 320 are the authors' table columns."),
+        click.option("--protocol", type=click.Choice(PROTOCOLS), default="authors",
+                     show_default=True,
+                     help="authors: bicubic short side = crop, 100% center crop. "
+                          "timm: short side = crop/0.875, center crop. Both normalize "
+                          "(pixel - [124,117,104]) * 0.0167."),
+        click.option("--mean-max", is_flag=True,
+                     help="The authors' mean-max test head (needs --size >= 224; "
+                          "their third column at 320)."),
+        click.option("--runtime", type=click.Choice(RUNTIMES), default="gluon",
+                     show_default=True, help="Run the checkpoint in MXNet Gluon, PyTorch or "
+                                             "ONNX Runtime (same preprocessing)."),
+        click.option("--device", default="cpu", show_default=True,
+                     help="cpu, gpu, gpu:0,1 (Gluon splits each batch over the GPUs), "
+                          "cuda or cuda:N."),
+        click.option("--json", "as_json", is_flag=True, help="One JSON record on stdout."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _json_safe(value):
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--data", required=True, type=click.Path(exists=True, path_type=Path),
+              help="ImageNet-style folder (one sub-folder per class, sorted synset order), "
+                   "an im2rec .lst list (index<TAB>label<TAB>path) or a .rec with its .idx.")
+@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder the paths of a .lst are relative to (default: the list's folder).")
+@_common
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Processes that decode and resize images (0: in the main process).")
+@click.option("--limit", type=click.IntRange(min=1),
+              help="Evaluate N images evenly spaced over the set (a quick check).")
+@click.option("--strict", is_flag=True,
+              help="Fail on an unreadable image instead of skipping it with a warning.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_one_line_errors
+def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, device, as_json,
+                  batch_size, workers, limit, strict, quiet):
+    """Top-1 / top-5 error (%) of CHECKPOINT on a labelled image set.
+
+    CHECKPOINT is any file dpn-convert reads: the authors' PREFIX-0000.params (or PREFIX),
+    a Gluon .params, a PyTorch .pth, a .safetensors or a timm folder.
+
+    Reproduces the authors' single-crop table with --protocol authors at --size 224,
+    --size 320 and --size 320 --mean-max (docs/evaluate.md lists the published numbers).
+    """
+    from . import evaluate, settings
+    from .data import open_dataset
+    from .runtimes import load_runtime
+    settings(size, protocol, mean_max)
+    dataset = open_dataset(data, root).subset(limit)
+    rt = load_runtime(runtime, checkpoint, device, mean_max)
+    record = evaluate(rt, dataset, size, protocol, mean_max, batch_size, workers, strict,
+                      progress=not quiet)
+    record["checkpoint"] = str(checkpoint)
+    if record["skipped"]:
+        shown = record["skipped_files"][:3]
+        click.echo("warning: skipped %d unreadable image(s): %s%s" % (
+            record["skipped"], "; ".join(shown),
+            " ..." if record["skipped"] > len(shown) else ""), err=True)
+    if as_json:
+        click.echo(json.dumps({k: _json_safe(v) for k, v in record.items()}))
+        return
+    click.echo("checkpoint  %s  (%s, %d classes, %s)" % (
+        checkpoint, record["checkpoint_arch"], record["classes"], record["classifier"]))
+    click.echo("data        %s  (%s: %d images, %d skipped)" % (
+        record["data"], record["data_format"], record["images"], record["skipped"]))
+    click.echo("settings    protocol=%s size=%d resize_short=%d crop=%d %s "
+               "mean=(124,117,104) scale=0.0167 mean_max=%s runtime=%s device=%s batch=%d"
+               % (record["protocol"], record["size"], record["resize_short"], record["crop"],
+                  record["interpolation"].replace(" ", ""),
+                  "on" if record["mean_max"] else "off", record["runtime"],
+                  ",".join(record["devices"]), record["batch_size"]))
+    click.echo("top-1 error %.2f %%" % record["top1_error"])
+    click.echo("top-5 error %.2f %%" % record["top5_error"])
+    click.echo("speed       %.1f images/s (%.1f s)" % (record["images_per_s"], record["seconds"]))
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True)
+@_common
+@_one_line_errors
+def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, device, as_json):
+    """The top classes of each IMAGE with softmax probabilities.
+
+    ImageNet-1k checkpoints print synset and class names (sorted synset order, the
+    authors' labels); other class sets (ImageNet-5k's 4786, Places365) print indices.
+    """
+    from . import predict, settings
+    from .runtimes import load_runtime
+    settings(size, protocol, mean_max)
+    rt = load_runtime(runtime, checkpoint, device, mean_max)
+    results = predict(rt, list(images), size, protocol, top)
+    if as_json:
+        click.echo(json.dumps({"checkpoint": str(checkpoint), "classes": rt.classes,
+                               "protocol": protocol, "size": size, "mean_max": mean_max,
+                               "runtime": rt.kind, "predictions": results}))
+        return
+    for res in results:
+        click.echo(res["image"])
+        for rank, hit in enumerate(res["top"], 1):
+            label = hit["name"] if hit["name"] else "class %d" % hit["index"]
+            click.echo("  %d. %6.2f %%  %4d  %s" % (rank, 100 * hit["probability"],
+                                                    hit["index"], label))

@@ -1,0 +1,165 @@
+"""Where dpn-evaluate and dpn-predict run a checkpoint: MXNet Gluon, PyTorch or ONNX Runtime.
+
+:func:`load_runtime` returns a :class:`Runtime`: a callable from a float32 NCHW numpy batch
+(already preprocessed by :mod:`dpn_gluon.evaluate.preprocess`, the same for every runtime) to
+float32 logits ``(n, classes)``. Every runtime starts from :func:`read_model`, the one place
+that reads a checkpoint (any format dpn-convert reads) into canonical tensors.
+
+- ``gluon``: the Gluon DPN of :mod:`dpn_gluon.model` (as :func:`dpn_gluon.load_checkpoint`),
+  hybridized; several MXNet devices split each
+  batch with ``mx.gluon.utils.split_and_load`` (data parallel over one machine's GPUs).
+- ``torch``: :func:`dpn_gluon.convert.torch_dpn.from_canonical` (timm's layout), eval mode,
+  ``torch.inference_mode``; one device.
+- ``onnx``: :func:`dpn_gluon.convert.onnx_export.export_onnx` to a temporary file, then an
+  ``onnxruntime.InferenceSession`` (CUDA provider on a GPU device when available).
+
+MXNet, torch and onnxruntime are imported only by the runtime that needs them.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, List, Tuple
+
+import numpy as np
+
+from ..errors import DPNError
+
+RUNTIMES = ("gluon", "torch", "onnx")
+
+
+@dataclass
+class Runtime:
+    kind: str
+    arch: str
+    classes: int
+    classifier: str
+    devices: List[str]
+    forward: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.forward(np.ascontiguousarray(batch, dtype=np.float32)),
+                          dtype=np.float32)
+
+
+def read_model(path):
+    """(Arch, classes, classifier name, canonical tensors) of any checkpoint dpn-convert reads.
+
+    The authors' ``PREFIX-0000.params`` (or ``PREFIX``), a Gluon ``.params``, a PyTorch
+    ``.pth`` (timm's keys), ``.safetensors`` or a timm folder: detected from the content by
+    :func:`dpn_gluon.convert.formats.read`, validated against the variant table.
+    """
+    from ..convert.formats import read
+    w = read(path, hash_source=False)
+    return w.arch, w.classes, w.classifier, w.tensors
+
+
+def parse_devices(spec: str) -> Tuple[str, List[int]]:
+    """``cpu`` / ``gpu`` / ``gpu:0,1`` / ``cuda`` / ``cuda:1`` -> ('cpu'|'gpu', [ids]).
+
+    ``cpu:0,1`` (several MXNet CPU contexts) exercises the Gluon batch split without a GPU.
+    """
+    spec = (spec or "cpu").strip().lower()
+    kind, _, ids = spec.partition(":")
+    if kind == "cpu" and not ids:
+        return "cpu", []
+    if kind in ("cpu", "gpu", "cuda"):
+        try:
+            numbers = [int(i) for i in ids.split(",")] if ids else [0]
+        except ValueError:
+            numbers = []
+        if numbers and all(i >= 0 for i in numbers) and len(set(numbers)) == len(numbers):
+            return ("cpu" if kind == "cpu" else "gpu"), numbers
+    raise DPNError("bad --device %r (use cpu, gpu, gpu:0,1, cuda or cuda:N)" % spec)
+
+
+def load_runtime(kind: str, checkpoint, devices: str = "cpu", mean_max: bool = False) -> Runtime:
+    """A :class:`Runtime` of ``kind`` (gluon, torch, onnx) for a checkpoint file."""
+    if kind not in RUNTIMES:
+        raise DPNError("unknown runtime %r (choose from %s)" % (kind, ", ".join(RUNTIMES)))
+    dev_kind, ids = parse_devices(devices)
+    arch, classes, classifier, tensors = read_model(checkpoint)
+    make = {"gluon": _gluon, "torch": _torch, "onnx": _onnx}[kind]
+    forward, names = make(checkpoint, (arch, classes, classifier, tensors), dev_kind, ids,
+                          mean_max)
+    return Runtime(kind, arch.name, int(classes), classifier, names, forward)
+
+
+def _gluon(checkpoint, model, dev_kind, ids, mean_max):
+    import mxnet as mx
+    from ..model import DPN, set_canonical
+    arch, classes, classifier, tensors = model
+    if dev_kind == "gpu":
+        if mx.context.num_gpus() < len(ids) or max(ids) >= mx.context.num_gpus():
+            raise DPNError("--device gpu:%s: MXNet sees %d GPU(s)"
+                           % (",".join(map(str, ids)), mx.context.num_gpus()))
+        ctx = [mx.gpu(i) for i in ids]
+    else:
+        ctx = [mx.cpu(i) for i in ids] or [mx.cpu()]
+    # dpn_gluon.load_checkpoint() without reading the file a second time.
+    net = set_canonical(DPN(arch, classes, classifier, mean_max=mean_max), tensors, ctx)
+    net.hybridize(static_alloc=True, static_shape=True)
+
+    def forward(batch):
+        if len(ctx) == 1:
+            return net(mx.nd.array(batch, ctx=ctx[0])).asnumpy()
+        parts = mx.gluon.utils.split_and_load(batch, ctx[:len(batch)], even_split=False)
+        return np.concatenate([net(p).asnumpy() for p in parts])
+
+    return forward, [str(c) for c in ctx]
+
+
+def _torch(checkpoint, model, dev_kind, ids, mean_max):
+    import torch
+    from ..convert.torch_dpn import from_canonical
+    if dev_kind == "gpu":
+        if len(ids) != 1:
+            raise DPNError("the torch runtime uses one device; use --device cuda:N")
+        if not torch.cuda.is_available() or ids[0] >= torch.cuda.device_count():
+            raise DPNError("--device cuda:%d: torch sees no such CUDA device" % ids[0])
+        device = torch.device("cuda", ids[0])
+    elif len(ids) > 1:
+        raise DPNError("the torch runtime uses one device; use --device cpu or cuda:N")
+    else:
+        device = torch.device("cpu")
+    with warnings.catch_warnings():
+        # The tensors are read-only views of the file; load_state_dict copies them anyway.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        net = from_canonical(model[3], mean_max=mean_max, source=str(checkpoint))
+    net = net.to(device).eval()
+
+    def forward(batch):
+        with torch.inference_mode():
+            return net(torch.from_numpy(batch).to(device)).float().cpu().numpy()
+
+    return forward, [str(device)]
+
+
+def _onnx(checkpoint, model, dev_kind, ids, mean_max):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise DPNError("the onnx runtime needs onnxruntime: pip install onnx onnxruntime") from None
+    from ..convert.onnx_export import export_onnx
+    providers = ["CPUExecutionProvider"]
+    if len(ids) > 1:
+        raise DPNError("the onnx runtime uses one device; use --device cpu or cuda:N")
+    if dev_kind == "gpu":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise DPNError("--device cuda:%d: onnxruntime has no CUDA provider here" % ids[0])
+        providers = [("CUDAExecutionProvider", {"device_id": ids[0]})] + providers
+    with tempfile.TemporaryDirectory(prefix="dpn-evaluate-") as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        export_onnx(model[3], path, mean_max=mean_max, source=str(checkpoint))
+        session = ort.InferenceSession(path, providers=providers)
+    input_name = session.get_inputs()[0].name
+    output_name = session.get_outputs()[0].name
+
+    def forward(batch):
+        return session.run([output_name], {input_name: batch})[0]
+
+    names = ["cuda:%d" % ids[0]] if dev_kind == "gpu" else ["cpu"]
+    return forward, names
+
