@@ -127,11 +127,14 @@ def measure(backends, name, batches, threads, repeats, warmup, min_time, seed=0)
             for backend in backends:
                 run, convert = make_runner(backend, name, tensors, batch, threads, tmp)
                 x = convert(data)
-                logits = run(x)
                 t0 = time.perf_counter()
-                for _ in range(warmup):
-                    run(x)
-                per = (time.perf_counter() - t0) / max(warmup, 1)
+                logits = run(x)
+                per = time.perf_counter() - t0     # the first run, if there is no warm-up
+                if warmup:
+                    t0 = time.perf_counter()
+                    for _ in range(warmup):
+                        run(x)
+                    per = (time.perf_counter() - t0) / warmup
                 iters[backend] = max(1, int(round(min_time / max(per, 1e-6))))
                 runners[backend] = (run, x)
                 out[backend][str(batch)] = {"samples": [], "iters": iters[backend],
