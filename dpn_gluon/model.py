@@ -419,10 +419,12 @@ def fold_batchnorm(net: DPN, ctx=None) -> FoldedDPN:
     folded into it; the same logits (float32 rounding aside) in far fewer ops.
 
     ``net`` must be initialized and is not modified. The copy's weights are computed in
-    float64 and cast to each conv's dtype; BN epsilon is read from ``net`` itself.
+    float64 and cast to each conv's dtype; BN epsilon is read from ``net`` itself. ``ctx`` is
+    a context or a list of them (several devices), default the CPU.
     """
     import mxnet as mx
     ctx = ctx or mx.cpu()
+    first = ctx[0] if isinstance(ctx, (list, tuple)) else ctx
     feats = net.features._children
     eps = feats["conv5_bn_ac"].bn._kwargs["eps"]
     folded = FoldedDPN(net.arch, net.classes, net.mean_max, epsilon=eps)
@@ -461,6 +463,6 @@ def fold_batchnorm(net: DPN, ctx=None) -> FoldedDPN:
     put(folded.classifier.weight, net.classifier.weight.data().asnumpy())
     put(folded.classifier.bias, net.classifier.bias.data().asnumpy())
     for param in folded.collect_params().values():
-        param.set_data(mx.nd.array(values.pop(param), ctx=ctx, dtype=param.dtype))
+        param.set_data(mx.nd.array(values.pop(param), ctx=first, dtype=param.dtype))
     assert not values, "fold_batchnorm: %d values had no parameter" % len(values)
     return folded

@@ -297,13 +297,13 @@ def identify(shapes: Mapping[str, Sequence[int]], arch: Optional[str] = None,
                               % (source, classifier, w))
     classes = w[0]
     candidates = [get_arch(arch)] if arch else list(ARCHS.values())
-    best, best_err = None, None
+    best_err = None
     for cand in candidates:
         err = compare(shapes, tensor_spec(cand, classes, classifier), cand.name, source)
         if err is None:
             return cand, classes, classifier
         if best_err is None or err.size < best_err.size:
-            best, best_err = cand, err
+            best_err = err
     raise best_err
 
 

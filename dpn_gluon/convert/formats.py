@@ -43,6 +43,7 @@ import mmap
 import os
 import struct
 import sys
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -89,7 +89,7 @@ def load_runtime(kind: str, checkpoint, devices: str = "cpu", mean_max: bool = F
 
 def _gluon(checkpoint, model, dev_kind, ids, mean_max):
     import mxnet as mx
-    from ..model import DPN, set_canonical
+    from ..model import DPN, fold_batchnorm, set_canonical
     arch, classes, classifier, tensors = model
     if dev_kind == "gpu":
         if mx.context.num_gpus() < len(ids) or max(ids) >= mx.context.num_gpus():
@@ -100,6 +100,10 @@ def _gluon(checkpoint, model, dev_kind, ids, mean_max):
         ctx = [mx.cpu(i) for i in ids] or [mx.cpu()]
     # dpn_gluon.load_checkpoint() without reading the file a second time.
     net = set_canonical(DPN(arch, classes, classifier, mean_max=mean_max), tensors, ctx)
+    # The fast path by default: each BatchNorm that follows a conv folded into it (inference
+    # only; benchmarks/ measures 1.5-2x over plain hybridize on CPU, tests/test_fold.py the
+    # parity), then a static hybridized graph.
+    net = fold_batchnorm(net, ctx)
     net.hybridize(static_alloc=True, static_shape=True)
 
     def forward(batch):
