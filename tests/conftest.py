@@ -20,23 +20,11 @@ Names are architectures (``dpn92``) or checkpoints (``dpn68-extra``), as in
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 
 from dpn_gluon import checkpoint
-
-
-def _rel_diff(a, b) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
-
-
-@functools.lru_cache(maxsize=4)   # the largest rows hold ~350 MB each
-def _weights(name, seed, classes, classifier):
-    return checkpoint.seeded_tensors(name, seed, classes, classifier)
+from helpers import rel as _rel_diff, weights as _weights
 
 
 @pytest.fixture(scope="session")

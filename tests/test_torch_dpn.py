@@ -19,34 +19,11 @@ from dpn_gluon import variants  # noqa: E402
 from dpn_gluon.convert import torch_dpn  # noqa: E402
 from dpn_gluon.errors import CheckpointError, KeyMismatch  # noqa: E402
 from dpn_gluon.checkpoint import seeded_tensors  # noqa: E402
+from helpers import batch, mxnet_taps, rel, weights as tensors  # noqa: E402
 
 TIMM_KEYS = Path(__file__).parent / "data" / "timm_state_dict_keys.json"
 ARCHS = list(variants.ARCHS)
 TOL = 1e-5
-
-
-def batch(n=2, size=32, seed=1):
-    return np.random.default_rng(seed).normal(size=(n, 3, size, size)).astype(np.float32)
-
-
-@lru_cache(maxsize=2)   # the largest rows hold ~350 MB each
-def tensors(name):
-    return seeded_tensors(name, seed=0)
-
-
-def rel(a, b):
-    """max |a - b| over max |b|: the parity report's relative difference (b: the reference)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
-
-
-def mxnet_taps(name, weights, x, head="global"):
-    """Every tap of the authors' graph (dpn_gluon.symbols) run by MXNet on the CPU."""
-    pytest.importorskip("mxnet")
-    from dpn_gluon.symbols import run_symbol, tap_symbol
-    taps = variants.tap_names(variants.resolve(name)[0])
-    return OrderedDict(zip(taps, run_symbol(tap_symbol(name, head=head), weights, data=x)))
 
 
 @lru_cache(maxsize=None)

@@ -31,11 +31,14 @@ class OutputExists(DPNError, FileExistsError):
 _WRITE_ERRNOS = frozenset([errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS])
 
 
-def check_writable(path: Union[str, Path], force: bool = False) -> Path:
-    """Refuse an existing output (without ``force``), a directory, a missing/unwritable folder."""
+def check_writable(path: Union[str, Path], force: bool = False, directory: bool = False) -> Path:
+    """Refuse an existing output (without ``force``), an output of the wrong kind (a folder
+    where a file goes, or with ``directory=True`` a file where a folder goes), and a missing
+    or unwritable parent folder."""
     path = Path(path)
-    if path.is_dir():
-        raise DPNError("%s is a directory, not an output file" % path)
+    if path.exists() and path.is_dir() != directory:
+        raise DPNError("%s is a %s, not an output %s" % (
+            path, "directory" if path.is_dir() else "file", "folder" if directory else "file"))
     if path.exists() and not force:
         raise OutputExists("%s exists (use --force to overwrite)" % path)
     folder = path.parent
@@ -95,17 +98,7 @@ def atomic_write(path: Union[str, Path], force: bool = False) -> Iterator[Binary
 
 def check_writable_folder(path: Union[str, Path], force: bool = False) -> Path:
     """:func:`check_writable` for an output that is a folder (a timm folder)."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise DPNError("%s is a file, not an output folder" % path)
-    if path.exists() and not force:
-        raise OutputExists("%s exists (use --force to overwrite)" % path)
-    folder = path.parent
-    if not folder.is_dir():
-        raise DPNError("output folder %s does not exist" % folder)
-    if not os.access(folder, os.W_OK):
-        raise DPNError("output folder %s is not writable" % folder)
-    return path
+    return check_writable(path, force, directory=True)
 
 
 @contextlib.contextmanager
@@ -118,7 +111,7 @@ def atomic_path(path: Union[str, Path], force: bool = False,
     an existing folder is moved aside first and removed after, so the new one appears in
     one rename).
     """
-    path = check_writable_folder(path, force) if directory else check_writable(path, force)
+    path = check_writable(path, force, directory)
     try:
         if directory:
             tmp = Path(tempfile.mkdtemp(prefix=".%s." % path.name, suffix=".part", dir=path.parent))

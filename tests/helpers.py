@@ -1,0 +1,40 @@
+"""Plain helpers shared by test modules (fixtures live in conftest.py and wrap these).
+
+- ``weights(name, seed=0, classes=None, classifier=None)``: seeded canonical tensors, cached
+  (a few rows hold ~350 MB each: do not modify them in place);
+- ``rel(a, b)``: max|a - b| / max|b|, the parity measure (``b`` is the reference);
+- ``batch(n, h, w, seed)``: a float32 N(0, 1) NCHW batch;
+- ``mxnet_taps(name, weights, x, head)``: every parity tap of the authors' graph run by MXNet.
+"""
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+
+from dpn_gluon import checkpoint, variants
+
+
+@functools.lru_cache(maxsize=4)
+def weights(name, seed=0, classes=None, classifier=None):
+    return checkpoint.seeded_tensors(name, seed, classes, classifier)
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def batch(n=2, h=32, w=None, seed=1):
+    return np.random.default_rng(seed).normal(size=(n, 3, h, w or h)).astype(np.float32)
+
+
+def mxnet_taps(name, tensors, x, head="global"):
+    """Every tap of the authors' graph (dpn_gluon.symbols) run by MXNet on the CPU."""
+    pytest.importorskip("mxnet")
+    from dpn_gluon.symbols import run_symbol, tap_symbol
+    taps = variants.tap_names(variants.resolve(name)[0])
+    return OrderedDict(zip(taps, run_symbol(tap_symbol(name, head=head), tensors, data=x)))
