@@ -4,11 +4,15 @@
   (a few rows hold ~350 MB each: do not modify them in place);
 - ``rel(a, b)``: max|a - b| / max|b|, the parity measure (``b`` is the reference);
 - ``batch(n, h, w, seed)``: a float32 N(0, 1) NCHW batch;
-- ``mxnet_taps(name, weights, x, head)``: every parity tap of the authors' graph run by MXNet.
+- ``mxnet_taps(name, weights, x, head)``: every parity tap of the authors' graph run by MXNet;
+- ``immutable(folder)``: make a folder refuse writes for real, or skip; returns the undo command.
 """
 from __future__ import annotations
 
 import functools
+import os
+import shutil
+import subprocess
 from collections import OrderedDict
 
 import numpy as np
@@ -38,3 +42,21 @@ def mxnet_taps(name, tensors, x, head="global"):
     from dpn_gluon.symbols import run_symbol, tap_symbol
     taps = variants.tap_names(variants.resolve(name)[0])
     return OrderedDict(zip(taps, run_symbol(tap_symbol(name, head=head), tensors, data=x)))
+
+
+def immutable(folder):
+    """Make ``folder`` refuse writes for real (root ignores chmod: chattr +i), or skip."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        undo = ["chmod", "755", str(folder)]
+    elif shutil.which("chattr") and subprocess.run(["chattr", "+i", str(folder)],
+                                                   capture_output=True).returncode == 0:
+        undo = ["chattr", "-i", str(folder)]
+    else:
+        pytest.skip("root without chattr +i: no way to make a folder read-only here")
+    try:
+        (folder / "probe").write_bytes(b"x")
+    except OSError:
+        return undo
+    subprocess.run(undo, check=True)
+    pytest.skip("the folder still accepts writes (a filesystem without the immutable flag)")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import immutable
 from dpn_gluon.convert import atomic
 from dpn_gluon.convert.atomic import OutputExists, atomic_write, check_writable
 from dpn_gluon.errors import DPNError
@@ -227,21 +228,8 @@ def test_real_immutable_folder(tmp_path, monkeypatch):
     folder = tmp_path / "ro"
     folder.mkdir()
     (folder / "out.params").write_bytes(OLD)
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        undo = ["chmod", "755", str(folder)]
-    elif shutil.which("chattr") and subprocess.run(["chattr", "+i", str(folder)],
-                                                   capture_output=True).returncode == 0:
-        undo = ["chattr", "-i", str(folder)]
-    else:
-        pytest.skip("root without chattr +i: no way to make a folder read-only here")
+    undo = immutable(folder)
     try:
-        try:                                   # prove the folder really refuses writes
-            (folder / "probe").write_bytes(b"x")
-        except OSError:
-            pass
-        else:
-            pytest.skip("the folder still accepts writes (filesystem without immutable flag)")
         with pytest.raises(DPNError, match="output folder .*ro is not writable"):
             with atomic_write(folder / "out.params", force=True) as f:
                 f.write(b"new")

@@ -37,6 +37,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from helpers import immutable  # noqa: E402
 from dpn_gluon import variants
 from dpn_gluon.convert import atomic, formats, mxparams
 from dpn_gluon.convert.cli import main
@@ -472,24 +473,6 @@ def _fingerprint(src: Path):
             for f in files]
 
 
-def _immutable(folder: Path):
-    """Make ``folder`` refuse writes for real (root ignores chmod: chattr +i), or skip."""
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        undo = ["chmod", "755", str(folder)]
-    elif shutil.which("chattr") and subprocess.run(["chattr", "+i", str(folder)],
-                                                   capture_output=True).returncode == 0:
-        undo = ["chattr", "-i", str(folder)]
-    else:
-        pytest.skip("root without chattr +i: no way to make a folder read-only here")
-    try:
-        (folder / "probe").write_bytes(b"x")
-    except OSError:
-        return undo
-    subprocess.run(undo, check=True)
-    pytest.skip("the folder still accepts writes (a filesystem without the immutable flag)")
-
-
 @dataclass
 class Outcome:
     code: int
@@ -530,7 +513,7 @@ def _invoke(case: Case, argv, out_dir: Path, out: Path, monkeypatch) -> Outcome:
     if case.output:
         out.write_bytes(OLD)
     if case.output == "immutable":
-        undo = _immutable(out_dir)
+        undo = immutable(out_dir)
     elif case.output == "enospc-write":
         real, room = formats._Progress.write, [1 << 20]
 
