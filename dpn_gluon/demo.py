@@ -81,7 +81,9 @@ def run(name: str = "dpn68", batch: int = 2, seed: int = 0, out=sys.stdout) -> b
 
 
 def main(argv=None) -> int:
+    import os
     import warnings
+    os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")   # MXNet's "Subgraph backend ... activated"
     warnings.filterwarnings("ignore", category=DeprecationWarning)   # MXNet 1.9.1 on numpy 1.23
     parser = argparse.ArgumentParser(prog="python -m dpn_gluon.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="dpn68", choices=list(variants.ARCHS) + [

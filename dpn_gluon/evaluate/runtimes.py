@@ -101,7 +101,7 @@ def _gluon(checkpoint, model, dev_kind, ids, mean_max):
     # dpn_gluon.load_checkpoint() without reading the file a second time.
     net = set_canonical(DPN(arch, classes, classifier, mean_max=mean_max), tensors, ctx)
     # The fast path by default: each BatchNorm that follows a conv folded into it (inference
-    # only; benchmarks/ measures 1.5-2x over plain hybridize on CPU, tests/test_fold.py the
+    # only; benchmarks/ measures 1.3-1.7x over plain hybridize on CPU, tests/test_fold.py the
     # parity), then a static hybridized graph.
     net = fold_batchnorm(net, ctx)
     net.hybridize(static_alloc=True, static_shape=True)
