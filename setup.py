@@ -23,6 +23,8 @@ setup(
         "onnx": ["onnx>=1.16", "onnxruntime>=1.17"],
         "report": ["matplotlib>=3.5"],
         "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.5"],
+        # long fuzz runs by hand (fuzz/fuzz_params.py); CI fuzzes with hypothesis
+        "fuzz": ["atheris>=2.3"],
     },
     entry_points={
         "console_scripts": [

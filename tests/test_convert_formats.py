@@ -2,7 +2,7 @@
 
 References are independent of the code under test: the seeded source arrays themselves
 (compared bit for bit after a round trip), the timm keys recorded from timm 1.0.31
-(../shared/reference/timm_state_dict_keys.json), hand-written name pairs for a few tensors,
+(tests/data/timm_state_dict_keys.json), hand-written name pairs for a few tensors,
 MXNet's own ``mx.nd.load`` and torch's own ``torch.load``.
 """
 from __future__ import annotations
@@ -23,10 +23,8 @@ from dpn_gluon.convert import formats, mxparams
 from dpn_gluon.convert.pipeline import convert
 from dpn_gluon.errors import CheckpointError, KeyMismatch
 
-REFERENCE = Path(__file__).resolve().parents[1].parent.parent / "shared" / "reference" \
-    / "timm_state_dict_keys.json"
-if not REFERENCE.is_file():
-    REFERENCE = Path("/work/shared/reference/timm_state_dict_keys.json")
+#: timm 1.0.31's keys and shapes, recorded (a copy of ../shared/reference/timm_state_dict_keys.json)
+REFERENCE = Path(__file__).parent / "data" / "timm_state_dict_keys.json"
 
 TARGETS = ("torch", "safetensors", "timm", "gluon", "mxnet")
 
