@@ -150,9 +150,10 @@ def write_seeded_checkpoint(prefix: PathLike, name: str = "dpn68", seed: int = 0
 
     With ``symbol=True`` and MXNet importable, also writes ``PREFIX-symbol.json``: the
     authors' training graph (``pool5`` 7x7, ``fc6``, ``SoftmaxOutput``), like the released
-    files.
+    files. The prefix's folder is created if it does not exist.
     """
     tensors = seeded_tensors(name, seed, classes, classifier, dtype)
+    Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     arch, classes, classifier = variants.resolve(name, classes, classifier)
     json_path = Path(str(prefix) + SYMBOL_SUFFIX)
     sym = None

@@ -194,3 +194,10 @@ def test_load_checkpoint_raises_the_same(tmp_path):
     with pytest.raises(CheckpointError) as err:
         dpn_gluon.load_checkpoint(path)
     assert str(path) in _one_line(err)
+
+
+def test_seeded_checkpoint_creates_its_folder(tmp_path):
+    """The README's example writes into a folder that does not exist yet."""
+    path = checkpoint.write_seeded_checkpoint(tmp_path / "new" / "dpn68", name="dpn68", symbol=False)
+    assert path == tmp_path / "new" / "dpn68-0000.params" and path.is_file()
+    assert checkpoint.read_checkpoint(path)[0].name == "dpn68"

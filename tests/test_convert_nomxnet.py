@@ -30,17 +30,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SHIM = """
 import json, sys
-sys.modules['mxnet'] = None
+for hidden in sys.argv.pop(1).split(','):
+    sys.modules[hidden] = None
 from dpn_gluon.convert.cli import main
 try:
     main(sys.argv[1:])
 finally:
-    print(json.dumps({'torch_imported': 'torch' in sys.modules}), file=sys.stderr)
+    print(json.dumps({'torch_imported': sys.modules.get('torch') is not None}), file=sys.stderr)
 """
 
 
-def run_without_mxnet(*args):
-    proc = subprocess.run([sys.executable, "-c", SHIM] + [str(a) for a in args], cwd=ROOT,
+def run_without_mxnet(*args, hide="mxnet"):
+    proc = subprocess.run([sys.executable, "-c", SHIM, hide] + [str(a) for a in args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     *log, last = proc.stderr.strip().splitlines()
@@ -89,3 +90,20 @@ def test_parity_check_without_mxnet_says_it_needs_it(src):
     code, out, log, _ = run_without_mxnet("check", path, path)
     assert code == 2 and out == ""
     assert log.splitlines()[-1].startswith("dpn-convert: error: per-layer parity needs MXNet")
+
+
+def test_torch_files_without_mxnet_or_torch(src, scratch):
+    """The numpy-only install writes .pth (torchzip) and reads it back for the check and for
+    the way back, through the restricted torch-free reader: exact, exit 0, torch never imported."""
+    path, arrays = src
+    code, out, log, torch_imported = run_without_mxnet(path, "--to", "torch", "-o",
+                                                       scratch / "t.pth", "--json",
+                                                       hide="mxnet,torch")
+    assert code == 0, log
+    assert json.loads(out)["check"]["exact"] is True and not torch_imported
+    code, out, log, torch_imported = run_without_mxnet(scratch / "t.pth", "--to", "mxnet", "-o",
+                                                       scratch / "back", "--classifier", "fc6-1k",
+                                                       hide="mxnet,torch")
+    assert code == 0, log
+    assert not torch_imported
+    assert_same_params(scratch / "back-0000.params", arrays)

@@ -95,3 +95,73 @@ def test_convert_to_torch_without_check_does_not_import_torch(tmp_path):
     reference = torch_dpn.from_canonical(tensors).state_dict()
     for key, value in model.state_dict().items():
         assert torch.equal(value, reference[key]), key
+
+
+# -- reading without torch: torch's own files are the reference ----------------------------
+
+from dpn_gluon.convert.torchzip import read_state_dict  # noqa: E402
+from dpn_gluon.errors import CheckpointError  # noqa: E402
+
+
+def test_reads_what_torch_saves_including_views_and_shared_storage(tmp_path):
+    base = torch.arange(60, dtype=torch.float32).reshape(6, 10)
+    state = OrderedDict([("w", torch.randn(4, 3, 3, 3)), ("h", torch.randn(5).half()),
+                         ("n", torch.tensor(7, dtype=torch.int64)),
+                         ("strided", base[:, ::3]), ("offset", base[2]), ("t", base.t())])
+    path = tmp_path / "t.pth"
+    torch.save(state, path)
+    got = read_state_dict(path)
+    assert list(got) == list(state)
+    for k, v in state.items():
+        assert got[k].dtype == v.numpy().dtype and got[k].shape == tuple(v.shape), k
+        np.testing.assert_array_equal(got[k], v.numpy(), err_msg=k)
+
+
+def test_reads_what_we_write_and_unwraps(tmp_path):
+    tensors = OrderedDict((k, v) for k, v in _tensors().items() if v.dtype.byteorder != ">")
+    path = tmp_path / "w.pth"
+    with open(path, "wb") as f:
+        write_state_dict(f, tensors)
+    got = read_state_dict(path)
+    assert list(got) == list(tensors)
+    for k, v in tensors.items():
+        np.testing.assert_array_equal(got[k], v, err_msg=k)
+    torch.save({"state_dict": {"a": torch.ones(2)}}, tmp_path / "wrapped.pth")
+    assert list(read_state_dict(tmp_path / "wrapped.pth")) == ["a"]
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch %s" % self.marker,))
+
+
+def test_refuses_a_code_executing_pickle_without_running_it(tmp_path):
+    import pickle
+    import zipfile
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", pickle.dumps({"w": _Payload(marker)}, protocol=2))
+    with pytest.raises(CheckpointError, match=r"evil\.pth: .*other than tensors \((posix|nt)\.system\)"):
+        read_state_dict(path)
+    assert not marker.exists()
+
+
+def test_refuses_a_storage_larger_than_its_record(tmp_path):
+    import zipfile
+    path = tmp_path / "w.pth"
+    with open(path, "wb") as f:
+        write_state_dict(f, OrderedDict(a=np.ones(4, "float32")))
+    lying = tmp_path / "lying.pth"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(lying, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("data.pkl"):
+                data = data.replace(b"K\x04t", b"K\x08t")      # numel 4 -> 8
+            dst.writestr(info.filename, data)
+    with pytest.raises(CheckpointError, match="not a stored 32-byte storage"):
+        read_state_dict(lying)

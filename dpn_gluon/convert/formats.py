@@ -53,7 +53,7 @@ import numpy as np
 
 from .. import variants
 from ..errors import CheckpointError, DPNError, KeyMismatch
-from . import mxparams, names
+from . import mxparams, names, torchzip
 from .atomic import atomic_path, atomic_write, check_writable, check_writable_folder
 
 FORMATS = ("mxnet", "gluon", "torch", "safetensors", "timm")
@@ -292,7 +292,7 @@ def _read_torch(path: Path):
     try:
         import torch
     except ImportError:
-        raise DPNError("%s: reading a PyTorch file needs torch (pip install torch)" % path) from None
+        return _read_torch_without_torch(path)
     zipped = _peek(path, 4) == b"PK\x03\x04"
     records = _check_torch_zip(path) if zipped else None
     try:
@@ -339,6 +339,23 @@ def _read_torch(path: Path):
             raise CheckpointError("%s: %s is a %s tensor; a checkpoint holds %s"
                                   % (path, k, name, "/".join(_DTYPES)))
         out[k] = t.detach().numpy()
+    return out, {}
+
+
+def _read_torch_without_torch(path: Path):
+    """Without torch: zip-format state dicts of plain tensors (what torch.save and our own
+    writer produce) through :func:`torchzip.read_state_dict`'s restricted unpickler."""
+    if _peek(path, 4) != b"PK\x03\x04":
+        raise DPNError("%s: reading a legacy (pre-zip) PyTorch file needs torch (pip install torch)"
+                       % path)
+    _check_torch_zip(path)
+    out = torchzip.read_state_dict(path)
+    bad = [k for k, v in out.items() if v.dtype.name not in _DTYPES]
+    if bad:
+        raise CheckpointError("%s: %s is a %s tensor; a checkpoint holds %s"
+                              % (path, bad[0], out[bad[0]].dtype.name, "/".join(_DTYPES)))
+    if out and all(k.startswith("module.") for k in out):    # saved from DataParallel
+        out = OrderedDict((k[len("module."):], v) for k, v in out.items())
     return out, {}
 
 

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import struct
 import zipfile
-from typing import BinaryIO, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, BinaryIO, Callable, Mapping, Optional
+
+if TYPE_CHECKING:
+    from collections import OrderedDict
 
 import numpy as np
 
@@ -123,3 +126,102 @@ def write_state_dict(f: BinaryIO, tensors: Mapping[str, np.ndarray], archive: st
                     if progress:
                         progress(min(_CHUNK, arr.nbytes - start))
         zf.writestr(_aligned_info(zf, archive + "/version", zf.fp.tell()), b"3\n")
+
+
+# -- reading, without torch ----------------------------------------------------------------
+
+_DTYPE_OF = {name: dtype for dtype, name in _STORAGE.items()}
+
+
+class _Storage:
+    """Stands for ``torch.<T>Storage`` in a pickle: only its dtype matters here."""
+
+    def __init__(self, dtype: np.dtype):
+        self.dtype = dtype
+
+
+def read_state_dict(path, source: Optional[str] = None) -> "OrderedDict[str, np.ndarray]":
+    """Read a zip-format ``torch.save`` state dict of plain tensors into numpy, without torch.
+
+    For machines without torch (the converter's numpy-only install). The pickle is read by
+    an unpickler that resolves only the globals a state dict of tensors uses
+    (``collections.OrderedDict``, ``torch._utils._rebuild_tensor_v2`` and the storage types
+    above), like ``torch.load(weights_only=True)``; anything else -- a code-executing payload
+    included -- is refused before it runs. Every storage must be a stored record of exactly
+    its declared size, and every tensor must lie inside its storage.
+    """
+    import io
+    import pickle
+    from collections import OrderedDict
+
+    from ..errors import CheckpointError
+
+    source = source or str(path)
+
+    def fail(why: str):
+        raise CheckpointError("%s: not a loadable PyTorch state_dict: %s" % (source, why))
+
+    try:
+        zf = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as e:
+        fail("a broken zip archive (%s)" % e)
+    with zf:
+        pkl = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pkl) != 1:
+            fail("no single <archive>/data.pkl record")
+        prefix = pkl[0][: -len("data.pkl")]
+        storages = {}
+
+        def storage(dtype: np.dtype, key: str, numel: int) -> np.ndarray:
+            if key not in storages:
+                name = "%sdata/%s" % (prefix, key)
+                try:
+                    info = zf.getinfo(name)
+                except KeyError:
+                    fail("storage %r has no record" % key)
+                if info.compress_type != zipfile.ZIP_STORED or \
+                        info.file_size != numel * dtype.itemsize:
+                    fail("record %s is not a stored %d-byte storage" % (name, numel * dtype.itemsize))
+                storages[key] = np.frombuffer(zf.read(info), dtype=dtype)
+            return storages[key]
+
+        def rebuild(stor, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
+            size, stride = tuple(size), tuple(stride)
+            if len(size) != len(stride) or offset < 0 or min(size + stride, default=0) < 0:
+                fail("a tensor with size %s, stride %s, offset %s" % (size, stride, offset))
+            span = 1 + sum((d - 1) * s for d, s in zip(size, stride)) if all(size) else 0
+            if offset + span > stor.size:
+                fail("a tensor reaches past its storage")
+            return np.lib.stride_tricks.as_strided(
+                stor[offset:], size, tuple(s * stor.itemsize for s in stride)).copy()
+
+        allowed = {("collections", "OrderedDict"): OrderedDict,
+                   ("torch._utils", "_rebuild_tensor_v2"): rebuild}
+        allowed.update({("torch", name): _Storage(dtype) for name, dtype in _DTYPE_OF.items()})
+
+        class Unpickler(pickle.Unpickler):
+            def find_class(self, module, name):
+                if (module, name) not in allowed:
+                    fail("holds Python objects other than tensors (%s.%s)" % (module, name))
+                return allowed[(module, name)]
+
+            def persistent_load(self, pid):
+                if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+                        and isinstance(pid[1], _Storage) and isinstance(pid[2], str)
+                        and isinstance(pid[4], int) and pid[4] >= 0):
+                    fail("an unknown persistent id")
+                return storage(pid[1].dtype, pid[2], pid[4])
+
+        try:
+            obj = Unpickler(io.BytesIO(zf.read(pkl[0]))).load()
+        except CheckpointError:
+            raise
+        except Exception as e:      # a malformed pickle fails in many ways
+            fail("%s: %s" % (type(e).__name__, e))
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not all(
+            isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items()):
+        fail("not a mapping of named tensors")
+    return OrderedDict(obj)
