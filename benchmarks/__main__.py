@@ -190,6 +190,20 @@ def print_report(res, out=sys.stdout):
                     "" if r["of_peak"] is None else "%.0f%% of peak" % (100 * r["of_peak"])))
 
 
+def _grouped_bars(ax, groups, series, stats, xticklabels, **ticks):
+    """One bar per (group, series) at the median, with min-max error bars: ``stats(group,
+    series)`` gives the {"median", "min", "max"} dict, ``series`` is [(key, legend label)]."""
+    width = 0.8 / len(series)
+    for j, (key, label) in enumerate(series):
+        st = [stats(g, key) for g in groups]
+        med = [x["median"] for x in st]
+        err = [[m - x["min"] for m, x in zip(med, st)], [x["max"] - m for m, x in zip(med, st)]]
+        ax.bar(np.arange(len(groups)) + j * width, med, width, yerr=err, capsize=2, label=label)
+    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2)
+    ax.set_xticklabels(xticklabels, **ticks)
+    ax.legend(fontsize=7)
+
+
 def chart(res, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -199,38 +213,24 @@ def chart(res, path):
     if not panels:
         return None
     fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.5), squeeze=False)
-    ax_i = 0
+    axes = iter(axes[0])
     if inf:
-        ax = axes[0][ax_i]
-        ax_i += 1
-        backends = list(inf[0]["rows"])
-        width = 0.8 / len(backends)
-        for j, backend in enumerate(backends):
-            med = [r["rows"][backend]["images_s"]["median"] for r in inf]
-            lo = [m - r["rows"][backend]["images_s"]["min"] for m, r in zip(med, inf)]
-            hi = [r["rows"][backend]["images_s"]["max"] - m for m, r in zip(med, inf)]
-            ax.bar(np.arange(len(inf)) + j * width, med, width, yerr=[lo, hi], capsize=2, label=backend)
-        ax.set_xticks(np.arange(len(inf)) + 0.4 - width / 2)
-        ax.set_xticklabels(["%s bs%d" % (r["arch"], r["batch"]) for r in inf])
+        ax = next(axes)
+        _grouped_bars(ax, inf, [(b, b) for b in inf[0]["rows"]],
+                      lambda r, b: r["rows"][b]["images_s"],
+                      ["%s bs%d" % (r["arch"], r["batch"]) for r in inf])
         ax.set_ylabel("images/s (median, min-max)")
         ax.set_title("CPU inference 224x224, %d threads" % res["settings"]["threads"])
-        ax.legend(fontsize=7)
     if conv:
-        ax = axes[0][ax_i]
+        ax = next(axes)
         labels = list(conv[0]["rows"])
-        width = 0.8 / len(conv)
-        for j, c in enumerate(conv):
-            med = [c["rows"][k]["wall"]["median"] for k in labels]
-            lo = [m - c["rows"][k]["wall"]["min"] for m, k in zip(med, labels)]
-            hi = [c["rows"][k]["wall"]["max"] - m for m, k in zip(med, labels)]
-            ax.bar(np.arange(len(labels)) + j * width, med, width, yerr=[lo, hi], capsize=2,
-                   label="%s (%.0f MiB)" % (c["arch"], c["file_bytes"] / MIB))
-        ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2)
-        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
+        _grouped_bars(ax, labels, [(i, "%s (%.0f MiB)" % (c["arch"], c["file_bytes"] / MIB))
+                                   for i, c in enumerate(conv)],
+                      lambda k, i: conv[i]["rows"][k]["wall"], labels,
+                      rotation=30, ha="right", fontsize=7)
         ax.set_yscale("log")
         ax.set_ylabel("wall s, whole process (median, min-max)")
         ax.set_title("Conversion")
-        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
