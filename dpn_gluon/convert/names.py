@@ -29,6 +29,7 @@ from collections import OrderedDict
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 from ..errors import CheckpointError, KeyMismatch
+from ..variants import CLASSIFIERS
 
 SCHEMES = ("mxnet", "gluon", "timm")
 
@@ -178,11 +179,8 @@ def unit_of(names: Iterable[str], scheme: str) -> str:
 
 def classifier_of(names: Iterable[str]) -> Optional[str]:
     """The authors' classifier name found among canonical names, if any."""
-    for n in names:
-        for fc in ("fc6-1k", "fc6"):
-            if n == fc + "_weight":
-                return fc
-    return None
+    weights = {fc + "_weight": fc for fc in CLASSIFIERS}
+    return next((weights[n] for n in names if n in weights), None)
 
 
 def scheme_of(names: Iterable[str]) -> str:
