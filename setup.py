@@ -22,6 +22,8 @@ setup(
         "torch": ["torch>=2.1"],
         "onnx": ["onnx>=1.16", "onnxruntime>=1.17"],
         "report": ["matplotlib>=3.5"],
+        # the authors' bicubic resize (dpn-evaluate/dpn-predict --protocol authors); 4.12+ needs numpy 2
+        "opencv": ["opencv-python-headless>=4.5,<4.12"],
         "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.5"],
         # long fuzz runs by hand (fuzz/fuzz_params.py); CI fuzzes with hypothesis
         "fuzz": ["atheris>=2.3"],
