@@ -785,15 +785,15 @@ def _write_gluon(weights: Weights, out: Path, force: bool, log):
 
 
 def symbol_json(weights: Weights) -> Optional[str]:
-    """The authors' graph for these weights as ``-symbol.json`` text; None without MXNet."""
+    """The inference graph for these weights (logits; no ``SoftmaxOutput``, so
+    ``SymbolBlock.imports`` needs no label: :func:`dpn_gluon.symbols.inference_symbol`) as
+    ``-symbol.json`` text; None without MXNet."""
     try:
         importlib.import_module("mxnet")    # dpn_gluon.symbols imports it only when building
-        from ..symbols import get_symbol
+        from ..symbols import inference_symbol
     except ImportError:
         return None
-    sym = get_symbol(weights.arch.name, weights.classes, weights.classifier,
-                     head="authors", softmax=True)
-    return sym.tojson()
+    return inference_symbol(weights.arch.name, weights.classes, weights.classifier).tojson()
 
 
 def _write_mxnet(weights: Weights, out: Path, force: bool, log):

@@ -5,7 +5,7 @@ The graphs reproduce cypw/DPNs (``settings/symbol_basic.py``, ``symbol_dpn.py``,
 layer, so that their argument and auxiliary-state names are exactly the names stored in the
 released ``PREFIX-0000.params`` (without ``arg:``/``aux:``) and their op names are the
 authors' (``pool1``, ``conv3_x__1_sum``, ``conv5_x_x__relu-sp__relu``, ``fc6``...).
-Written from the facts in ../shared/reference/original-dpn.md, sections 3-5; every width
+Written from the facts in docs/reference/original-dpn.md, sections 3-5; every width
 comes from :mod:`dpn_gluon.variants`.
 
 BatchNorm is built as the authors built it: ``fix_gamma=False``, momentum 0.9 and **no
@@ -160,6 +160,20 @@ def get_symbol(name: str, classes: Optional[int] = None, classifier: Optional[st
     if softmax:
         x = mx.sym.SoftmaxOutput(x, name="softmax")
     return x
+
+
+def inference_symbol(name: str, classes: Optional[int] = None, classifier: Optional[str] = None):
+    """The graph ``dpn-convert --to mxnet`` writes: input ``data``, output the logits.
+
+    :func:`get_symbol` with the global-average head and no ``SoftmaxOutput``: a graph ending
+    in ``SoftmaxOutput`` has a ``softmax_label`` argument, which
+    ``gluon.SymbolBlock.imports(sym, ['data'], params)`` then asks for (apache/mxnet#19351,
+    docs/reference/mxnet-1.9.md), and it returns probabilities, not logits. The global
+    ``pool5`` is the authors' 7x7 one at 224x224 and runs at any input of at least 32x32.
+    ``mx.mod.Module`` binds it with ``label_names=None``. The argument names are the
+    authors', so the released ``.params`` load into it unchanged.
+    """
+    return get_symbol(name, classes, classifier, head="global")
 
 
 def tap_symbol(name: str, classes: Optional[int] = None, classifier: Optional[str] = None,
