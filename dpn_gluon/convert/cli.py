@@ -3,6 +3,7 @@
     dpn-convert SRC --to {torch,safetensors,timm,mxnet,gluon,onnx} [-o OUT] [--arch NAME]
                 [--classifier fc6|fc6-1k] [--epoch N] [--force] [--check/--no-check] [--strict]
                 [--json] [--device cpu|cuda] [--tolerance X] [--report FILE.png|.html]
+                [--mean-max] [--fp16] [--opset N]            (the last three: --to onnx)
     dpn-convert check A B [--runtime torch|onnx] [--device cpu|cuda] [--mx-device cpu|gpu]
                 [--dtype float32|float16|bfloat16] [--size N] [--batch N] [--seed N]
                 [--image FILE ...] [--tolerance X] [--report FILE] [--json]
@@ -28,6 +29,7 @@ from .. import variants
 from ..errors import CheckpointError, DPNError
 from .atomic import check_writable
 from .formats import TARGETS
+from .onnx_export import DEFAULT_OPSET, OPSETS
 from .parity import DEVICES, DTYPES, MX_DEVICES, RUNTIMES
 
 PROG = "dpn-convert"
@@ -112,8 +114,18 @@ def main(ctx):
               help="Max relative difference per tap for the check (default 1e-5).")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also draw the check's per-layer errors: FILE.png, .svg or .html.")
+@click.option("--mean-max", is_flag=True,
+              help="--to onnx: the authors' test head (classifier as a 1x1 conv over the 7x7 "
+                   "average-pooled map, mean of global average and max); inputs >= 193 px, "
+                   "the authors tested at 320.")
+@click.option("--fp16", is_flag=True,
+              help="--to onnx: float16 weights and compute, float32 input and logits (checked "
+                   "against MXNet within the measured bound, docs/onnx.md).")
+@click.option("--opset", type=click.IntRange(OPSETS[0], OPSETS[-1]), default=None,
+              help="--to onnx: the ONNX opset (%d to %d; default %d)."
+                   % (OPSETS[0], OPSETS[-1], DEFAULT_OPSET))
 def convert_command(src, to, out, arch, classifier, epoch, force, check, strict, as_json,
-                    device, tolerance, report):
+                    device, tolerance, report, mean_max, fp16, opset):
     """Convert SRC (an authors' .params, Gluon file, .pth, .safetensors or timm folder).
 
     The format is detected from the content, the architecture and class count from the
@@ -127,7 +139,8 @@ def convert_command(src, to, out, arch, classifier, epoch, force, check, strict,
         _require_cuda()
     result = convert(src, to, out=out, arch=arch, classifier=classifier, epoch=epoch,
                      force=force, check=check, strict=strict, log=_log, device=device,
-                     tolerance=tolerance)
+                     tolerance=tolerance,
+                     onnx_options=dict(mean_max=mean_max, fp16=fp16, opset=opset))
     parity = result.check.parity if result.check else None
     if parity is not None:
         click.echo(parity.table(), err=True)

@@ -714,12 +714,16 @@ def timm_config(weights: Weights) -> dict:
 
 
 def write(weights: Weights, target: str, out: Path, force: bool = False,
-          log=None) -> List[Path]:
-    """Write ``weights`` as ``target`` at ``out`` (see :func:`default_output`); atomic."""
+          log=None, onnx_options: Optional[Mapping] = None) -> List[Path]:
+    """Write ``weights`` as ``target`` at ``out`` (see :func:`default_output`); atomic.
+
+    ``onnx_options`` (``mean_max``, ``fp16``, ``opset``) go to the ONNX exporter."""
     if target not in TARGETS:
         raise DPNError("unknown target format %r (choose from %s)" % (target, ", ".join(TARGETS)))
+    check_onnx_options(target, onnx_options)
     files = check_outputs(weights.source, weights.format, target, out, force)
-    _WRITERS[target](weights, out, force, log or (lambda msg: None))
+    extra = dict(onnx_options or {}) if target == "onnx" else {}
+    _WRITERS[target](weights, out, force, log or (lambda msg: None), **extra)
     return [f for f in files if f.exists()]
 
 
@@ -809,13 +813,23 @@ def _write_mxnet(weights: Weights, out: Path, force: bool, log):
         f.write(text.encode("utf-8"))
 
 
-def _write_onnx(weights: Weights, out: Path, force: bool, log):
+def check_onnx_options(target: str, options: Optional[Mapping]) -> None:
+    """Refuse ONNX-only options (``--mean-max``, ``--fp16``, ``--opset``) for other targets."""
+    given = sorted(k for k, v in (options or {}).items() if v not in (None, False))
+    if given and target != "onnx":
+        raise DPNError("--%s applies to --to onnx only, not --to %s"
+                       % (given[0].replace("_", "-"), target))
+
+
+def _write_onnx(weights: Weights, out: Path, force: bool, log, mean_max: bool = False,
+                fp16: bool = False, opset: Optional[int] = None):
     try:
-        from .onnx_export import export_onnx
+        from .onnx_export import DEFAULT_OPSET, export_onnx
     except ImportError as e:
         raise DPNError("--to onnx is not available: %s" % e) from None
     export_onnx(weights.tensors, out, weights.arch.name, weights.classes, weights.classifier,
-                mean_max=False, force=force)
+                mean_max=mean_max, opset=DEFAULT_OPSET if opset is None else opset,
+                force=force, fp16=fp16)
 
 
 _WRITERS = {"torch": _write_torch, "safetensors": _write_safetensors, "timm": _write_timm,

@@ -17,42 +17,70 @@ Why this path and not the two others:
 The graph: input ``data`` (batch, 3, height, width) float32, normalized with the authors'
 mean and scale; output ``logits`` (batch, classes). Batch, height and width are dynamic.
 The default head is global average pool -> classifier (a Gemm on the ``(N, C)`` fc weight);
-``mean_max=True`` gives the authors' test head (avg-pool 7x7 stride 1 -> classifier as a
-1x1 Conv -> 0.5 * (global average + global max)), which needs inputs of at least 193 pixels.
-Node outputs carry the authors' op names (``pool1``, ``conv2_x__1_sum``, ...), so with
-``tap_outputs=True`` every tap of :func:`variants.tap_names` is also a graph output, for the
-per-layer parity report. Weights are stored as float32 (float16 checkpoints are widened).
+``mean_max=True`` gives the authors' test head, as :class:`dpn_gluon.model.Classifier` and
+``symbols.get_symbol(head='mean_max')`` compute it (avg-pool 7x7 stride 1 -> classifier as a
+1x1 Conv -> 0.5 * (global average + global max)); it needs inputs of at least 193 pixels
+(a 7x7 final map) and the graph itself refuses smaller ones when run (onnxruntime fails the
+``pool5`` AveragePool). Node outputs carry the authors' op names (``pool1``,
+``conv2_x__1_sum``, ...), so with ``tap_outputs=True`` every tap of :func:`variants.tap_names`
+is also a graph output, for the per-layer parity report.
+
+Weights are float32 (float16 checkpoints are widened), or with ``fp16=True`` float16 weights
+and compute between a Cast of ``data`` (``data_fp16``) and a Cast back to float32 ``logits``,
+so callers feed and read float32 either way. The metadata (``metadata_props``) says what a
+deployment needs: architecture, classes, classifier, head, dtype, the authors'
+normalization, input sizes, producer version and, when given, the class labels. The bytes
+depend only on the tensors and the options (no timestamps): the same call writes the same file.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .. import variants
-from ..errors import CheckpointError
+from .. import __version__, variants
+from ..errors import CheckpointError, DPNError
 from .atomic import atomic_write, check_writable
 
-#: IR version written: 9 (onnx 1.15, opset <= 20), which onnxruntime >= 1.16 accepts.
+#: IR version written for opsets <= 20: 9 (onnx 1.15), which onnxruntime >= 1.16 accepts;
+#: newer opsets get the lowest IR version onnx allows for them.
 IR_VERSION = 9
 DEFAULT_OPSET = 17
+#: Opsets offered: from 10 (Slice with tensor starts/ends, the dual-path split; 7-9 fail
+#: onnx.checker) to 28 (onnx 1.23's newest); onnx.checker and onnxruntime 1.32 pass every
+#: one (tests/test_onnx_deploy.py). An installed onnx older than the opset refuses it.
+OPSETS = range(10, 29)
 INPUT, OUTPUT = "data", "logits"
+#: The node whose error says a mean-max model got an input below 193 pixels.
+GUARD = "mean_max_needs_input_of_193px_or_more"
+#: Smallest input side per head: the network's stride is 32, and the mean-max head's 7x7
+#: ``pool5`` needs a 7x7 final map.
+MIN_SIZE = {"global": 32, "mean_max": 193}
+#: Input side the authors used: training (and the global head), and their mean-max test.
+DEFAULT_SIZE = {"global": 224, "mean_max": 320}
+#: Max relative difference per tap (max |a - b| / max |ref|) of a ``fp16=True`` model run by
+#: onnxruntime's CPU provider against the float32 graph, with the same top-1 class on every
+#: image: measured over seeded checkpoints of every architecture by
+#: ``python -m benchmarks.onnx_fp16`` (docs/onnx.md): worst tap 1.5e-3, twice that here.
+FP16_RTOL = 3e-3
 
 
 class _Graph:
     """Collects nodes and initializers; each method emits one op and returns its output name."""
 
-    def __init__(self, tensors: Mapping[str, np.ndarray]):
+    def __init__(self, tensors: Mapping[str, np.ndarray], dtype=np.float32):
         from onnx import helper, numpy_helper
         self.helper, self.numpy_helper = helper, numpy_helper
         self.tensors = tensors
+        self.dtype = np.dtype(dtype)
         self.nodes: list = []
         self.initializers: Dict[str, object] = {}
 
     def weight(self, name: str, shape=None) -> str:
         if name not in self.initializers:
-            value = np.asarray(self.tensors[name], dtype=np.float32)
+            value = np.asarray(self.tensors[name], dtype=self.dtype)
             if shape is not None:
                 value = value.reshape(shape)
             self.initializers[name] = self.numpy_helper.from_array(value, name)
@@ -85,6 +113,18 @@ class _Graph:
     def conv1x1(self, x: str, unit: str) -> str:
         return self.op("Conv", [x, self.weight(unit + "__conv_weight")], unit + "__conv",
                        kernel_shape=[1, 1])
+
+    def min_size_guard(self, x: str, side: int, name: str) -> str:
+        """``x`` unchanged when its height and width are at least ``side``, else a run-time
+        error naming node ``name``: a Reshape to ``[N, C, h, w]`` with each short side
+        replaced by -2, which onnxruntime refuses (an empty map would reach the global
+        pools, where onnxruntime 1.32 dies of a floating-point exception instead)."""
+        hw = self.op("Slice", [self.op("Shape", [x], name + "_shape"), self.ints(2),
+                               self.ints(4), self.ints(0)], name + "_hw")
+        ok = self.op("Greater", [hw, self.ints(side - 1)], name + "_ok")
+        dims = self.op("Where", [ok, hw, self.ints(-2)], name + "_dims")
+        shape = self.op("Concat", [self.ints(0, 0), dims], name + "_target", axis=0)
+        return self.op("Reshape", [x, shape], name)
 
     def split(self, x: str, at: int, name: str):
         """Channels [0, at) and [at, end) as ``<name>-split1`` / ``<name>-split2``."""
@@ -123,17 +163,22 @@ def _tap_channels(arch: variants.Arch) -> Dict[str, int]:
 
 def build_onnx(tensors: Mapping[str, np.ndarray], arch: variants.Arch, classes: int,
                classifier: str, mean_max: bool = False, opset: int = DEFAULT_OPSET,
-               tap_outputs: bool = False):
+               tap_outputs: bool = False, fp16: bool = False,
+               metadata: Optional[Mapping[str, str]] = None):
     """The ``onnx.ModelProto`` of ``arch`` with ``tensors`` (canonical names) as initializers.
 
-    Not yet checked: :func:`export_onnx` runs ``onnx.checker`` on the serialized bytes it writes.
+    ``metadata`` is added to :func:`model_metadata`'s properties. Not yet checked:
+    :func:`export_onnx` runs ``onnx.checker`` on the serialized bytes it writes.
     """
     from onnx import TensorProto, helper
 
-    g = _Graph(tensors)
+    check_opset(opset)
+    g = _Graph(tensors, np.float16 if fp16 else np.float32)
+    x = g.op("Cast", [INPUT], INPUT + "_fp16", to=TensorProto.FLOAT16) if fp16 else INPUT
+    logits = OUTPUT + "_fp16" if fp16 else OUTPUT
     k = arch.stem_kernel
     stem = variants.STEM
-    x = g.op("Conv", [INPUT, g.weight(stem + "__conv_weight")], stem + "__conv",
+    x = g.op("Conv", [x, g.weight(stem + "__conv_weight")], stem + "__conv",
              kernel_shape=[k, k], strides=[2, 2], pads=[arch.stem_pad] * 4)
     x = g.bn_relu(x, stem + "__relu-sp__bn", stem + "__relu-sp__relu")
     dense = g.op("MaxPool", [x], "pool1", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
@@ -144,17 +189,20 @@ def build_onnx(tensors: Mapping[str, np.ndarray], arch: variants.Arch, classes: 
     x = g.bn_relu(x, variants.FINAL + "__bn", variants.FEATURES_TAP)
     w, b = classifier + "_weight", classifier + "_bias"
     if mean_max:
-        x = g.op("AveragePool", [x], "pool5", kernel_shape=[7, 7], strides=[1, 1])
+        x = g.op("AveragePool", [g.min_size_guard(x, 7, GUARD)], "pool5", kernel_shape=[7, 7],
+                 strides=[1, 1])
         x = g.op("Conv", [x, g.weight(w, (classes, arch.num_features, 1, 1)), g.weight(b)],
                  classifier, kernel_shape=[1, 1])
         both = g.op("Add", [g.op("GlobalAveragePool", [x], "mean_pool"),
                             g.op("GlobalMaxPool", [x], "max_pool")], "mean_max_sum")
-        half = "const_f32_half"
-        g.initializers[half] = g.numpy_helper.from_array(np.array(0.5, np.float32), half)
-        g.op("Flatten", [g.op("Mul", [both, half], "mean_max")], OUTPUT)
+        half = "const_half"
+        g.initializers[half] = g.numpy_helper.from_array(np.array(0.5, g.dtype), half)
+        g.op("Flatten", [g.op("Mul", [both, half], "mean_max")], logits)
     else:
         x = g.op("Flatten", [g.op("GlobalAveragePool", [x], "pool5")], "flatten")
-        g.op("Gemm", [x, g.weight(w), g.weight(b)], OUTPUT, transB=1)
+        g.op("Gemm", [x, g.weight(w), g.weight(b)], logits, transB=1)
+    if fp16:
+        g.op("Cast", [logits], OUTPUT, to=TensorProto.FLOAT)
 
     unused = sorted(set(tensors) - set(g.initializers))
     if unused:
@@ -162,33 +210,84 @@ def build_onnx(tensors: Mapping[str, np.ndarray], arch: variants.Arch, classes: 
                                                                         ", ".join(unused[:4])))
     outputs = [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", classes])]
     if tap_outputs:
-        outputs += [helper.make_tensor_value_info(t, TensorProto.FLOAT, ["batch", c, None, None])
+        inner = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
+        outputs += [helper.make_tensor_value_info(t, inner, ["batch", c, None, None])
                     for t, c in _tap_channels(arch).items()]
+    head = "mean_max" if mean_max else "global"
     graph = helper.make_graph(
-        g.nodes, "%s%s" % (arch.name, "_mean_max" if mean_max else ""),
+        g.nodes, "%s%s%s" % (arch.name, "_mean_max" if mean_max else "", "_fp16" if fp16 else ""),
         [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", 3, "height", "width"])],
         outputs, initializer=list(g.initializers.values()))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                              producer_name="dpn-gluon")
-    model.ir_version = IR_VERSION
-    helper.set_model_props(model, {"arch": arch.name, "classes": str(classes),
-                                   "classifier": classifier, "head": "mean_max" if mean_max else "global",
-                                   "mean_rgb": ",".join("%g" % m for m in variants.MEAN_RGB),
-                                   "scale": "%g" % variants.SCALE})
+    opset_id = helper.make_opsetid("", opset)
+    model = helper.make_model(graph, opset_imports=[opset_id], producer_name="dpn-gluon",
+                              producer_version=__version__)
+    model.ir_version = max(IR_VERSION, helper.find_min_ir_version_for([opset_id]))
+    props = model_metadata(arch, classes, classifier, head, "float16" if fp16 else "float32")
+    clash = sorted(set(props) & set(metadata or ()))
+    if clash:
+        raise DPNError("ONNX metadata: %s is written by the exporter, not the caller" % clash[0])
+    props.update(metadata or {})
+    helper.set_model_props(model, props)
     return model
+
+
+def model_metadata(arch: variants.Arch, classes: int, classifier: str, head: str,
+                   dtype: str) -> Dict[str, str]:
+    """The metadata properties every exported model carries (all strings; JSON for lists).
+
+    ``arch``, ``classes``, ``classifier`` and ``head`` are what
+    :func:`dpn_gluon.convert.parity.read_onnx` reads back; keep their names and forms.
+    """
+    mean = [float(m) for m in variants.MEAN_RGB]
+    return {
+        "arch": arch.name, "classes": str(classes), "classifier": classifier, "head": head,
+        "dtype": dtype, "producer": "dpn-gluon", "producer_version": __version__,
+        "input_layout": "NCHW", "color_order": "RGB", "pixel_range": "0-255",
+        "normalization": "(pixel - mean_rgb) * scale",
+        "mean_rgb": json.dumps(mean), "scale": "%g" % variants.SCALE,
+        # std in the usual (pixel - mean) / std form, on 0..255 pixels
+        "std_rgb": json.dumps([round(1.0 / variants.SCALE, 4)] * 3),
+        "input_size": str(DEFAULT_SIZE[head]), "min_input_size": str(MIN_SIZE[head]),
+        # the authors' test preprocessing: bicubic short-side resize to input_size, 100 % crop
+        "interpolation": "bicubic", "crop_pct": "1.0",
+    }
+
+
+def check_opset(opset: int) -> int:
+    if opset not in OPSETS:
+        raise DPNError("ONNX opset %s is not supported: choose %d to %d"
+                       % (opset, OPSETS[0], OPSETS[-1]))
+    return opset
+
+
+def label_metadata(labels: Sequence[str], classes: int) -> Dict[str, str]:
+    """``{'labels': JSON list}`` after checking there is one string per class."""
+    labels = list(labels)
+    if len(labels) != classes or not all(isinstance(v, str) for v in labels):
+        raise DPNError("ONNX labels: need %d strings (one per class), got %d"
+                       % (classes, len(labels)))
+    return {"labels": json.dumps(labels, ensure_ascii=False)}
 
 
 def export_onnx(tensors: Mapping[str, np.ndarray], path: Union[str, Path], arch: Optional[str] = None,
                 classes: Optional[int] = None, classifier: Optional[str] = None,
                 mean_max: bool = False, opset: int = DEFAULT_OPSET, force: bool = False,
-                tap_outputs: bool = False, source: str = "checkpoint") -> Path:
+                tap_outputs: bool = False, source: str = "checkpoint", fp16: bool = False,
+                labels: Optional[Sequence[str]] = None,
+                metadata: Optional[Mapping[str, str]] = None) -> Path:
     """Write canonical tensors as an ONNX model at ``path`` (atomically); returns the path.
 
     The architecture, class count and classifier name are read from the tensors' names and
-    shapes (validated strictly against the variant table) unless given.
+    shapes (validated strictly against the variant table) unless given. ``labels`` (one
+    string per class) are stored as the ``labels`` metadata property, a JSON list;
+    ``metadata`` adds other string properties (not the exporter's own keys).
     """
+    check_opset(opset)
     path = check_writable(path, force)
     import onnx
+    if opset > onnx.defs.onnx_opset_version():
+        raise DPNError("ONNX opset %d: the installed onnx %s knows opsets up to %d"
+                       % (opset, onnx.__version__, onnx.defs.onnx_opset_version()))
 
     shapes = {name: np.shape(v) for name, v in tensors.items()}
     found, found_classes, found_classifier = variants.identify(shapes, arch, source)
@@ -196,7 +295,11 @@ def export_onnx(tensors: Mapping[str, np.ndarray], path: Union[str, Path], arch:
         raise CheckpointError("%s: has %d classes, not %d" % (source, found_classes, classes))
     if classifier is not None and classifier != found_classifier:
         raise CheckpointError("%s: the classifier is %s, not %s" % (source, found_classifier, classifier))
-    model = build_onnx(tensors, found, found_classes, found_classifier, mean_max, opset, tap_outputs)
+    extra = dict(metadata or {})
+    if labels is not None:
+        extra.update(label_metadata(labels, found_classes))
+    model = build_onnx(tensors, found, found_classes, found_classifier, mean_max, opset,
+                       tap_outputs, fp16, extra)
     data = model.SerializeToString()   # once: 100s of MB for the large variants
     onnx.checker.check_model(data)
     with atomic_write(path, force) as f:

@@ -46,6 +46,7 @@ import numpy as np
 
 from .. import variants
 from ..errors import DPNError
+from .onnx_export import FP16_RTOL     # a constant: onnx itself is imported only to run
 
 RUNTIMES = ("torch", "onnx")
 DEVICES = ("cpu", "cuda")
@@ -339,6 +340,7 @@ class OnnxModel:
     classes: int
     classifier: str
     mean_max: bool
+    dtype: str = "float32"      # float16: written with --fp16 (float32 input and logits)
 
 
 def read_onnx(path: Union[str, Path]) -> OnnxModel:
@@ -361,15 +363,19 @@ def read_onnx(path: Union[str, Path]) -> OnnxModel:
     except ValueError:
         raise DPNError("%s: metadata classes=%r is not a number" % (path, props["classes"])) from None
     arch, classes, classifier = variants.resolve(props["arch"], classes, props.get("classifier"))
-    return OnnxModel(path, arch, classes, classifier, props.get("head") == "mean_max")
+    dtype = props.get("dtype", "float32")
+    if dtype not in ("float32", "float16"):
+        raise DPNError("%s: metadata dtype=%r is not float32 or float16" % (path, dtype))
+    return OnnxModel(path, arch, classes, classifier, props.get("head") == "mean_max", dtype)
 
 
 def onnx_taps(arch: variants.Arch, classes: int, classifier: str, tensors, x: np.ndarray,
               device: str = "cpu", mean_max: bool = False, log=None,
-              model_path: Optional[Path] = None) -> "OrderedDict[str, np.ndarray]":
+              model_path: Optional[Path] = None,
+              dtype: str = "float32") -> "OrderedDict[str, np.ndarray]":
     """Every tap of an ONNX graph, run by onnxruntime: the export of ``tensors`` with
-    ``tap_outputs=True``, or the file ``model_path`` as written, with every tap (node
-    outputs named after the authors' ops) added as a graph output."""
+    ``tap_outputs=True``, or the file ``model_path`` as written (its inner ``dtype``), with
+    every tap (node outputs named after the authors' ops) added as a graph output."""
     try:
         import onnx
         import onnxruntime as ort
@@ -396,7 +402,8 @@ def onnx_taps(arch: variants.Arch, classes: int, classifier: str, tensors, x: np
                 raise DPNError("%s: not dpn-convert's %s graph: no node output %s"
                                % (model_path, arch.name, (missing or ["logits"])[0]))
             outputs = {o.name for o in proto.graph.output}
-            proto.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+            inner = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+            proto.graph.output.extend(onnx.helper.make_tensor_value_info(t, inner, None)
                                       for t in taps[:-1] if t not in outputs)
             model = proto.SerializeToString()
             del proto
@@ -453,17 +460,21 @@ def layer_parity(reference: WeightsLike, candidate: WeightsLike, runtime: str = 
                                  (dtype, DTYPES, "dtype"), (mx_device, MX_DEVICES, "mx_device")):
         if value not in allowed:
             raise DPNError("unknown %s %r (choose from %s)" % (what, value, ", ".join(allowed)))
+    if isinstance(candidate, OnnxModel) and dtype == "float32":
+        dtype = candidate.dtype     # a --fp16 file runs as written
     need = MIN_SIZE_MEAN_MAX if mean_max else MIN_SIZE
     if size < need:
         raise DPNError("--size %d is too small: at least %d%s" % (size, need,
                                                                   " for the mean-max head" if mean_max else ""))
     if batch < 1 and not images:
         raise DPNError("--batch must be at least 1")
-    if runtime == "onnx" and dtype != "float32":
-        raise DPNError("--runtime onnx runs the exported float32 graph only (use --runtime torch "
-                       "for %s)" % dtype)
+    onnx_fp16 = runtime == "onnx" and dtype == "float16" and isinstance(candidate, OnnxModel)
+    if runtime == "onnx" and dtype != "float32" and not onnx_fp16:
+        raise DPNError("--runtime onnx runs the exported float32 graph, or a file written with "
+                       "--fp16 (use --runtime torch for %s)" % dtype)
+    default_tolerance = FP16_RTOL if onnx_fp16 else TOLERANCES[dtype]
     if tolerance is None:
-        tolerance = TOLERANCES[dtype]
+        tolerance = default_tolerance
     if not tolerance > 0:
         raise DPNError("--tolerance must be positive, got %g" % tolerance)
     r_arch, r_classes, r_fc, r_tensors = _unpack(reference, "reference")
@@ -494,13 +505,15 @@ def layer_parity(reference: WeightsLike, candidate: WeightsLike, runtime: str = 
         got = torch_taps(c_arch, c_classes, c_fc, _float32(c_tensors), x, device, dtype, mean_max)
     else:
         got = onnx_taps(c_arch, c_classes, c_fc, _float32(c_tensors), x, device, mean_max, log,
-                        model_path=candidate.path if isinstance(candidate, OnnxModel) else None)
+                        model_path=candidate.path if isinstance(candidate, OnnxModel) else None,
+                        dtype=dtype)
     rows = [compare_tap(t, ref[t], got[t], tolerance) for t in variants.tap_names(r_arch)]
     top1, top5 = topk_agreement(ref["logits"], got["logits"])
     notes = []
     if dtype != "float32":
-        notes.append("%s tolerance %g measured on the CPU (python -m dpn_gluon.convert.parity --all)"
-                     % (dtype, TOLERANCES[dtype]))
+        notes.append("%s tolerance %g measured on the CPU (python -m %s)"
+                     % (dtype, default_tolerance,
+                        "benchmarks.onnx_fp16" if onnx_fp16 else "dpn_gluon.convert.parity --all"))
     if mx_used != mx_device:
         notes.append("reference ran on the CPU: MXNet could not use the GPU")
     return ParityReport(r_arch.name, r_classes, runtime, device, mx_used, dtype, len(x), size,

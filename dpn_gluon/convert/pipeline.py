@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Mapping, Optional, Union
 
 from ..errors import DPNError
 from . import formats, sanity
@@ -51,12 +51,14 @@ class ConversionResult:
 def convert(src: PathLike, to: str, out: Optional[PathLike] = None, arch: Optional[str] = None,
             classifier: Optional[str] = None, epoch: Optional[int] = None, force: bool = False,
             check: bool = True, numeric: bool = True, strict: bool = False, log=None,
-            device: str = "cpu", tolerance: Optional[float] = None) -> ConversionResult:
+            device: str = "cpu", tolerance: Optional[float] = None,
+            onnx_options: Optional[Mapping] = None) -> ConversionResult:
     """Convert the checkpoint at ``src`` to format ``to``; see :mod:`dpn_gluon.convert.formats`.
 
     ``out`` is the output path (for ``mxnet``, the prefix), or a folder for the default
     name. ``device`` and ``tolerance`` go to the check's per-layer parity
-    (:func:`dpn_gluon.convert.check.check_written`). Raises
+    (:func:`dpn_gluon.convert.check.check_written`). ``onnx_options`` (``mean_max``,
+    ``fp16``, ``opset``) go to the ONNX writer; refused for other targets. Raises
     :class:`dpn_gluon.errors.DPNError` on bad input (with ``strict``, on wrong values too),
     leaving no output.
     """
@@ -70,6 +72,7 @@ def convert(src: PathLike, to: str, out: Optional[PathLike] = None, arch: Option
     if to not in formats.TARGETS:
         raise DPNError("unknown target format %r (choose from %s)"
                                % (to, ", ".join(formats.TARGETS)))
+    formats.check_onnx_options(to, onnx_options)
     path = formats.resolve_source(src, epoch)
     fmt = formats.detect(path)
     target = formats.default_output(path, fmt, to, out)
@@ -89,7 +92,7 @@ def convert(src: PathLike, to: str, out: Optional[PathLike] = None, arch: Option
         note("numeric check skipped: the source's values are wrong (see the warnings); "
              "the tensors are still compared bit for bit")
         numeric = False
-    files = formats.write(weights, to, target, force=force, log=note)
+    files = formats.write(weights, to, target, force=force, log=note, onnx_options=onnx_options)
     if log:
         log("wrote " + ", ".join(str(f) for f in files))
     report = (check_written(weights, to, files, numeric=numeric, log=log, device=device,
