@@ -125,6 +125,15 @@ def test_every_offered_opset_checks_and_runs(opset, tmp_path, global_logits_32):
     assert rel(logits(path, x), want) < (onnx_export.FP16_RTOL if fp16 else TOL)
 
 
+def test_cli_check_runs_an_fp16_file_as_written(fp16_file, seeded_checkpoint):
+    pytest.importorskip("mxnet")
+    r = run("check", seeded_checkpoint("dpn68"), fp16_file, "--size", "32", "--json")
+    assert r.exit_code == 0, r.output
+    record = json.loads(r.stdout)
+    assert (record["runtime"], record["dtype"], record["tolerance"]) == (
+        "onnx", "float16", onnx_export.FP16_RTOL)
+
+
 @pytest.mark.parametrize("opset", [9, 29])
 def test_opset_outside_the_range_is_refused(opset, tmp_path):
     with pytest.raises(DPNError, match="opset %d" % opset):

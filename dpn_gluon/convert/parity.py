@@ -470,8 +470,8 @@ def layer_parity(reference: WeightsLike, candidate: WeightsLike, runtime: str = 
         raise DPNError("--batch must be at least 1")
     onnx_fp16 = runtime == "onnx" and dtype == "float16" and isinstance(candidate, OnnxModel)
     if runtime == "onnx" and dtype != "float32" and not onnx_fp16:
-        raise DPNError("--runtime onnx runs the exported float32 graph, or a file written with "
-                       "--fp16 (use --runtime torch for %s)" % dtype)
+        raise DPNError("--runtime onnx runs the exported float32 graph only, or a file written "
+                       "with --fp16 as it is (use --runtime torch for %s)" % dtype)
     default_tolerance = FP16_RTOL if onnx_fp16 else TOLERANCES[dtype]
     if tolerance is None:
         tolerance = default_tolerance
