@@ -13,7 +13,7 @@ hybridized, on any input of at least 32x32, and must stay compatible with two na
   (``features.conv2_1.c1x1_a.bn.gamma``): the ``gluon`` scheme of
   :mod:`dpn_gluon.convert.names`.
 
-Numerics (../shared/reference/original-dpn.md, sections 3, 4 and 10): BatchNorm epsilon 1e-3
+Numerics (docs/reference/original-dpn.md, sections 3, 4 and 10): BatchNorm epsilon 1e-3
 (MXNet's symbol default, which the checkpoints were trained with; Gluon's own 1e-5 is
 wrong here), momentum 0.9; pre-activation BN-ReLU-Conv units; bias-free convolutions;
 concatenation order [residual, dense]; the only bias is the classifier's.

@@ -4,7 +4,7 @@ Everything else in the package is derived from this module: the MXNet symbols, t
 blocks, the PyTorch model, the name rules and the expected tensor names and shapes of a
 checkpoint. Nothing outside it repeats a width, a block count or a class count.
 
-Facts (../shared/reference/original-dpn.md, sections 2, 3, 5 and 7): cypw/DPNs
+Facts (docs/reference/original-dpn.md, sections 2, 3, 5 and 7): cypw/DPNs
 ``settings/symbol_dpn-*.py`` for the architectures, ``run_val.sh`` and the README for the
 released checkpoints. Names are the authors' names as stored in ``PREFIX-0000.params``
 (without the ``arg:``/``aux:`` prefix).

@@ -23,7 +23,7 @@ from dpn_gluon.convert import formats, mxparams
 from dpn_gluon.convert.pipeline import convert
 from dpn_gluon.errors import CheckpointError, KeyMismatch
 
-#: timm 1.0.31's keys and shapes, recorded (a copy of ../shared/reference/timm_state_dict_keys.json)
+#: timm 1.0.31's keys and shapes, recorded (docs/reference/README.md)
 REFERENCE = Path(__file__).parent / "data" / "timm_state_dict_keys.json"
 
 TARGETS = ("torch", "safetensors", "timm", "gluon", "mxnet")
@@ -165,7 +165,7 @@ def test_torch_state_dict_in_timm_order_with_known_pairs(scratch):
     convert(path, "torch", out=scratch / "m.pth", numeric=False)
     sd = torch.load(scratch / "m.pth", weights_only=True)
     assert [k for k in sd] == [k for k, _, _ in reference_keys()["dpn68b"]]
-    pairs = {  # written by hand from pytorch-ports.md section 8, not from names.py
+    pairs = {  # written by hand from docs/reference/original-dpn.md section 8, not names.py
         "features.conv1_1.bn.weight": "arg:conv1_x_1__relu-sp__bn_gamma",
         "features.conv1_1.bn.bias": "arg:conv1_x_1__relu-sp__bn_beta",
         "features.conv1_1.bn.running_var": "aux:conv1_x_1__relu-sp__bn_moving_var",

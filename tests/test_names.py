@@ -1,7 +1,6 @@
 """The name rules against the recorded timm keys, both directions, and their failure modes.
 
-Independent reference: tests/data/timm_state_dict_keys.json (a copy of
-../shared/reference/timm_state_dict_keys.json), recorded from
+Independent reference: tests/data/timm_state_dict_keys.json, recorded from
 ``timm.create_model(NAME).state_dict()`` (timm 1.0.31), not derived from this package.
 """
 import json
@@ -13,7 +12,7 @@ from dpn_gluon import variants
 from dpn_gluon.convert import names
 from dpn_gluon.errors import KeyMismatch
 
-#: A compact copy of ../shared/reference/timm_state_dict_keys.json (same content).
+#: timm 1.0.31's keys and shapes, recorded (docs/reference/README.md).
 TIMM_KEYS = Path(__file__).parent / "data" / "timm_state_dict_keys.json"
 
 

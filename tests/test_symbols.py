@@ -1,6 +1,6 @@
 """The authors' graphs (dpn_gluon.symbols) against the reference's literal names, shapes and counts.
 
-The expected values here are copied from ../shared/reference/original-dpn.md (sections 5
+The expected values here are copied from docs/reference/original-dpn.md (sections 5
 and 7), which recorded them from the authors' own symbol files under MXNet 1.9.1: they are
 independent of dpn_gluon.variants, which the symbols are built from.
 """

@@ -1,4 +1,4 @@
-"""The variant table against the reference's literal figures (original-dpn.md sections 2, 5, 7)."""
+"""The variant table against the literal figures of docs/reference/original-dpn.md (sections 2, 5, 7)."""
 import pytest
 
 from dpn_gluon import variants

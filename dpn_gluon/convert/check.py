@@ -1,6 +1,6 @@
 """The post-write check of ``dpn-convert``: reload what was written and prove it is the source.
 
-Two parts (STYLE.md item 6):
+Two parts:
 
 1. **Exact**: the written files are read back through the same detect/read path a user's
    next program would take, and every tensor is compared with the source bit for bit

@@ -8,7 +8,7 @@ One ordered table, read in both directions. Each row gives the same tensor in th
   (``features.conv2_1.c1x1_a.bn.running_mean``). The Gluon blocks mirror timm's module
   tree, so these are timm's keys with Gluon's BatchNorm leaf names;
 - ``timm``: timm's / rwightman's state_dict keys (``features.conv2_1.c1x1_a.bn.running_mean``),
-  recorded in ../shared/reference/timm_state_dict_keys.json.
+  recorded in tests/data/timm_state_dict_keys.json.
 
 Placeholders: ``{S}`` stage, ``{K}`` block index, ``{bn}`` BatchNorm leaf (spelled per scheme
 by :data:`BN_LEAVES`), ``{fc}`` the classifier name (``fc6`` or ``fc6-1k``; only the authors'

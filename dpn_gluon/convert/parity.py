@@ -5,7 +5,7 @@ The same batch (seeded, or real images with the authors' preprocessing) goes thr
 - the **reference**: the authors' graph rebuilt by :mod:`dpn_gluon.symbols`
   (:func:`~dpn_gluon.symbols.tap_symbol`), run by MXNet in float32 on the CPU, or on an MXNet
   GPU where the installed build has kernels for the card (MXNet 1.9.1 has none for Hopper,
-  sm_90: ../shared/reference/mxnet-1.9.md section 2; then it says so and uses the CPU);
+  sm_90: docs/reference/mxnet-1.9.md section 2.2; then it says so and uses the CPU);
 - the **candidate**: the timm-layout PyTorch DPN (:mod:`dpn_gluon.convert.torch_dpn`, on
   cpu/cuda in float32, float16 or bfloat16), or the ONNX graph of
   :mod:`dpn_gluon.convert.onnx_export` with every tap as an output, run by onnxruntime

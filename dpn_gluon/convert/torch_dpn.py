@@ -4,7 +4,7 @@
 timm itself is not a dependency (it imports torchvision, which has no CPU build on the
 project's machines), so this module must stay compatible with timm's ``models/dpn.py``: the
 same module tree, hence the same keys, order and shapes as
-``../shared/reference/timm_state_dict_keys.json``, including ``num_batches_tracked``, and
+``tests/data/timm_state_dict_keys.json``, including ``num_batches_tracked``, and
 ``classifier`` as a 1x1 ``Conv2d`` with bias. Widths come from :mod:`dpn_gluon.variants` only.
 
 Numerics follow the authors' MXNet graphs: BatchNorm eps 1e-3 (momentum 0.1 = MXNet's 0.9),

@@ -4,11 +4,11 @@ Two protocols, both bicubic and both ending in the authors' normalization
 ``(pixel - MEAN_RGB) * SCALE`` on 0..255 RGB values, float32 CHW:
 
 - ``authors``: resize so the SHORT side equals the crop size, then a 100 % center crop
-  (cypw/DPNs ``score.py`` with cypw/mxnet's ``aug_torch``; ../shared/reference/original-dpn.md
+  (cypw/DPNs ``score.py`` with cypw/mxnet's ``aug_torch``; docs/reference/original-dpn.md
   section 6). This is the protocol of the published 224 / 320 / 320 mean-max table.
 - ``timm``: resize the short side to ``floor(crop / 0.875)``, then center crop (timm's
   ``_cfg`` for the ``dpn*.mx_in1k`` weights: crop_pct 0.875, bicubic, mean (124,117,104)/255,
-  std 1/(0.0167*255), which is the same normalization; pytorch-ports.md 2.4 and 3.4).
+  std 1/(0.0167*255), which is the same normalization; docs/reference/pytorch-ports.md 2.4 and 3.4).
 
 Each protocol resizes with the kernel of the pipeline it reproduces: ``authors`` with OpenCV's
 bicubic (a = -0.75, no antialiasing when shrinking), which their MXNet iterator called,

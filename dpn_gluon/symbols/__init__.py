@@ -168,7 +168,7 @@ def inference_symbol(name: str, classes: Optional[int] = None, classifier: Optio
     :func:`get_symbol` with the global-average head and no ``SoftmaxOutput``: a graph ending
     in ``SoftmaxOutput`` has a ``softmax_label`` argument, which
     ``gluon.SymbolBlock.imports(sym, ['data'], params)`` then asks for (apache/mxnet#19351,
-    docs/reference/mxnet-1.9.md), and it returns probabilities, not logits. The global
+    docs/reference/mxnet-1.9.md section 7), and it returns probabilities, not logits. The global
     ``pool5`` is the authors' 7x7 one at 224x224 and runs at any input of at least 32x32.
     ``mx.mod.Module`` binds it with ``label_names=None``. The argument names are the
     authors', so the released ``.params`` load into it unchanged.
