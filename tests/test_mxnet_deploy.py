@@ -7,6 +7,7 @@ like the released files) is read beside it by every reader of the project.
 """
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ pytest.importorskip("dpn_gluon.symbols")
 from dpn_gluon import load_checkpoint  # noqa: E402
 from dpn_gluon.convert import formats  # noqa: E402
 from dpn_gluon.convert.pipeline import convert  # noqa: E402
+from dpn_gluon.evaluate.runtimes import load_runtime  # noqa: E402
 
 TOL = 1e-5
 
@@ -84,8 +86,10 @@ def test_project_readers_take_both_graphs(written, gluon_logits, rel_diff, tmp_p
     x, want = gluon_logits
     # the training graph (SoftmaxOutput) and the inference graph, by prefix and by symbol file
     for i, prefix in enumerate((str(src)[: -len("-0000.params")], str(deployed))):
-        net = load_checkpoint(prefix)
+        net = load_checkpoint(prefix + "-symbol.json")
         assert rel_diff(net(mx.nd.array(x)).asnumpy(), want) < TOL
-        assert formats.read(prefix + "-symbol.json").arch.name == "dpn68"
+        runtime = load_runtime("gluon", Path(prefix + "-symbol.json"))     # dpn-evaluate's
+        assert rel_diff(runtime(x), want) < TOL
+        assert formats.read(prefix).arch.name == "dpn68"
         assert convert(prefix, "safetensors", out=tmp_path / ("%d.safetensors" % i),
                        numeric=False).ok
