@@ -81,6 +81,14 @@ def test_fp16_interface_is_float32_outside_float16_inside(fp16_file):
     assert props(fp16_file)["dtype"] == "float16"
 
 
+def test_fp16_refuses_values_float16_cannot_hold(tmp_path):
+    big = dict(tensors("dpn68"))
+    big["fc6_bias"] = big["fc6_bias"] * 0 + 7e4
+    with pytest.raises(DPNError, match="fc6_bias.*float16"):
+        onnx_export.export_onnx(big, tmp_path / "h.onnx", fp16=True)
+    assert listing(tmp_path) == []
+
+
 def test_fp16_within_its_bound_of_mxnet(fp16_file):
     x = seeded_batch(8, 64, seed=5)
     want = mxnet_taps("dpn68", tensors("dpn68"), x)

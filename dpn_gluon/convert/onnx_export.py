@@ -80,7 +80,12 @@ class _Graph:
 
     def weight(self, name: str, shape=None) -> str:
         if name not in self.initializers:
-            value = np.asarray(self.tensors[name], dtype=self.dtype)
+            source = self.tensors[name]
+            with np.errstate(over="ignore"):
+                value = np.asarray(source, dtype=self.dtype)
+            if self.dtype == np.float16 and np.isinf(value).sum() > np.isinf(source).sum():
+                raise CheckpointError("%s: values beyond float16's range (max |x| %.3g > 65504); "
+                                      "export it without --fp16" % (name, np.abs(source).max()))
             if shape is not None:
                 value = value.reshape(shape)
             self.initializers[name] = self.numpy_helper.from_array(value, name)
