@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import sys
 import time
-from functools import lru_cache
-from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
 
+from .. import labels
 from ..errors import DPNError
 from .data import Dataset, iter_batches, open_dataset
 from .metrics import TopKError
@@ -108,16 +107,9 @@ def predict(runtime, images: Sequence, size: int = 224, protocol: str = "authors
     return out
 
 
-@lru_cache(maxsize=None)
 def imagenet_synsets() -> tuple:
     """((synset, name), ...) of ImageNet-1k in sorted synset order: the authors' label order."""
-    path = Path(__file__).with_name("imagenet_classes.txt")
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            synset, _, name = line.partition(" ")
-            rows.append((synset, name.strip()))
-    return tuple(rows)
+    return labels.imagenet_synsets()
 
 
 def class_names(classes: int) -> Optional[List[str]]:
