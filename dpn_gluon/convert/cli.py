@@ -36,8 +36,8 @@ PROG = "dpn-convert"
 
 
 class _DefaultGroup(OneLineGroup):
-    """A group that runs ``convert`` when the first argument is a checkpoint (or an option of
-    ``convert``), and says so when it is neither a subcommand nor a file: ``dpn-convert lsit``
+    """A group that runs ``convert`` when the first argument is a checkpoint or ``--to``
+    follows it, and says so when it is neither a subcommand nor a file: ``dpn-convert lsit``
     is a typo, not a file to convert. Errors: one line, exit 2 (:mod:`dpn_gluon.cliutil`)."""
 
     default_command = "convert"
@@ -46,7 +46,8 @@ class _DefaultGroup(OneLineGroup):
     def parse_args(self, ctx, args):
         if args and args[0] not in self.commands and args[0] not in self.own_options:
             first = args[0]
-            if not first.startswith("-") and not _names_a_checkpoint(first):
+            converting = any(a == "--to" or a.startswith("--to=") for a in args[1:])
+            if not first.startswith("-") and not converting and not _names_a_checkpoint(first):
                 raise click.UsageError("no subcommand %r and no such file (subcommands: %s)"
                                        % (first, ", ".join(self.commands)))
             args = [self.default_command] + list(args)
