@@ -32,7 +32,7 @@ PLACES365_FILE = _HERE / "data" / "places365_categories.txt"
 #: The most a labels file may hold (ImageNet-21k's 21843 names take about 700 KB).
 MAX_LABELS_BYTES = 4 << 20
 #: The longest one name may be.
-MAX_NAME_CHARS = 256
+MAX_NAME_CHARS = 128
 
 _INDEX_FIRST = re.compile(r"^(\d+)\s+(\S.*)$")
 _INDEX_LAST = re.compile(r"^(\S.*?)\s+(\d+)$")
