@@ -118,7 +118,7 @@ def parse(data: bytes, source: str, where: str) -> Labels:
     """A labels file's bytes: one name per line, or ``index name`` / ``name index`` lines
     (Places365's own file) with every index 0..N-1 exactly once. Blank lines are skipped."""
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")      # a BOM, as Windows editors write, is no name
     except UnicodeDecodeError as e:
         raise DPNError("%s: not UTF-8 text (byte %d)" % (where, e.start)) from None
     lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]

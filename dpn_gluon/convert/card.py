@@ -53,12 +53,11 @@ def released(arch: str, classes: int, classifier: str) -> Optional[variants.Chec
 
 
 def datasets_of(ckpt: Optional[variants.Checkpoint], classes: int) -> List[str]:
-    """Hub dataset ids for the card's metadata."""
-    if ckpt is not None and "Places365" in ckpt.dataset:
-        return ["places365"]
+    """Hub dataset ids for the card's metadata, from the class count of the released sets
+    (the one the built-in class names follow) and, for 1000, the -extra 5k pre-training."""
     if classes == 1000:
         return ["imagenet-1k", "imagenet-5k"] if ckpt and "5k" in ckpt.dataset else ["imagenet-1k"]
-    return ["imagenet-5k"] if ckpt is not None else []
+    return {365: ["places365"], 4786: ["imagenet-5k"]}.get(classes, [])
 
 
 def front_matter(weights, ckpt: Optional[variants.Checkpoint]) -> str:
