@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from dpn_gluon import checkpoint, labels, variants
+from dpn_gluon import checkpoint, variants
 from dpn_gluon.convert import cli
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,24 +3,28 @@
     dpn-convert SRC --to {torch,safetensors,timm,mxnet,gluon,onnx} [-o OUT] [--arch NAME]
                 [--classifier fc6|fc6-1k] [--epoch N] [--force] [--check/--no-check] [--strict]
                 [--json] [--device cpu|cuda] [--tolerance X] [--report FILE.png|.html]
+                [--labels FILE] [--license ID] [-q|--quiet] [-v|--verbose]
+    dpn-convert list [--json]
+    dpn-convert release SRC_DIR -o OUT_DIR [--check/--no-check] [--labels FILE] [--license ID]
+                [--force] [--json] [-q]
     dpn-convert check A B [--runtime torch|onnx] [--device cpu|cuda] [--mx-device cpu|gpu]
                 [--dtype float32|float16|bfloat16] [--size N] [--batch N] [--seed N]
                 [--image FILE ...] [--tolerance X] [--report FILE] [--json]
 
-Thin shells over :func:`dpn_gluon.convert.pipeline.convert` and
-:func:`dpn_gluon.convert.parity.layer_parity`. The command is a group whose default
-subcommand is ``convert``, so ``dpn-convert SRC --to X`` and ``dpn-convert convert SRC --to X``
-are the same, and ``dpn-convert check A B`` sits beside it.
+Thin shells over :func:`dpn_gluon.convert.pipeline.convert`,
+:func:`dpn_gluon.convert.parity.layer_parity` and :mod:`dpn_gluon.convert.release`. The
+command is a group whose default subcommand is ``convert``, so ``dpn-convert SRC --to X`` and
+``dpn-convert convert SRC --to X`` are the same; ``check``, ``list`` and ``release`` sit
+beside it.
 
 Results on stdout (the output paths, or one JSON record with ``--json``); progress and logs on
-stderr. Exit 0 ok, 1 the check failed, 2 bad input or usage (one line on stderr, no
-traceback, no output file left behind).
+stderr. Exit 0 ok, 1 the check failed, 2 bad input or usage (one line ``dpn-convert: error:``
+on stderr, no traceback, no output file left behind; :mod:`dpn_gluon.cliutil`).
 """
 from __future__ import annotations
 
 import glob
 import json
-import sys
 from pathlib import Path
 
 import click
