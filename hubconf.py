@@ -12,6 +12,8 @@ the checkpoint carries (or the built-in ImageNet-1k / Places365 names), else Non
 
 torch.hub must keep finding: ``dependencies`` and one public callable per architecture.
 """
+import warnings as _warnings
+
 from dpn_gluon import variants as _variants
 
 dependencies = ["torch"]
@@ -26,8 +28,11 @@ def _entry(arch: str):
             return model
         from dpn_gluon.convert.formats import read
         weights = read(checkpoint, arch=arch, hash_source=False)
-        model = torch_dpn.from_canonical(weights.tensors, arch, classes, weights.classifier,
-                                         mean_max=mean_max, source=str(checkpoint))
+        with _warnings.catch_warnings():
+            # the tensors are read-only views of the file; load_state_dict copies them
+            _warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            model = torch_dpn.from_canonical(weights.tensors, arch, classes, weights.classifier,
+                                             mean_max=mean_max, source=str(checkpoint))
         model.labels = weights.labels
         return model
 

@@ -162,7 +162,7 @@ def read_file(path, classes: Optional[int] = None) -> Labels:
     """``--labels FILE``: a regular UTF-8 file of at most :data:`MAX_LABELS_BYTES`, with
     exactly ``classes`` names when that is given."""
     where = str(path)
-    labels = parse(read_bounded(path, MAX_LABELS_BYTES, "labels file"), Path(path).name, where)
+    labels = parse(read_bounded(path, MAX_LABELS_BYTES, "labels file"), where, where)
     if classes is not None:
         check_count(labels, classes, where)
     return labels

@@ -135,3 +135,33 @@ def test_predict_names(monkeypatch, tmp_path, classes, carried, user, first):
     assert [t["name"] for t in top] == [table[t["index"]] for t in top]
     if first is not None:
         assert table[0] == first
+
+
+def test_evaluate_labels_order_the_class_folders(monkeypatch, tmp_path):
+    """Class folders named after --labels names score by the file's order, not sorted order."""
+    from dpn_gluon.evaluate import cli as ecli
+    from test_evaluate_data import (LinearRuntime, expected_errors, labels_at_ranks, make_jpegs,
+                                    reference)
+    rt = LinearRuntime(32, classes=10)
+    monkeypatch.setattr("dpn_gluon.evaluate.runtimes.load_runtime", lambda *a, **k: rt)
+    jpegs = make_jpegs()
+    logits = reference(jpegs, 32, "authors", rt)
+    truth = labels_at_ranks(logits)
+    names = ["kind_%02d" % (9 - i) for i in range(10)]       # class 0 is kind_09
+    folder = tmp_path / "val"
+    for i, (payload, label) in enumerate(zip(jpegs, truth)):
+        (folder / names[label]).mkdir(parents=True, exist_ok=True)
+        (folder / names[label] / ("img%d.jpg" % i)).write_bytes(payload)
+    names_file = tmp_path / "names.txt"
+    names_file.write_text("\n".join(names) + "\n", encoding="utf-8")
+    ckpt = tmp_path / "x-0000.params"
+    ckpt.write_bytes(b"stand-in")
+    args = [str(ckpt), "--data", str(folder), "--size", "32", "--workers", "0", "-q", "--json"]
+    res = CliRunner().invoke(ecli.evaluate_main, args + ["--labels", str(names_file)])
+    assert res.exit_code == 0, res.stderr
+    rec = json.loads(res.stdout)
+    assert (rec["top1_error"], rec["top5_error"]) == expected_errors(logits, truth)
+    names_file.write_text("\n".join(names[:9]) + "\n", encoding="utf-8")
+    res = CliRunner().invoke(ecli.evaluate_main, args + ["--labels", str(names_file)])
+    assert res.exit_code == 2 and res.stderr.strip() == (
+        "dpn-evaluate: error: %s: 9 names, but the checkpoint has 10 classes" % names_file)

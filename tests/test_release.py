@@ -120,6 +120,11 @@ def test_timm_config_names_schema_and_the_authors_preprocessing(folders, ckpts, 
         np.testing.assert_allclose((x / 255 - mean) / std, authors, atol=1e-6)
 
 
+def test_predict_and_evaluate_read_the_names_a_folder_carries(folders):
+    from dpn_gluon.evaluate.runtimes import read_model
+    assert read_model(folders["in5k"][0])[4] == ["class_%04d" % i for i in range(4786)]
+
+
 def test_labels_survive_a_round_trip(folders, tmp_path):
     st = tmp_path / "five.safetensors"
     assert run(folders["in5k"][0], "--to", "safetensors", "-o", st, "--no-check").exit_code == 0
@@ -191,29 +196,35 @@ def _sha(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def test_release_manifest_resume_and_a_broken_file(ckpts, tmp_path):
+def test_release_manifest_resume_and_a_broken_file(ckpts, tmp_path, monkeypatch):
+    pytest.importorskip("mxnet")
+    pytest.importorskip("torch")
+    from test_parity import _eps_1e5
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
     (src / "dpn68-0000.params").write_bytes(ckpts["in1k"].read_bytes())
-    first = run("release", src, "-o", out)                 # with the parity check
-    assert first.exit_code == 0, first.stderr
+    _eps_1e5(monkeypatch, "conv3_1")           # a PyTorch side that parts at conv3_x__1
+    first = run("release", src, "-o", out)     # with the parity check: it fails, exit 1
+    monkeypatch.undo()
+    assert first.exit_code == 1, first.stderr
+    assert "dpn68: check FAILED" in first.stderr
     entry = json.loads((out / "MANIFEST.json").read_text())["entries"][0]
-    assert entry["ok"] and entry["checked"] and entry["arch"] == "dpn68"
-    assert entry["worst_parity"] is None or 0 <= entry["worst_parity"] < 1e-5
+    assert not entry["ok"] and entry["checked"] and entry["arch"] == "dpn68"
+    assert entry["worst_parity"] > 1e-5 and entry["error"] is None
 
     (src / "places-0000.params").write_bytes(ckpts["places"].read_bytes())
     (src / "five-0000.params").write_bytes(ckpts["in5k"].read_bytes())
     (src / "broken-0000.params").write_bytes(b"\x12\x01\x00\x00\x00\x00\x00\x00truncated")
     second = run("release", src, "-o", out, "--no-check", "--labels", ckpts["names5k"])
     assert second.exit_code == 2, second.stderr
-    assert "dpn68: unchanged since the last release, skipped" in second.stderr
+    assert "dpn68: unchanged" not in second.stderr      # it failed: done again
     errors = [line for line in second.stderr.splitlines() if "broken: error:" in line]
     assert len(errors) == 1
     manifest = json.loads((out / "MANIFEST.json").read_text())
     by_name = {e["name"]: e for e in manifest["entries"]}
     assert sorted(by_name) == ["broken", "dpn68", "five", "places"]
     assert by_name["broken"]["error"] and not by_name["broken"]["outputs"]
-    assert by_name["dpn68"] == entry                        # kept as it was
+    assert by_name["dpn68"]["ok"] and not by_name["dpn68"]["checked"]
     assert (by_name["five"]["arch"], by_name["five"]["classes"]) == ("dpn68b", 4786)
     for name in ("dpn68", "five", "places"):
         e = by_name[name]
@@ -230,7 +241,8 @@ def test_release_manifest_resume_and_a_broken_file(ckpts, tmp_path):
     (out / "places.onnx").write_bytes(b"tampered")
     third = run("release", src, "-o", out, "--no-check", "--labels", ckpts["names5k"])
     assert third.exit_code == 0, third.stderr
-    assert "five: unchanged" in third.stderr and "places: unchanged" not in third.stderr
+    assert "five: unchanged" in third.stderr and "dpn68: unchanged" in third.stderr
+    assert "places: unchanged" not in third.stderr
     redone = {e["name"]: e for e in json.loads((out / "MANIFEST.json").read_text())["entries"]}
     assert redone["places"]["outputs"]["places.onnx"] == _sha(out / "places.onnx")
 
