@@ -116,8 +116,9 @@ def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, dev
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True)
 @_common
+@click.option("--quiet", "-q", is_flag=True, help="Nothing on stderr on success.")
 def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, device, as_json,
-                 labels_file):
+                 labels_file, quiet):
     """The top classes of each IMAGE with softmax probabilities.
 
     Classes are named from --labels, else from the names the checkpoint file carries (a
@@ -133,7 +134,7 @@ def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, dev
     names = labels.for_checkpoint(rt.labels, rt.classes, None) if user is None else user
     if user is not None:
         labels.check_count(user, rt.classes, str(labels_file))
-    if names is None:
+    if names is None and not quiet:
         click.echo("dpn-predict: no class names for these %d classes: printing indices (pass "
                    "--labels FILE, one name per line)" % rt.classes, err=True)
     results = predict(rt, list(images), size, protocol, top, names)
