@@ -142,9 +142,13 @@ def release(src_dir, out, check: bool = True, force: bool = False,
             if entry is None:
                 entry = done[name]
                 result.skipped.append(name)
-                log("%s: unchanged since the last release, skipped" % name)
+                message = "%s: unchanged since the last release, skipped" % name
             else:
-                log("%s: %s" % (name, status(entry)))
+                worst = entry["worst_parity"]
+                message = "%s: %s%s" % (name, status(entry), "" if worst is None
+                                        else " (worst parity max rel %.2e)" % worst)
+            with tqdm.external_write_mode(file=sys.stderr):    # the line above the bar
+                log(message)
             result.entries.append(entry)
             write_manifest(out, list(kept.values()) + result.entries)
             bar.update(1)
@@ -154,13 +158,12 @@ def release(src_dir, out, check: bool = True, force: bool = False,
 
 
 def status(entry: dict) -> str:
+    """``ok``, ``written, not checked``, ``check FAILED`` or ``error: REASON``."""
     if entry["error"]:
         return "error: " + entry["error"]
     if not entry["checked"]:
         return "written, not checked"
-    worst = entry["worst_parity"]
-    return "%s (worst parity max rel %s)" % ("ok" if entry["ok"] else "check FAILED",
-                                              "%.2e" % worst if worst is not None else "n/a")
+    return "ok" if entry["ok"] else "check FAILED"
 
 
 def _one(name, path, out, previous, check, force, license, labels_file, user_labels):
