@@ -10,7 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["dpn_gluon", "dpn_gluon.*"]),
-    package_data={"dpn_gluon": ["evaluate/*.txt", "evaluate/*.json"]},
+    # data/places365_categories.txt: CSAILVision/places365 (MIT licence; data/README.md)
+    package_data={"dpn_gluon": ["evaluate/*.txt", "evaluate/*.json", "data/*.txt", "data/*.md"]},
     python_requires=">=3.9",
     # The converter needs no MXNet and no torch: conversions to and from the original
     # format, safetensors and timm folders run on numpy alone.
@@ -24,7 +25,8 @@ setup(
         "report": ["matplotlib>=3.5"],
         # the authors' bicubic resize (dpn-evaluate/dpn-predict --protocol authors); 4.12+ needs numpy 2
         "opencv": ["opencv-python-headless>=4.5,<4.12"],
-        "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.5"],
+        # huggingface_hub: the model card's metadata is parsed as the Hub does
+        "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.5", "huggingface_hub>=0.20"],
         # long fuzz runs by hand (fuzz/fuzz_params.py); CI fuzzes with hypothesis
         "fuzz": ["atheris>=2.3"],
     },

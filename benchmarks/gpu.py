@@ -26,23 +26,6 @@ PEAK_TFLOPS = {
 }
 
 
-def conv_flops(arch: variants.Arch, size: int = 224, classes: int = 1000) -> int:
-    """Multiply-adds x 2 of the convolutions and the classifier at ``size`` (BN/ReLU ignored)."""
-    flops = 0
-    hw = (size + 2 * arch.stem_pad - arch.stem_kernel) // 2 + 1
-    flops += 2 * hw * hw * arch.stem_channels * 3 * arch.stem_kernel ** 2
-    hw = (hw + 2 - 3) // 2 + 1
-    for blk in arch.blocks():
-        out_hw = hw // blk.stride
-        if blk.has_proj:
-            flops += 2 * out_hw * out_hw * blk.in_channels * (blk.bw + 2 * blk.inc)
-        flops += 2 * hw * hw * blk.in_channels * blk.r
-        flops += 2 * out_hw * out_hw * blk.r * 9 * blk.r // blk.groups
-        flops += 2 * out_hw * out_hw * blk.r * (blk.bw + blk.inc)
-        hw = out_hw
-    return flops + 2 * arch.num_features * classes
-
-
 def _peak(device: str, dtype: str):
     for (frag, dt), tflops in PEAK_TFLOPS.items():
         if frag in device and dt == dtype:
@@ -68,7 +51,7 @@ def measure(archs=None, dtypes=DTYPES, batches=BATCHES, repeats=10, warmup=3, ou
     rows = []
     for name in archs or list(variants.ARCHS):
         base = torch_dpn.from_canonical(seeded_tensors(name, 0))
-        flops = conv_flops(variants.get_arch(name))
+        flops = variants.conv_flops(variants.get_arch(name))
         for dtype in dtypes:
             if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
                 continue

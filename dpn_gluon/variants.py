@@ -138,6 +138,14 @@ class Checkpoint:
     classifier: str    # "fc6", or "fc6-1k" for the 5k-pretrained, 1k-finetuned "-extra" models
     dataset: str
     mib: int           # the size the README gives (the fp32 .params file, MiB rounded up)
+    #: the authors' published single-crop ImageNet-1k validation error (%), (top-1, top-5) at
+    #: each of PUBLISHED_SETTINGS; None where they published none (ImageNet-5k, Places365)
+    published: Optional[Tuple[Tuple[float, float], ...]] = None
+
+
+#: The columns of the authors' table (cypw/DPNs README, "Single Model, Single Crop Validation
+#: Error"): input side and head; "320 mean-max" is their test setting.
+PUBLISHED_SETTINGS = ("224", "320", "320 mean-max")
 
 
 ARCHS: Dict[str, Arch] = OrderedDict((a.name, a) for a in [
@@ -152,16 +160,23 @@ ARCHS: Dict[str, Arch] = OrderedDict((a.name, a) for a in [
 # Order matters: default_checkpoint() picks the first row matching (arch, classes), so the
 # plain ImageNet-1k dpn92 comes before dpn92-extra.
 CHECKPOINTS: Dict[str, Checkpoint] = OrderedDict((c.name, c) for c in [
-    Checkpoint("dpn68", "dpn68", 1000, "fc6", "ImageNet-1k", 49),
-    Checkpoint("dpn68-extra", "dpn68b", 1000, "fc6-1k", "ImageNet-5k pretrain, ImageNet-1k finetune", 49),
+    Checkpoint("dpn68", "dpn68", 1000, "fc6", "ImageNet-1k", 49,
+               ((23.57, 6.93), (22.15, 5.9), (21.51, 5.52))),
+    Checkpoint("dpn68-extra", "dpn68b", 1000, "fc6-1k", "ImageNet-5k pretrain, ImageNet-1k finetune", 49,
+               ((22.45, 6.09), (20.92, 5.26), (20.62, 5.07))),
     Checkpoint("dpn68-5k", "dpn68b", 4786, "fc6", "ImageNet-5k (4786 classes)", 61),
-    Checkpoint("dpn92", "dpn92", 1000, "fc6", "ImageNet-1k", 145),
-    Checkpoint("dpn92-extra", "dpn92", 1000, "fc6-1k", "ImageNet-5k pretrain, ImageNet-1k finetune", 145),
+    Checkpoint("dpn92", "dpn92", 1000, "fc6", "ImageNet-1k", 145,
+               ((20.73, 5.37), (19.34, 4.66), (19.04, 4.53))),
+    Checkpoint("dpn92-extra", "dpn92", 1000, "fc6-1k", "ImageNet-5k pretrain, ImageNet-1k finetune", 145,
+               ((19.98, 5.06), (19.00, 4.37), (18.79, 4.19))),
     Checkpoint("dpn92-5k", "dpn92", 4786, "fc6", "ImageNet-5k (4786 classes)", 184),
     Checkpoint("dpn92-places365", "dpn92", 365, "fc6", "Places365-Standard", 138),
-    Checkpoint("dpn98", "dpn98", 1000, "fc6", "ImageNet-1k", 236),
-    Checkpoint("dpn107-extra", "dpn107", 1000, "fc6-1k", "ImageNet-5k pretrain, ImageNet-1k finetune", 333),
-    Checkpoint("dpn131", "dpn131", 1000, "fc6", "ImageNet-1k", 304),
+    Checkpoint("dpn98", "dpn98", 1000, "fc6", "ImageNet-1k", 236,
+               ((20.15, 5.15), (18.94, 4.44), (18.72, 4.4))),
+    Checkpoint("dpn107-extra", "dpn107", 1000, "fc6-1k", "ImageNet-5k pretrain, ImageNet-1k finetune", 333,
+               ((19.75, 4.94), (18.34, 4.19), (18.15, 4.03))),
+    Checkpoint("dpn131", "dpn131", 1000, "fc6", "ImageNet-1k", 304,
+               ((19.93, 5.12), (18.62, 4.23), (18.55, 4.16))),
 ])
 
 
@@ -273,6 +288,26 @@ def count_params(arch: Arch, classes: int = 1000) -> int:
                 n *= d
             total += n
     return total
+
+
+def conv_flops(arch: Arch, size: int = 224, classes: int = 1000) -> int:
+    """Multiply-adds x 2 of the convolutions and the classifier at ``size`` (BN/ReLU ignored).
+
+    GMACs as the paper counts them are ``conv_flops(...) / 2e9``.
+    """
+    flops = 0
+    hw = (size + 2 * arch.stem_pad - arch.stem_kernel) // 2 + 1
+    flops += 2 * hw * hw * arch.stem_channels * 3 * arch.stem_kernel ** 2
+    hw = (hw + 2 - 3) // 2 + 1
+    for blk in arch.blocks():
+        out_hw = hw // blk.stride
+        if blk.has_proj:
+            flops += 2 * out_hw * out_hw * blk.in_channels * (blk.bw + 2 * blk.inc)
+        flops += 2 * hw * hw * blk.in_channels * blk.r
+        flops += 2 * out_hw * out_hw * blk.r * 9 * blk.r // blk.groups
+        flops += 2 * out_hw * out_hw * blk.r * (blk.bw + blk.inc)
+        hw = out_hw
+    return flops + 2 * arch.num_features * classes
 
 
 # -- what a set of canonical tensors is --------------------------------------------------

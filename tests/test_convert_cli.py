@@ -100,7 +100,7 @@ def test_timm_folder_overwrite_with_force(src, scratch):
     assert_one_line_error(run(src, "--to", "timm", "-o", scratch / "hub"), "exists")
     r = run(src, "--to", "timm", "-o", scratch / "hub", "--force")
     assert r.exit_code == 0, r.output
-    assert listing(scratch / "hub") == ["config.json", "model.safetensors"]
+    assert listing(scratch / "hub") == ["README.md", "config.json", "model.safetensors"]
 
 
 def test_check_failure_exits_1(src, scratch, monkeypatch):

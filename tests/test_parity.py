@@ -348,7 +348,7 @@ def test_written_onnx_file_checked_as_it_is(dpn68_files, folder):
     pytest.importorskip("onnxruntime")
     src, _ = dpn68_files
     out = folder / "m.onnx"
-    r = run(src, "--to", "onnx", "-o", out, "--force", "--json")
+    r = run(src, "--to", "onnx", "-o", out, "--force", "--json", "--verbose")
     assert r.exit_code == 0, r.output
     assert list(table_rows(r.stderr)) == variants.tap_names(variants.ARCHS["dpn68"])
     assert json.loads(r.stdout)["check"]["parity"]["runtime"] == "onnx"

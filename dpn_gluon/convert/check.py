@@ -115,23 +115,62 @@ def expected_stored_keys(weights: "formats.Weights", target: str) -> Dict[str, t
     return dict(names.expected_keys(spec, scheme, weights.unit, weights.classifier))
 
 
+class Stages:
+    """The check's progress bar (tqdm, stderr): one step per stage, the stage named beside it.
+
+    Called with a stage's name when it begins (the previous one is then done); a no-op
+    unless ``enabled``. The check's 10-15 s are mostly MXNet and torch building and running.
+    """
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc="check", unit="step", file=sys.stderr,
+                            leave=False, dynamic_ncols=True)
+        self.begun = False
+
+    def __call__(self, stage: str):
+        if self.bar is not None:
+            if self.begun:
+                self.bar.update(1)
+            self.bar.set_postfix_str(stage)
+        self.begun = True
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
 def check_written(weights: "formats.Weights", target: str, files: List[Path], numeric: bool = True,
-                  log=None, device: str = "cpu", tolerance: Optional[float] = None) -> CheckReport:
+                  log=None, device: str = "cpu", tolerance: Optional[float] = None,
+                  progress: bool = False) -> CheckReport:
     """Reload the files a conversion wrote and compare them with its source weights.
 
     ``device`` and ``tolerance`` are the PyTorch side's device and the per-tap relative
-    tolerance of the numerical part (default :data:`RTOL`).
+    tolerance of the numerical part (default :data:`RTOL`); ``progress`` shows a bar over
+    the check's stages on stderr.
     """
+    stages = Stages(6 if numeric else 2, progress)
+    try:
+        return _check_written(weights, target, files, numeric, log, device, tolerance, stages)
+    finally:
+        stages.close()
+
+
+def _check_written(weights, target, files, numeric, log, device, tolerance, stages):
     log = log or (lambda msg: None)
     report = CheckReport()
     if target == "onnx":
         report.notes.append("onnx: no tensor-by-tensor check (the exporter checks its graph)")
         log("check: " + report.notes[-1])
         if numeric:
-            _numeric(report, weights, log, device, tolerance, onnx_file=files[-1])
+            _numeric(report, weights, log, device, tolerance, onnx_file=files[-1],
+                     stages=stages)
         return report
     main = files[-1]       # mxnet: PREFIX-0000.params comes after the symbol
     formats.release(weights.tensors.values())    # the write touched them all
+    stages("reading back")
     try:
         fmt = formats.detect(main)
         raw, metadata = formats.read_raw(main, fmt)
@@ -147,7 +186,10 @@ def check_written(weights: "formats.Weights", target: str, files: List[Path], nu
         key_problems.append("read back as %s with %d classes" % (back.arch.name, back.classes))
     if fmt in ("mxnet", "safetensors", "timm") and back.classifier != weights.classifier:
         key_problems.append("classifier read back as %s" % back.classifier)
+    if fmt in ("safetensors", "timm") and back.labels != weights.labels:
+        key_problems.append("class names read back differ from the ones written")
     report.tensors = len(back.tensors)
+    stages("comparing %d tensors" % len(back.tensors))
     problems = key_problems + compare_tensors(weights.tensors, back.tensors)
     report.exact = not problems
     report.mismatches = problems[:MAX_LISTED] + (
@@ -158,13 +200,15 @@ def check_written(weights: "formats.Weights", target: str, files: List[Path], nu
     else:
         log("check: %d problems, first: %s" % (len(problems), problems[0]))
     if numeric:
-        _numeric(report, back, log, device, tolerance, reference=weights)
+        _numeric(report, back, log, device, tolerance, reference=weights, stages=stages)
     return report
 
 
-def _numeric(report: CheckReport, weights, log, device, tolerance, reference=None, onnx_file=None):
+def _numeric(report: CheckReport, weights, log, device, tolerance, reference=None, onnx_file=None,
+             stages=None):
     report.parity, note = numeric_parity(weights, device=device, tolerance=tolerance, log=log,
-                                         reference=reference, onnx_file=onnx_file)
+                                         reference=reference, onnx_file=onnx_file,
+                                         progress=stages)
     if note:
         report.notes.append(note)
         log("check: " + note)
@@ -197,14 +241,15 @@ def compare_shapes(want: Mapping[str, tuple], got: Mapping[str, tuple]) -> List[
 def numeric_parity(weights: "formats.Weights", batch: int = 2, size: int = 64, seed: int = 0,
                    device: str = "cpu", tolerance: Optional[float] = None, log=None,
                    reference: Optional["formats.Weights"] = None,
-                   onnx_file: Optional[Path] = None):
+                   onnx_file: Optional[Path] = None, progress=None):
     """(ParityReport, None), or (None, why it did not run).
 
     The per-layer report of ``weights`` (the written file, read back) in the PyTorch DPN
     (or of the written ``onnx_file`` in onnxruntime, as it is) against the authors' graph on
     ``reference`` (the conversion's source; default ``weights`` itself). Both models use a
     global-average head (the authors' 7x7 ``pool5`` is the same function at 224x224 and
-    runs only there), so a small seeded batch suffices; float32.
+    runs only there), so a small seeded batch suffices; float32. ``progress`` is called
+    with each stage's name (:func:`dpn_gluon.convert.parity.layer_parity`).
     """
     # look before importing: MXNet and torch cost ~150 MB each, only worth it if both run
     runtime = ("mxnet", "onnxruntime" if onnx_file else "torch")
@@ -229,7 +274,7 @@ def numeric_parity(weights: "formats.Weights", batch: int = 2, size: int = 64, s
     report = layer_parity(weights if reference is None else reference, candidate,
                           "onnx" if onnx_file else "torch", device, "float32", batch,
                           MEAN_MAX_SIZE if mean_max else size, seed, tolerance=tolerance,
-                          mean_max=mean_max, log=log)
+                          mean_max=mean_max, log=log, progress=progress)
     return report, None
 
 

@@ -4,28 +4,34 @@
                 [--classifier fc6|fc6-1k] [--epoch N] [--force] [--check/--no-check] [--strict]
                 [--json] [--device cpu|cuda] [--tolerance X] [--report FILE.png|.html]
                 [--mean-max] [--fp16] [--opset N]            (the last three: --to onnx)
+                [--labels FILE] [--license ID] [-q|--quiet] [-v|--verbose]
+    dpn-convert list [--json]
+    dpn-convert release SRC_DIR -o OUT_DIR [--check/--no-check] [--labels FILE] [--license ID]
+                [--force] [--json] [-q]
     dpn-convert check A B [--runtime torch|onnx] [--device cpu|cuda] [--mx-device cpu|gpu]
                 [--dtype float32|float16|bfloat16] [--size N] [--batch N] [--seed N]
                 [--image FILE ...] [--tolerance X] [--report FILE] [--json]
 
-Thin shells over :func:`dpn_gluon.convert.pipeline.convert` and
-:func:`dpn_gluon.convert.parity.layer_parity`. The command is a group whose default
-subcommand is ``convert``, so ``dpn-convert SRC --to X`` and ``dpn-convert convert SRC --to X``
-are the same, and ``dpn-convert check A B`` sits beside it.
+Thin shells over :func:`dpn_gluon.convert.pipeline.convert`,
+:func:`dpn_gluon.convert.parity.layer_parity` and :mod:`dpn_gluon.convert.release`. The
+command is a group whose default subcommand is ``convert``, so ``dpn-convert SRC --to X`` and
+``dpn-convert convert SRC --to X`` are the same; ``check``, ``list`` and ``release`` sit
+beside it.
 
 Results on stdout (the output paths, or one JSON record with ``--json``); progress and logs on
-stderr. Exit 0 ok, 1 the check failed, 2 bad input or usage (one line on stderr, no
-traceback, no output file left behind).
+stderr. Exit 0 ok, 1 the check failed, 2 bad input or usage (one line ``dpn-convert: error:``
+on stderr, no traceback, no output file left behind; :mod:`dpn_gluon.cliutil`).
 """
 from __future__ import annotations
 
+import glob
 import json
-import sys
 from pathlib import Path
 
 import click
 
 from .. import variants
+from ..cliutil import OneLineGroup, labels_option, quiet_stderr, version_option
 from ..errors import CheckpointError, DPNError
 from .atomic import check_writable
 from .formats import TARGETS
@@ -35,49 +41,50 @@ from .parity import DEVICES, DTYPES, MX_DEVICES, RUNTIMES
 PROG = "dpn-convert"
 
 
-class _DefaultGroup(click.Group):
-    """A group that runs ``convert`` when the first argument names no subcommand, and
-    reports every error in one line on stderr with exit 2 (1 for a failed check)."""
+class _DefaultGroup(OneLineGroup):
+    """A group that runs ``convert`` when the first argument is a checkpoint or ``--to``
+    follows it, and says so when it is neither a subcommand nor a file: ``dpn-convert lsit``
+    is a typo, not a file to convert. Errors: one line, exit 2 (:mod:`dpn_gluon.cliutil`)."""
 
     default_command = "convert"
+    own_options = ("--help", "-h", "--version")
 
     def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+        if args and args[0] not in self.commands and args[0] not in self.own_options:
+            first = args[0]
+            converting = any(a == "--to" or a.startswith("--to=") for a in args[1:])
+            if not first.startswith("-") and not converting and not _names_a_checkpoint(first):
+                raise click.UsageError("no subcommand %r and no such file (subcommands: %s)"
+                                       % (first, ", ".join(self.commands)))
             args = [self.default_command] + list(args)
         return super().parse_args(ctx, args)
 
-    def main(self, args=None, prog_name=None, **extra):
-        extra.pop("standalone_mode", None)
-        try:
-            rv = super().main(args=args, prog_name=prog_name or PROG, standalone_mode=False,
-                              **extra)
-        except click.ClickException as e:
-            _fail(e.format_message(), e.exit_code)
-        except click.Abort:
-            _fail("aborted", 130)
-        except (DPNError, OSError) as e:
-            _fail(str(e) if isinstance(e, DPNError) else "%s: %s" % (e.filename or "", e.strerror or e), 2)
-        sys.exit(rv if isinstance(rv, int) else 0)
 
-
-def _fail(message: str, code: int):
-    click.echo("%s: error: %s" % (PROG, " ".join(str(message).split())), err=True)
-    sys.exit(code)
+def _names_a_checkpoint(arg: str) -> bool:
+    """SRC of ``convert``: a file or folder, or the PREFIX of ``PREFIX-NNNN.params`` /
+    ``PREFIX-symbol.json`` (formats.resolve_source says the rest)."""
+    path = Path(arg)
+    return (path.exists() or Path(arg + "-symbol.json").exists()
+            or any(path.parent.glob(glob.escape(path.name) + "-*.params")))
 
 
 def _log(msg: str):
     click.echo("%s: %s" % (PROG, msg), err=True)
 
 
-@click.group(cls=_DefaultGroup, invoke_without_command=True,
+@click.group(cls=_DefaultGroup, prog=PROG, invoke_without_command=True,
              context_settings={"help_option_names": ["-h", "--help"]})
+@version_option(PROG)
 @click.pass_context
 def main(ctx):
     """Convert the authors' Dual Path Network checkpoints between formats.
 
     \b
     dpn-convert SRC --to FORMAT [options]     (same as: dpn-convert convert SRC ...)
-    Run `dpn-convert convert --help` for the options.
+    dpn-convert check REFERENCE CANDIDATE     per-layer parity of two checkpoints
+    dpn-convert list [--json]                 the authors' released checkpoints
+    dpn-convert release SRC_DIR -o OUT_DIR    every checkpoint in a folder, Hub-ready
+    Run `dpn-convert SUBCOMMAND --help` for the options.
     """
     if ctx.invoked_subcommand is None:      # no arguments at all: the help, on stdout
         click.echo(ctx.get_help())
@@ -124,42 +131,59 @@ def main(ctx):
 @click.option("--opset", type=click.IntRange(OPSETS[0], OPSETS[-1]), default=None,
               help="--to onnx: the ONNX opset (%d to %d; default %d)."
                    % (OPSETS[0], OPSETS[-1], DEFAULT_OPSET))
+@labels_option
+@click.option("--license", "license_", default=None,
+              help="Licence identifier for a timm folder's model card and config (default: "
+                   "other; cypw/DPNs states none).")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Nothing on stderr on success (a failed check still prints its table).")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Print the check's per-layer table even when it passes.")
 def convert_command(src, to, out, arch, classifier, epoch, force, check, strict, as_json,
-                    device, tolerance, report, mean_max, fp16, opset):
+                    device, tolerance, report, mean_max, fp16, opset, labels_file, license_,
+                    quiet, verbose):
     """Convert SRC (an authors' .params, Gluon file, .pth, .safetensors or timm folder).
 
     The format is detected from the content, the architecture and class count from the
-    tensor names and shapes. The check (on by default) prints the per-layer parity table
-    on stderr. Exit 0 ok, 1 check failed, 2 bad input.
+    tensor names and shapes. The check (on by default) prints one summary line on stderr;
+    its per-layer table on failure, with --verbose or with --report. Exit 0 ok, 1 check
+    failed, 2 bad input.
     """
     from .pipeline import convert
     if report is not None:
         _check_report_path(report, force)
     if check and device == "cuda":
         _require_cuda()
-    result = convert(src, to, out=out, arch=arch, classifier=classifier, epoch=epoch,
-                     force=force, check=check, strict=strict, log=_log, device=device,
-                     tolerance=tolerance,
-                     onnx_options=dict(mean_max=mean_max, fp16=fp16, opset=opset))
-    parity = result.check.parity if result.check else None
-    if parity is not None:
-        click.echo(parity.table(), err=True)
-        if report is not None:
-            _log("report: %s" % parity.write(report, force))
-    elif report is not None:
-        _log("no report written: the numerical check did not run")
+    with quiet_stderr(quiet):
+        result = convert(src, to, out=out, arch=arch, classifier=classifier, epoch=epoch,
+                         force=force, check=check, strict=strict, log=_log, device=device,
+                         tolerance=tolerance, labels=labels_file, license=license_,
+                         onnx_options=dict(mean_max=mean_max, fp16=fp16, opset=opset),
+                         progress=True)
+        parity = result.check.parity if result.check else None
+        if parity is not None:
+            if report is not None:
+                _log("report: %s" % parity.write(report, force))
+        elif report is not None:
+            _log("no report written: the numerical check did not run")
+    if parity is not None and (verbose or report is not None or not parity.passed):
+        if not quiet or not result.ok:
+            click.echo(parity.table(), err=True)
     if as_json:
         click.echo(json.dumps(result.to_dict(), sort_keys=True))
     else:
         for path in result.outputs:
             click.echo(path)
     if not result.ok:
-        first = parity.first_failure if parity is not None else None
-        _log("check FAILED: %s" % "; ".join(
-            result.check.mismatches[:3]
-            or ["first failing tap %s" % first.name if first else "logits differ"]))
+        _log("check FAILED: %s" % _failure(result.check))
         return 1
     return 0
+
+
+def _failure(check) -> str:
+    first = check.parity.first_failure if check.parity is not None else None
+    return "; ".join(check.mismatches[:3]
+                     or ["first failing tap %s" % first.name if first else "logits differ"])
 
 
 def _require_cuda():
@@ -264,6 +288,76 @@ def check_command(reference, candidate, runtime, device, mx_device, dtype, size,
                                     else "top-1 classes differ"))
         return 1
     return 0
+
+
+@main.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON record (a list of rows) on stdout.")
+def list_command(as_json):
+    """The authors' released checkpoints: architecture, classes, classifier, parameters and
+    their published single-crop ImageNet-1k top-1 / top-5 error (%) at 224 and at 320 with
+    the mean-max head (none for ImageNet-5k and Places365)."""
+    from .release import catalog
+    rows = catalog()
+    if as_json:
+        click.echo(json.dumps(rows, sort_keys=True))
+        return 0
+    head = "%-16s %-7s %7s %-10s %8s   %-13s %-13s" % (
+        "checkpoint", "arch", "classes", "classifier", "params", "224 top-1/5", "320mm top-1/5")
+    click.echo(head)
+    click.echo("-" * len(head))
+    for r in rows:
+        pair = ["%5.2f / %-5.2f" % (r[k1], r[k5]) if k1 in r else "%-13s" % "-"
+                for k1, k5 in (("top1_err_224", "top5_err_224"),
+                               ("top1_err_320_mean_max", "top5_err_320_mean_max"))]
+        click.echo(("%-16s %-7s %7d %-10s %7.2fM   %s %s" % (
+            r["name"], r["arch"], r["classes"], r["classifier"], r["params"] / 1e6,
+            *pair)).rstrip())
+    click.echo("errors (%) as the authors published them (cypw/DPNs README); 320mm: 320 x 320 "
+               "with their mean-max head")
+    return 0
+
+
+@main.command("release")
+@click.argument("src_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="Output folder (created if missing): NAME/ (timm folder), NAME.onnx, "
+                   "MANIFEST.json and MANIFEST.md.")
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Check every output (exact reload, and the per-layer parity where MXNet "
+                   "and torch/onnxruntime are installed).")
+@click.option("--force", is_flag=True,
+              help="Overwrite outputs that an earlier release into OUT_DIR did not write.")
+@labels_option
+@click.option("--license", "license_", default=None,
+              help="Licence identifier for the model cards (default: other).")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="Nothing on stderr when every entry is ok.")
+def release_command(src_dir, out, check, force, labels_file, license_, as_json, quiet):
+    """Every authors' checkpoint (PREFIX-NNNN.params) in SRC_DIR, Hub-ready, in OUT_DIR.
+
+    Per checkpoint: OUT_DIR/NAME/ (a timm folder with config.json, model.safetensors and a
+    model card) and OUT_DIR/NAME.onnx; MANIFEST.json / MANIFEST.md record the sha256 of the
+    input and of each output, the architecture and the worst parity error. A rerun skips
+    entries whose input and outputs are unchanged. --labels names the classes of the
+    checkpoints with as many classes as the file has names. Exit 0 all ok, 1 a parity check
+    failed, 2 some input was bad (each reported in one line; the others still convert).
+    """
+    from .release import MANIFEST_JSON, release
+    if license_ is not None:
+        from .card import check_license
+        check_license(license_)
+    from .release import status
+    with quiet_stderr(quiet):
+        rel = release(src_dir, out, check=check, force=force, license=license_,
+                      labels_file=labels_file, log=_log, progress=True)
+    for entry in rel.entries if quiet else ():
+        if entry["error"] or not entry["ok"]:
+            _log("%s: %s" % (entry["name"], status(entry)))
+    if as_json:
+        click.echo(json.dumps(rel.to_dict(), sort_keys=True))
+    else:
+        click.echo(out / MANIFEST_JSON)
+    return rel.exit_code
 
 
 if __name__ == "__main__":

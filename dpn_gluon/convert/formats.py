@@ -51,7 +51,7 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from .. import variants
+from .. import labels as class_labels, variants
 from ..errors import CheckpointError, DPNError, KeyMismatch
 from . import mxparams, names, torchzip
 from .atomic import atomic_path, atomic_write, check_writable, check_writable_folder
@@ -70,6 +70,8 @@ STD = (round(1.0 / (variants.SCALE * 255.0), 10),) * 3
 CROP_PCT = 1.0
 INTERPOLATION = "bicubic"
 INPUT_SIZE = (3, 224, 224)
+#: The authors' test setting: 320 x 320, a 100 % crop, their mean-max head.
+TEST_INPUT_SIZE = (3, 320, 320)
 
 PathLike = Union[str, Path]
 
@@ -86,6 +88,10 @@ class Weights:
     format: str
     metadata: Dict[str, str] = field(default_factory=dict)
     sha256: Optional[str] = None
+    #: one class name per class (timm's label_names), carried by every output; None: unknown
+    labels: Optional[List[str]] = None
+    #: the licence written into a timm folder's model card and config (cypw/DPNs states none)
+    license: str = "other"
 
     @property
     def unit(self) -> str:
@@ -209,8 +215,9 @@ def _read_gluon(path: Path):
 
 #: dtypes a checkpoint may hold (numpy and MXNet both have them); anything else is refused.
 _DTYPES = ("float16", "float32", "float64", "uint8", "int8", "int32", "int64", "bool")
-#: The most a config.json may hold: a timm config is about 1 KiB.
-MAX_CONFIG_BYTES = 1 << 20
+#: The most a config.json may hold: a timm config is about 1 KiB; with the 4786 class names of
+#: ImageNet-5k (at most labels.MAX_NAME_CHARS each) under 1 MiB.
+MAX_CONFIG_BYTES = 2 << 20
 #: safetensors' own limit on the JSON header.
 MAX_SAFETENSORS_HEADER = 100_000_000
 #: The largest class count a metadata field may declare (the 5k head has 4786).
@@ -524,7 +531,10 @@ def canonicalize(raw: Mapping[str, np.ndarray], metadata: Mapping[str, str], sou
             target = chosen + name[3:] if name.startswith("fc6_") else name
             tensors[target] = arr.reshape(shape) if arr.shape != shape else arr
     _check_metadata(metadata, found, classes, where, head)
-    return Weights(found, classes, chosen, tensors, source, fmt, dict(metadata))
+    carried = class_labels.from_metadata(metadata, classes, where)
+    builtin = class_labels.builtin(classes)
+    return Weights(found, classes, chosen, tensors, source, fmt, dict(metadata),
+                   labels=carried or (list(builtin.names) if builtin else None))
 
 
 def _check_metadata(metadata: Mapping[str, str], arch: variants.Arch, classes: int, where: str,
@@ -672,6 +682,7 @@ def safetensors_metadata(weights: Weights) -> Dict[str, str]:
         "crop_pct": str(CROP_PCT),
         "input_size": json.dumps(list(INPUT_SIZE)),
         "converter": "dpn-convert (dpn-gluon)",
+        **class_labels.to_metadata(weights.labels),
     }
 
 
@@ -679,7 +690,10 @@ def timm_config(weights: Weights) -> dict:
     """config.json as timm's ``save_config_for_hf`` lays it out, for the authors' protocol.
 
     ``pretrained_cfg`` holds only fields of timm's PretrainedCfg (timm builds the dataclass
-    from it); the authors' classifier name and provenance go under a separate ``dpn`` key.
+    from it): the authors' test setting (320, a 100 % crop; the mean-max head is timm's
+    ``--test-pool``) as ``test_input_size`` / ``test_crop_pct``, the class names as
+    ``label_names`` / ``label_descriptions``. The authors' classifier name and provenance go
+    under a separate ``dpn`` key.
     """
     return {
         "architecture": weights.arch.name,
@@ -689,9 +703,11 @@ def timm_config(weights: Weights) -> dict:
         "pretrained_cfg": {
             "custom_load": False,
             "input_size": list(INPUT_SIZE),
+            "test_input_size": list(TEST_INPUT_SIZE),
             "fixed_input_size": False,
             "interpolation": INTERPOLATION,
             "crop_pct": CROP_PCT,
+            "test_crop_pct": CROP_PCT,
             "crop_mode": "center",
             "mean": list(MEAN),
             "std": list(STD),
@@ -699,10 +715,11 @@ def timm_config(weights: Weights) -> dict:
             "pool_size": [7, 7],
             "first_conv": "features.conv1_1.conv",
             "classifier": "classifier",
-            "license": "apache-2.0",
+            "license": weights.license,
             "origin_url": "https://github.com/cypw/DPNs",
             "paper_ids": "arXiv:1707.01629",
             "paper_name": "Dual Path Networks",
+            **class_labels.timm_fields(weights.labels),
         },
         "dpn": {
             "classifier": weights.classifier,
@@ -781,6 +798,9 @@ def _write_timm(weights: Weights, out: Path, force: bool, log):
         save_file(tensors, str(tmp / TIMM_WEIGHTS), metadata=safetensors_metadata(weights))
         (tmp / TIMM_CONFIG).write_text(json.dumps(timm_config(weights), indent=2) + "\n",
                                        encoding="utf-8")
+        # the Hub's model card; the conversion rewrites it with the check's summary
+        from .card import CARD, model_card
+        (tmp / CARD).write_text(model_card(weights), encoding="utf-8")
 
 
 def _write_gluon(weights: Weights, out: Path, force: bool, log):
@@ -829,7 +849,7 @@ def _write_onnx(weights: Weights, out: Path, force: bool, log, mean_max: bool = 
         raise DPNError("--to onnx is not available: %s" % e) from None
     export_onnx(weights.tensors, out, weights.arch.name, weights.classes, weights.classifier,
                 mean_max=mean_max, opset=DEFAULT_OPSET if opset is None else opset,
-                force=force, fp16=fp16)
+                force=force, fp16=fp16, labels=weights.labels)
 
 
 _WRITERS = {"torch": _write_torch, "safetensors": _write_safetensors, "timm": _write_timm,

@@ -446,7 +446,7 @@ def layer_parity(reference: WeightsLike, candidate: WeightsLike, runtime: str = 
                  device: str = "cpu", dtype: str = "float32", batch: int = 2, size: int = 64,
                  seed: int = 0, images: Optional[Sequence[Union[str, Path]]] = None,
                  tolerance: Optional[float] = None, mx_device: str = "cpu",
-                 mean_max: bool = False, log=None) -> ParityReport:
+                 mean_max: bool = False, log=None, progress=None) -> ParityReport:
     """Run ``reference`` in the authors' MXNet graph and ``candidate`` in ``runtime``; compare
     every tap. Both are :class:`~dpn_gluon.convert.formats.Weights` or canonical tensors of
     the same architecture and class count; with ``runtime='onnx'`` the candidate may also be
@@ -454,8 +454,11 @@ def layer_parity(reference: WeightsLike, candidate: WeightsLike, runtime: str = 
 
     ``images`` (paths) replace the seeded batch (``batch``, ``seed``); ``size`` is the input
     side (at least 32; 193 for the mean-max head). ``tolerance`` defaults to
-    :data:`TOLERANCES` for ``dtype``. Raises :class:`DPNError` on bad input.
+    :data:`TOLERANCES` for ``dtype``. ``progress``, when given, is called with the name of
+    each stage as it begins (loading MXNet, the reference run, the candidate run, comparing).
+    Raises :class:`DPNError` on bad input.
     """
+    progress = progress or (lambda stage: None)
     for value, allowed, what in ((runtime, RUNTIMES, "runtime"), (device, DEVICES, "device"),
                                  (dtype, DTYPES, "dtype"), (mx_device, MX_DEVICES, "mx_device")):
         if value not in allowed:
@@ -492,6 +495,7 @@ def layer_parity(reference: WeightsLike, candidate: WeightsLike, runtime: str = 
     if (r_arch.name, r_classes) != (c_arch.name, c_classes):
         raise DPNError("the two checkpoints differ: %s with %d classes vs %s with %d classes"
                        % (r_arch.name, r_classes, c_arch.name, c_classes))
+    progress("loading MXNet")
     try:
         importlib.import_module("mxnet")
     except (ImportError, OSError) as e:
@@ -500,13 +504,16 @@ def layer_parity(reference: WeightsLike, candidate: WeightsLike, runtime: str = 
     x = load_images(images, size) if images else seeded_batch(batch, size, seed)
     inputs = "%d image%s" % (len(x), "s" if len(x) > 1 else "") if images else "seeded(%d)" % seed
     ctx, mx_used = mx_context(mx_device, log)
+    progress("MXNet: the authors' graph")
     ref = reference_taps(r_arch, r_classes, r_fc, _float32(r_tensors), x, ctx, mean_max)
+    progress("%s: the candidate" % runtime)
     if runtime == "torch":
         got = torch_taps(c_arch, c_classes, c_fc, _float32(c_tensors), x, device, dtype, mean_max)
     else:
         got = onnx_taps(c_arch, c_classes, c_fc, _float32(c_tensors), x, device, mean_max, log,
                         model_path=candidate.path if isinstance(candidate, OnnxModel) else None,
                         dtype=dtype)
+    progress("comparing taps")
     rows = [compare_tap(t, ref[t], got[t], tolerance) for t in variants.tap_names(r_arch)]
     top1, top5 = topk_agreement(ref["logits"], got["logits"])
     notes = []

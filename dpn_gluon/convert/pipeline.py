@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Mapping, Optional, Union
 
+from .. import labels as class_labels
 from ..errors import DPNError
-from . import formats, sanity
+from . import card, formats, sanity
 from .check import CheckReport, importable, check_written
 
 PathLike = Union[str, Path]
@@ -52,13 +53,18 @@ def convert(src: PathLike, to: str, out: Optional[PathLike] = None, arch: Option
             classifier: Optional[str] = None, epoch: Optional[int] = None, force: bool = False,
             check: bool = True, numeric: bool = True, strict: bool = False, log=None,
             device: str = "cpu", tolerance: Optional[float] = None,
-            onnx_options: Optional[Mapping] = None) -> ConversionResult:
+            onnx_options: Optional[Mapping] = None,
+            labels: Optional[PathLike] = None, license: Optional[str] = None,
+            progress: bool = False) -> ConversionResult:
     """Convert the checkpoint at ``src`` to format ``to``; see :mod:`dpn_gluon.convert.formats`.
 
     ``out`` is the output path (for ``mxnet``, the prefix), or a folder for the default
     name. ``device`` and ``tolerance`` go to the check's per-layer parity
-    (:func:`dpn_gluon.convert.check.check_written`). ``onnx_options`` (``mean_max``,
-    ``fp16``, ``opset``) go to the ONNX writer; refused for other targets. Raises
+    (:func:`dpn_gluon.convert.check.check_written`; ``progress``: its bar on stderr).
+    ``onnx_options`` (``mean_max``, ``fp16``, ``opset``) go to the ONNX writer; refused
+    for other targets. ``labels`` is a class-names file (:func:`dpn_gluon.labels.read_file`)
+    that replaces the names the source carries; ``license`` goes into a timm folder's card
+    and config. Raises
     :class:`dpn_gluon.errors.DPNError` on bad input (with ``strict``, on wrong values too),
     leaving no output.
     """
@@ -78,6 +84,10 @@ def convert(src: PathLike, to: str, out: Optional[PathLike] = None, arch: Option
     target = formats.default_output(path, fmt, to, out)
     formats.check_outputs(path, fmt, to, target, force)     # refuse early, before any work
     weights = formats.read(path, arch=arch, classifier=classifier)
+    if labels is not None:
+        weights.labels = list(class_labels.read_file(labels, weights.classes).names)
+    if license is not None:
+        weights.license = card.check_license(license)
     if log:
         log("read %s: %s, %s, %d classes, classifier %s, %d tensors (%s)"
             % (weights.source, weights.format, weights.arch.name, weights.classes,
@@ -96,7 +106,9 @@ def convert(src: PathLike, to: str, out: Optional[PathLike] = None, arch: Option
     if log:
         log("wrote " + ", ".join(str(f) for f in files))
     report = (check_written(weights, to, files, numeric=numeric, log=log, device=device,
-                            tolerance=tolerance) if check else None)
+                            tolerance=tolerance, progress=progress) if check else None)
+    if report is not None and to == "timm":
+        card.rewrite(target, weights, report)
     return ConversionResult(
         source=str(weights.source), source_format=weights.format, target=to,
         outputs=[str(f) for f in files], arch=weights.arch.name, classes=weights.classes,

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import sys
 import time
-from functools import lru_cache
-from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
 
+from .. import labels
 from ..errors import DPNError
 from .data import Dataset, iter_batches, open_dataset
 from .metrics import TopKError
@@ -47,7 +46,8 @@ def settings(size: int, protocol: str, mean_max: bool) -> dict:
 
 def evaluate(runtime, dataset: Dataset, size: int, protocol: str = "authors",
              mean_max: bool = False, batch_size: int = 32, workers: int = 0,
-             strict: bool = False, progress: bool = True) -> dict:
+             strict: bool = False, progress: bool = True,
+             class_names: Optional[labels.Labels] = None) -> dict:
     """Top-1/top-5 error (%) of ``runtime`` on ``dataset``; one JSON-ready record.
 
     ``mean_max`` only labels the record: the head is part of the runtime already loaded.
@@ -55,11 +55,15 @@ def evaluate(runtime, dataset: Dataset, size: int, protocol: str = "authors",
     for 1000-class checkpoints, so a folder with only some synsets is scored correctly.
     Labels are checked against the runtime's classes before any image is decoded. Images
     that cannot be decoded are skipped and listed in ``skipped_files`` (one line each), or
-    raise with ``strict``.
+    raise with ``strict``. ``class_names`` (``--labels``) label class folders named after
+    them in their order instead.
     """
     from tqdm import tqdm
     record = settings(size, protocol, mean_max)
-    if runtime.classes == 1000:
+    if class_names is not None:
+        labels.check_count(class_names, runtime.classes, class_names.source)
+        dataset = dataset.relabel(list(class_names.names))
+    elif runtime.classes == 1000:
         dataset = dataset.relabel([synset for synset, _ in imagenet_synsets()])
     dataset.check_labels(runtime.classes)
     metric = TopKError((1, min(5, runtime.classes)))
@@ -92,9 +96,15 @@ def evaluate(runtime, dataset: Dataset, size: int, protocol: str = "authors",
 
 
 def predict(runtime, images: Sequence, size: int = 224, protocol: str = "authors",
-            top: int = 5) -> List[dict]:
-    """Top ``top`` classes with softmax probabilities for each image (path or bytes)."""
-    names = class_names(runtime.classes)
+            top: int = 5, names: Optional[labels.Labels] = None) -> List[dict]:
+    """Top ``top`` classes with softmax probabilities for each image (path or bytes).
+
+    Each hit has the class ``index``, its ``label`` (the identifier: a synset, a Places365
+    path, the user's name) and ``name`` (what a person reads), both None without names.
+    ``names`` default to those the checkpoint carries, else the built-in ones.
+    """
+    if names is None:
+        names = labels.for_checkpoint(getattr(runtime, "labels", None), runtime.classes)
     batch = np.stack([preprocess_image(img, size, protocol) for img in images])
     logits = runtime(batch).astype(np.float64)
     prob = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -103,25 +113,19 @@ def predict(runtime, images: Sequence, size: int = 224, protocol: str = "authors
     for img, p in zip(images, prob):
         order = np.argsort(-p, kind="stable")[:min(top, runtime.classes)]
         out.append({"image": str(img), "top": [
-            {"index": int(i), "name": names[i] if names else None,
+            {"index": int(i), "label": names.names[i] if names else None,
+             "name": names.display(i) if names else None,
              "probability": float(p[i])} for i in order]})
     return out
 
 
-@lru_cache(maxsize=None)
 def imagenet_synsets() -> tuple:
     """((synset, name), ...) of ImageNet-1k in sorted synset order: the authors' label order."""
-    path = Path(__file__).with_name("imagenet_classes.txt")
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            synset, _, name = line.partition(" ")
-            rows.append((synset, name.strip()))
-    return tuple(rows)
+    return labels.imagenet_synsets()
 
 
 def class_names(classes: int) -> Optional[List[str]]:
-    """Human-readable names for 1000 classes (ImageNet-1k); None for other class sets."""
-    if classes != 1000:
-        return None
-    return ["%s %s" % row for row in imagenet_synsets()]
+    """Human-readable names of the built-in class sets (ImageNet-1k, Places365); None for
+    others (ImageNet-5k: ``--labels``)."""
+    names = labels.builtin(classes)
+    return [names.display(i) for i in range(len(names))] if names else None

@@ -5,29 +5,16 @@ warnings and errors on stderr. Exit 0 ok, 2 bad input or usage (one line, no tra
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
-import sys
 from pathlib import Path
 
 import click
 
-from ..errors import DPNError
+from .. import labels
+from ..cliutil import OneLineCommand, labels_option, version_option
 from .preprocess import PROTOCOLS
 from .runtimes import RUNTIMES
-
-
-def _one_line_errors(fn):
-    """DPNError (bad input) -> one line on stderr and exit 2."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except DPNError as err:
-            click.echo("error: %s" % str(err).splitlines()[0], err=True)
-            sys.exit(2)
-    return wrapper
 
 
 def _common(fn):
@@ -50,6 +37,7 @@ def _common(fn):
                      help="cpu, gpu, gpu:0,1 (Gluon splits each batch over the GPUs), "
                           "cuda or cuda:N."),
         click.option("--json", "as_json", is_flag=True, help="One JSON record on stdout."),
+        labels_option,
     ]):
         fn = option(fn)
     return fn
@@ -59,7 +47,9 @@ def _json_safe(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=OneLineCommand, prog="dpn-evaluate",
+               context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("dpn-evaluate")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--data", required=True, type=click.Path(exists=True, path_type=Path),
               help="ImageNet-style folder (one sub-folder per class, sorted synset order), "
@@ -75,9 +65,8 @@ def _json_safe(value):
 @click.option("--strict", is_flag=True,
               help="Fail on an unreadable image instead of skipping it with a warning.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@_one_line_errors
 def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, device, as_json,
-                  batch_size, workers, limit, strict, quiet):
+                  labels_file, batch_size, workers, limit, strict, quiet):
     """Top-1 / top-5 error (%) of CHECKPOINT on a labelled image set.
 
     CHECKPOINT is any file dpn-convert reads: the authors' PREFIX-0000.params (or PREFIX),
@@ -90,10 +79,11 @@ def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, dev
     from .data import open_dataset
     from .runtimes import load_runtime
     settings(size, protocol, mean_max)
+    names = labels.read_file(labels_file) if labels_file is not None else None
     dataset = open_dataset(data, root).subset(limit)
     rt = load_runtime(runtime, checkpoint, device, mean_max)
     record = evaluate(rt, dataset, size, protocol, mean_max, batch_size, workers, strict,
-                      progress=not quiet)
+                      progress=not quiet, class_names=names)
     record["checkpoint"] = str(checkpoint)
     if record["skipped"]:
         shown = record["skipped_files"][:3]
@@ -118,24 +108,36 @@ def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, dev
     click.echo("speed       %.1f images/s (%.1f s)" % (record["images_per_s"], record["seconds"]))
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=OneLineCommand, prog="dpn-predict",
+               context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("dpn-predict")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True)
 @_common
-@_one_line_errors
-def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, device, as_json):
+@click.option("--quiet", "-q", is_flag=True, help="Nothing on stderr on success.")
+def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, device, as_json,
+                 labels_file, quiet):
     """The top classes of each IMAGE with softmax probabilities.
 
-    ImageNet-1k checkpoints print synset and class names (sorted synset order, the
-    authors' labels); other class sets (ImageNet-5k's 4786, Places365) print indices.
+    Classes are named from --labels, else from the names the checkpoint file carries (a
+    converted timm folder or .safetensors), else the built-in sets: ImageNet-1k (synset and
+    names, sorted synset order: the authors' labels) and Places365. Without names (the
+    ImageNet-5k checkpoints) it prints indices and says so once on stderr.
     """
     from . import predict, settings
     from .runtimes import load_runtime
     settings(size, protocol, mean_max)
+    user = labels.read_file(labels_file) if labels_file is not None else None
     rt = load_runtime(runtime, checkpoint, device, mean_max)
-    results = predict(rt, list(images), size, protocol, top)
+    names = labels.for_checkpoint(rt.labels, rt.classes, None) if user is None else user
+    if user is not None:
+        labels.check_count(user, rt.classes, str(labels_file))
+    if names is None and not quiet:
+        click.echo("dpn-predict: no class names for these %d classes: printing indices (pass "
+                   "--labels FILE, one name per line)" % rt.classes, err=True)
+    results = predict(rt, list(images), size, protocol, top, names)
     if as_json:
         click.echo(json.dumps({"checkpoint": str(checkpoint), "classes": rt.classes,
                                "protocol": protocol, "size": size, "mean_max": mean_max,

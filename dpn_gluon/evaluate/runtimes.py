@@ -21,7 +21,7 @@ import os
 import tempfile
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -38,6 +38,8 @@ class Runtime:
     classifier: str
     devices: List[str]
     forward: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+    #: class names the checkpoint file carries (its metadata), None when it has none
+    labels: Optional[List[str]] = None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self.forward(np.ascontiguousarray(batch, dtype=np.float32)),
@@ -45,7 +47,8 @@ class Runtime:
 
 
 def read_model(path):
-    """(Arch, classes, classifier name, canonical tensors) of any checkpoint dpn-convert reads.
+    """(Arch, classes, classifier name, canonical tensors, carried class names or None) of
+    any checkpoint dpn-convert reads.
 
     The authors' ``PREFIX-0000.params`` (or ``PREFIX``), a Gluon ``.params``, a PyTorch
     ``.pth`` (timm's keys), ``.safetensors`` or a timm folder: detected from the content by
@@ -53,7 +56,7 @@ def read_model(path):
     """
     from ..convert.formats import read
     w = read(path, hash_source=False)
-    return w.arch, w.classes, w.classifier, w.tensors
+    return w.arch, w.classes, w.classifier, w.tensors, w.labels
 
 
 def parse_devices(spec: str) -> Tuple[str, List[int]]:
@@ -80,11 +83,11 @@ def load_runtime(kind: str, checkpoint, devices: str = "cpu", mean_max: bool = F
     if kind not in RUNTIMES:
         raise DPNError("unknown runtime %r (choose from %s)" % (kind, ", ".join(RUNTIMES)))
     dev_kind, ids = parse_devices(devices)
-    arch, classes, classifier, tensors = read_model(checkpoint)
+    arch, classes, classifier, tensors, labels = read_model(checkpoint)
     make = {"gluon": _gluon, "torch": _torch, "onnx": _onnx}[kind]
     forward, names = make(checkpoint, (arch, classes, classifier, tensors), dev_kind, ids,
                           mean_max)
-    return Runtime(kind, arch.name, int(classes), classifier, names, forward)
+    return Runtime(kind, arch.name, int(classes), classifier, names, forward, labels)
 
 
 def _gluon(checkpoint, model, dev_kind, ids, mean_max):
