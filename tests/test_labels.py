@@ -99,6 +99,20 @@ def test_convert_refuses_a_wrong_labels_file_before_writing(seeded_checkpoint, t
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["names.txt"]
 
 
+def test_labels_reach_the_onnx_metadata(seeded_checkpoint, tmp_path):
+    pytest.importorskip("onnx")
+    import onnx
+    src = seeded_checkpoint("dpn68", classes=3, symbol=False)
+    names = tmp_path / "names.txt"
+    names.write_text("zebra\nyak\nxerus\n", encoding="utf-8")
+    out = tmp_path / "m.onnx"
+    res = CliRunner().invoke(cli.main, [str(src), "--to", "onnx", "-o", str(out), "--no-check",
+                                        "--labels", str(names)])
+    assert res.exit_code == 0, res.stderr
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(props["labels"]) == ["zebra", "yak", "xerus"]
+
+
 # -- dpn-predict names every class set it can -------------------------------------------
 
 @pytest.mark.parametrize("classes, carried, user, first", [
