@@ -26,7 +26,7 @@ import click
 
 from .. import variants
 from ..errors import CheckpointError, DPNError
-from .atomic import check_writable
+from .atomic import Interrupted, handling_signals
 from .formats import TARGETS
 from .parity import DEVICES, DTYPES, MX_DEVICES, RUNTIMES
 
@@ -47,8 +47,11 @@ class _DefaultGroup(click.Group):
     def main(self, args=None, prog_name=None, **extra):
         extra.pop("standalone_mode", None)
         try:
-            rv = super().main(args=args, prog_name=prog_name or PROG, standalone_mode=False,
-                              **extra)
+            with handling_signals():     # SIGTERM/SIGHUP/SIGINT unwind: temps and half-commits undone
+                rv = super().main(args=args, prog_name=prog_name or PROG, standalone_mode=False,
+                                  **extra)
+        except Interrupted as e:
+            _fail(str(e), e.exit_code)
         except click.ClickException as e:
             _fail(e.format_message(), e.exit_code)
         except click.Abort:
@@ -121,18 +124,16 @@ def convert_command(src, to, out, arch, classifier, epoch, force, check, strict,
     on stderr. Exit 0 ok, 1 check failed, 2 bad input.
     """
     from .pipeline import convert
-    if report is not None:
-        _check_report_path(report, force)
     if check and device == "cuda":
         _require_cuda()
     result = convert(src, to, out=out, arch=arch, classifier=classifier, epoch=epoch,
                      force=force, check=check, strict=strict, log=_log, device=device,
-                     tolerance=tolerance)
+                     tolerance=tolerance, report=report)
     parity = result.check.parity if result.check else None
     if parity is not None:
         click.echo(parity.table(), err=True)
-        if report is not None:
-            _log("report: %s" % parity.write(report, force))
+    if result.report is not None:
+        _log("report: %s" % result.report)
     elif report is not None:
         _log("no report written: the numerical check did not run")
     if as_json:
@@ -157,12 +158,6 @@ def _require_cuda():
         raise DPNError("--device cuda needs torch") from None
     if not torch.cuda.is_available():
         raise DPNError("--device cuda: torch %s sees no CUDA device" % torch.__version__)
-
-
-def _check_report_path(report: Path, force: bool):
-    if report.suffix.lower() not in (".png", ".svg", ".html", ".htm"):
-        raise DPNError("%s: --report must name a .png, .svg or .html file" % report)
-    check_writable(report, force)
 
 
 @main.command("check")
@@ -211,9 +206,9 @@ def check_command(reference, candidate, runtime, device, mx_device, dtype, size,
     top-1 class on every image), 1 otherwise, 2 bad input.
     """
     from .formats import read
+    from .outputs import report_plan
     from .parity import OnnxModel, layer_parity, read_onnx
-    if report is not None:
-        _check_report_path(report, force)
+    plan = report_plan(report, _inputs(reference, candidate), force) if report else None
     ref = read(reference, hash_source=False)
     try:
         cand = read(candidate, hash_source=False)
@@ -242,8 +237,13 @@ def check_command(reference, candidate, runtime, device, mx_device, dtype, size,
         click.echo(json.dumps(d, sort_keys=True))
     else:
         click.echo(rep.table())
-    if report is not None:
-        _log("report: %s" % rep.write(report, force))
+    if plan is not None:
+        where = plan.output("report")
+        with plan.transaction() as tx:
+            with tx.file(where) as f:
+                f.write(rep.render(where))
+            tx.commit()
+        _log("report: %s" % where)
     if not rep.passed:
         first = rep.first_failure
         _log("parity FAILED: %s" % ("first failing tap %s (max rel %.2e > %g)"
@@ -251,6 +251,19 @@ def check_command(reference, candidate, runtime, device, mx_device, dtype, size,
                                     else "top-1 classes differ"))
         return 1
     return 0
+
+
+def _inputs(*paths: Path):
+    """The files a check reads, as the reader resolves them (a PREFIX names PREFIX-0000.params)."""
+    from .formats import resolve_source
+    found = []
+    for path in paths:
+        found.append(path)
+        try:
+            found.append(resolve_source(path))
+        except DPNError:
+            pass                # the reader says what is wrong with it, after the plan
+    return found
 
 
 if __name__ == "__main__":

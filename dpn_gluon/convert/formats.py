@@ -52,11 +52,11 @@ import numpy as np
 from .. import variants
 from ..errors import CheckpointError, DPNError, KeyMismatch
 from . import mxparams, names, torchzip
+from .outputs import TIMM_CONFIG, TIMM_WEIGHTS
 
 FORMATS = ("mxnet", "gluon", "torch", "safetensors", "timm")
 TARGETS = FORMATS + ("onnx",)
 
-TIMM_CONFIG, TIMM_WEIGHTS = "config.json", "model.safetensors"
 
 #: The authors' preprocessing in timm's terms (0..1 pixels): mean (124,117,104)/255 and
 #: std 1/(0.0167*255), a bicubic resize and a 100 % center crop (score.py; timm uses 0.875).
@@ -622,7 +622,14 @@ def rename_for(weights: Weights, scheme: str) -> "OrderedDict[str, np.ndarray]":
     return out
 
 
-# -- write: in writers.py, importable from here as before --------------------------------
+# -- write: in writers.py, still importable from here -------------------------------------
 
-from .writers import (check_outputs, default_output, output_files, safetensors_metadata,  # noqa: E402
-                      symbol_json, timm_config, write, _Progress)
+_MOVED_TO_WRITERS = frozenset(["check_outputs", "default_output", "output_files", "safetensors_metadata",
+                               "symbol_json", "timm_config", "write", "_Progress"])
+
+
+def __getattr__(name: str):
+    if name in _MOVED_TO_WRITERS:     # imported on first use: writers.py imports this module
+        from . import writers
+        return getattr(writers, name)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
+import struct
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -19,42 +19,17 @@ import numpy as np
 
 from ..errors import DPNError
 from . import mxparams
-from .atomic import atomic_path, atomic_write, check_writable, check_writable_folder
-from .formats import (CROP_PCT, INPUT_SIZE, INTERPOLATION, MEAN, STD, TARGETS, TIMM_CONFIG,
-                      TIMM_WEIGHTS, Weights, rename_for)
+from .atomic import Transaction
+from .formats import CROP_PCT, INPUT_SIZE, INTERPOLATION, MEAN, STD, TARGETS, Weights, rename_for
+from .outputs import TIMM_CONFIG, TIMM_WEIGHTS, conversion_plan, output_files, target_path
+
+default_output = target_path        # the earlier name
 
 PathLike = Union[str, Path]
 
-_SUFFIX = {"torch": ".pth", "safetensors": ".safetensors", "gluon": ".params", "onnx": ".onnx",
-           "timm": "", "mxnet": ""}
-
-
-def default_output(src: Path, src_format: str, target: str, out: Optional[PathLike] = None) -> Path:
-    """Where ``target`` goes: ``out`` itself, a name derived from SRC inside the folder
-    ``out``, or beside SRC (``dpn68-0000.params`` -> ``dpn68.pth``). For ``mxnet`` this is
-    the prefix of ``PREFIX-symbol.json`` / ``PREFIX-0000.params``; for ``timm``, ``out`` is
-    always the timm folder itself."""
-    if out is not None and (target == "timm" or not Path(out).is_dir()):   # timm: OUT is the folder
-        out = Path(out)
-        if target == "mxnet" and out.name.endswith(".params") and out.stem[-5:-4] == "-" \
-                and out.stem[-4:].isdigit():
-            return out.with_name(out.stem[:-5])
-        return out
-    stem = src.name
-    if src_format == "mxnet" and stem.endswith(".params") and stem[-12:-11] == "-":
-        stem = stem[:-12]
-    elif src_format != "timm":
-        stem = src.stem if src.suffix else stem
-    folder = Path(out) if out is not None else src.parent
-    return folder / (stem + _SUFFIX[target])
-
-
-def output_files(target: str, out: Path) -> List[Path]:
-    """The paths a target writes at ``out``."""
-    if target == "mxnet":
-        return [Path("%s-symbol.json" % out), Path("%s-0000.params" % out)]
-    return [out]
-
+#: A bar on every write phase that takes a couple of seconds or more.
+PROGRESS_MIN_BYTES = 64 << 20
+_CHUNK = 16 << 20
 
 def safetensors_metadata(weights: Weights) -> Dict[str, str]:
     """String metadata: what the tensors are, where they came from, how to feed them."""
@@ -115,73 +90,93 @@ def timm_config(weights: Weights) -> dict:
 
 def write(weights: Weights, target: str, out: Path, force: bool = False,
           log=None) -> List[Path]:
-    """Write ``weights`` as ``target`` at ``out`` (see :func:`default_output`); atomic."""
+    """Write ``weights`` as ``target`` at ``out`` (:func:`.outputs.target_path`), checked by
+    :mod:`.outputs` and committed atomically; returns the files written."""
     if target not in TARGETS:
         raise DPNError("unknown target format %r (choose from %s)" % (target, ", ".join(TARGETS)))
-    files = check_outputs(weights.source, weights.format, target, out, force)
-    _WRITERS[target](weights, out, force, log or (lambda msg: None))
-    return [f for f in files if f.exists()]
+    plan = conversion_plan(weights.source, weights.format, target, out, force)
+    with plan.transaction() as tx:
+        stage(weights, target, plan.files, tx, log)
+        tx.commit()
+    return [f for f in plan.files if f.exists()]
 
 
 def check_outputs(src: Path, src_format: str, target: str, out: Path,
                   force: bool = False) -> List[Path]:
-    """The files ``target`` will write at ``out``, after refusing the input itself, existing
-    files (without ``force``) and missing or read-only folders: before any work is done."""
-    files = output_files(target, out)
-    sources = {_real(src)}
-    if src_format == "timm":
-        sources.add(_real(src / TIMM_WEIGHTS))
-    for path in files:
-        if _real(path) in sources:
-            raise DPNError("%s: the output would overwrite the input; choose another with -o"
-                           % path)
-        if target == "timm":
-            check_writable_folder(path, force)
-        else:
-            check_writable(path, force)
-    return files
+    """The files ``target`` will write at ``out``, after every refusal of :mod:`.outputs`."""
+    return conversion_plan(src, src_format, target, out, force).files
+
+
+def stage(weights: Weights, target: str, files: List[Path], tx: Transaction, log=None) -> None:
+    """Write ``weights`` as ``target`` into temps of ``tx`` for ``files``
+    (:func:`.outputs.output_files`); the caller commits."""
+    _WRITERS[target](weights, files, tx, log or (lambda msg: None))
 
 
 def _contiguous(arr: np.ndarray) -> np.ndarray:
-    """C-contiguous without a copy where it already is (np.ascontiguousarray turns 0-d into 1-d)."""
-    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(arr.shape)
+    """C-contiguous little-endian, without a copy where it already is (np.ascontiguousarray
+    turns 0-d into 1-d)."""
+    little = arr.dtype.newbyteorder("<")
+    if arr.flags.c_contiguous and arr.dtype == little:
+        return arr
+    return np.ascontiguousarray(arr, dtype=little).reshape(arr.shape)
 
 
-def _real(path: Path) -> str:
-    return os.path.realpath(path)
-
-
-def _write_torch(weights: Weights, out: Path, force: bool, log):
+def _write_torch(weights: Weights, files: List[Path], tx: Transaction, log):
     # torch.save's zip format written from the arrays (torchzip.py): no torch import (about
     # a second and ~200 MB of RSS) and the bytes streamed from the memory-mapped source
     from .torchzip import write_state_dict
-    with atomic_write(out, force) as f:
-        bar = _Progress(f, weights.nbytes, out.name).bar
-        write_state_dict(f, rename_for(weights, "timm"),
-                         progress=bar.update if bar is not None else None)
-        if bar is not None:
-            bar.close()
+    out, = files
+    with tx.file(out) as f, _Progress(f, weights.nbytes, out.name) as bar:
+        write_state_dict(f, rename_for(weights, "timm"), progress=bar.update)
 
 
-def _write_safetensors(weights: Weights, out: Path, force: bool, log):
-    from safetensors.numpy import save_file
-    tensors = OrderedDict((k, _contiguous(v)) for k, v in rename_for(weights, "timm").items())
-    with atomic_path(out, force) as tmp:
-        save_file(tensors, str(tmp), metadata=safetensors_metadata(weights))
+#: numpy dtype -> safetensors dtype (the ones a checkpoint here can hold).
+_ST_DTYPE = {"float16": "F16", "float32": "F32", "float64": "F64", "int64": "I64",
+             "int32": "I32", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
 
 
-def _write_timm(weights: Weights, out: Path, force: bool, log):
-    from safetensors.numpy import save_file
-    tensors = OrderedDict((k, _contiguous(v)) for k, v in rename_for(weights, "timm").items())
-    with atomic_path(out, force, directory=True) as tmp:
-        save_file(tensors, str(tmp / TIMM_WEIGHTS), metadata=safetensors_metadata(weights))
+def write_safetensors(f, tensors, metadata: Dict[str, str]) -> None:
+    """The safetensors format, streamed from the arrays: u64 header length, the JSON header
+    (``__metadata__`` first, keys sorted, so the same tensors give the same bytes: the
+    library's ``save_file`` orders metadata by a hash map, differently on every run), padded
+    with spaces to 8 bytes, then each tensor's bytes in header order."""
+    arrays = [(name, _contiguous(np.asarray(arr))) for name, arr in tensors.items()]
+    header = {"__metadata__": dict(sorted(metadata.items()))}
+    offset = 0
+    for name, arr in arrays:
+        header[name] = {"dtype": _ST_DTYPE[arr.dtype.name], "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    f.write(struct.pack("<Q", len(text)) + text)
+    for _, arr in arrays:
+        flat = memoryview(arr.reshape(-1).view(np.uint8))
+        for start in range(0, arr.nbytes, _CHUNK):
+            f.write(flat[start:start + _CHUNK])
+
+
+def _write_safetensors(weights: Weights, files: List[Path], tx: Transaction, log):
+    out, = files
+    with tx.file(out) as f, _Progress(f, weights.nbytes, out.name) as bar:
+        write_safetensors(bar, rename_for(weights, "timm"), safetensors_metadata(weights))
+
+
+def _write_timm(weights: Weights, files: List[Path], tx: Transaction, log):
+    out, = files
+    with tx.path(out, directory=True) as tmp:
+        with open(tmp / TIMM_WEIGHTS, "wb") as f, \
+                _Progress(f, weights.nbytes, "%s/%s" % (out.name, TIMM_WEIGHTS)) as bar:
+            write_safetensors(bar, rename_for(weights, "timm"), safetensors_metadata(weights))
         (tmp / TIMM_CONFIG).write_text(json.dumps(timm_config(weights), indent=2) + "\n",
                                        encoding="utf-8")
 
 
-def _write_gluon(weights: Weights, out: Path, force: bool, log):
-    with atomic_write(out, force) as f:
-        mxparams.write(_Progress(f, weights.nbytes, out.name), rename_for(weights, "gluon"))
+def _write_gluon(weights: Weights, files: List[Path], tx: Transaction, log):
+    out, = files
+    with tx.file(out) as f, _Progress(f, weights.nbytes, out.name) as bar:
+        mxparams.write(bar, rename_for(weights, "gluon"))
 
 
 def symbol_json(weights: Weights) -> Optional[str]:
@@ -196,26 +191,28 @@ def symbol_json(weights: Weights) -> Optional[str]:
     return sym.tojson()
 
 
-def _write_mxnet(weights: Weights, out: Path, force: bool, log):
-    symbol_file, params_file = output_files("mxnet", out)
-    text = symbol_json(weights)   # built first: a failure leaves no file behind
-    with atomic_write(params_file, force) as f:
-        mxparams.write(_Progress(f, weights.nbytes, params_file.name), rename_for(weights, "mxnet"))
+def _write_mxnet(weights: Weights, files: List[Path], tx: Transaction, log):
+    symbol_file, params_file = files
+    text = symbol_json(weights)
+    with tx.file(params_file) as f, _Progress(f, weights.nbytes, params_file.name) as bar:
+        mxparams.write(bar, rename_for(weights, "mxnet"))
     if text is None:
         log("MXNet (or dpn_gluon.symbols) is not available: wrote only %s, no %s"
             % (params_file, symbol_file.name))
         return
-    with atomic_write(symbol_file, force) as f:
+    with tx.file(symbol_file) as f:
         f.write(text.encode("utf-8"))
 
 
-def _write_onnx(weights: Weights, out: Path, force: bool, log):
+def _write_onnx(weights: Weights, files: List[Path], tx: Transaction, log):
     try:
         from .onnx_export import export_onnx
     except ImportError as e:
         raise DPNError("--to onnx is not available: %s" % e) from None
-    export_onnx(weights.tensors, out, weights.arch.name, weights.classes, weights.classifier,
-                mean_max=False, force=force)
+    out, = files
+    with tx.path(out) as tmp:      # export_onnx replaces the (empty) temp atomically itself
+        export_onnx(weights.tensors, tmp, weights.arch.name, weights.classes, weights.classifier,
+                    mean_max=False, force=True)
 
 
 _WRITERS = {"torch": _write_torch, "safetensors": _write_safetensors, "timm": _write_timm,
@@ -223,22 +220,32 @@ _WRITERS = {"torch": _write_torch, "safetensors": _write_safetensors, "timm": _w
 
 
 class _Progress:
-    """A write-only file wrapper that shows a byte progress bar on stderr for big files."""
-
-    MIN_BYTES = 64 << 20
+    """A write-only file wrapper that shows a byte progress bar on stderr for big files
+    (tqdm, silent when stderr is not a terminal); closes the bar on leaving the block."""
 
     def __init__(self, f, total: int, desc: str):
         self.f = f
         self.bar = None
-        if total >= self.MIN_BYTES:
+        if total >= PROGRESS_MIN_BYTES:
             from tqdm import tqdm
             self.bar = tqdm(total=total, unit="B", unit_scale=True, desc=desc, file=sys.stderr,
                             leave=False, disable=None)
 
+    def __enter__(self) -> "_Progress":
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def update(self, nbytes: int) -> None:
+        if self.bar is not None:
+            self.bar.update(nbytes)
+
     def write(self, data) -> int:
         n = self.f.write(data)
-        if self.bar is not None:
-            self.bar.update(memoryview(data).nbytes)
+        self.update(memoryview(data).nbytes)
         return n
 
     def flush(self):
@@ -246,7 +253,3 @@ class _Progress:
 
     def __getattr__(self, name):
         return getattr(self.f, name)
-
-    def __del__(self):
-        if self.bar is not None:
-            self.bar.close()
