@@ -211,8 +211,11 @@ def _write_onnx(weights: Weights, files: List[Path], tx: Transaction, log):
         raise DPNError("--to onnx is not available: %s" % e) from None
     out, = files
     with tx.path(out) as tmp:      # export_onnx replaces the (empty) temp atomically itself
-        export_onnx(weights.tensors, tmp, weights.arch.name, weights.classes, weights.classifier,
-                    mean_max=False, force=True)
+        try:
+            export_onnx(weights.tensors, tmp, weights.arch.name, weights.classes,
+                        weights.classifier, mean_max=False, force=True)
+        except DPNError as e:      # it names the path it was given: say which output failed
+            raise DPNError(str(e).replace(str(tmp), str(out))) from None
 
 
 _WRITERS = {"torch": _write_torch, "safetensors": _write_safetensors, "timm": _write_timm,
