@@ -499,3 +499,24 @@ def test_concurrent_force_writers_on_one_timm_folder(float32, shm):
         assert p.returncode == 0 or (p.returncode == 2 and len(err.strip().splitlines()) == 1), err
     assert snapshot(hub) == expected
     assert os.listdir(folder) == ["hub"]
+
+
+def test_evaluate_and_predict_turn_signals_into_one_line(capsys):
+    """dpn-evaluate / dpn-predict share the handlers: a SIGTERM mid-run runs the cleanup
+    (finally blocks) and exits 143 with one line."""
+    from dpn_gluon.evaluate.cli import _one_line_errors
+    cleaned = []
+
+    @_one_line_errors
+    def command():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:
+            cleaned.append(True)
+
+    with pytest.raises(SystemExit) as e:
+        command()
+    assert e.value.code == 143 and cleaned == [True]
+    assert capsys.readouterr().err == "error: interrupted by SIGTERM\n"
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL       # handlers put back

@@ -13,17 +13,23 @@ from pathlib import Path
 
 import click
 
+from ..convert.atomic import Interrupted, handling_signals
 from ..errors import DPNError
 from .preprocess import PROTOCOLS
 from .runtimes import RUNTIMES
 
 
 def _one_line_errors(fn):
-    """DPNError (bad input) -> one line on stderr and exit 2."""
+    """DPNError (bad input) -> one line on stderr and exit 2; SIGINT/SIGTERM/SIGHUP -> one
+    line and exit 128 + the signal, after the cleanup (convert.atomic.handling_signals)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with handling_signals():
+                return fn(*args, **kwargs)
+        except Interrupted as err:
+            click.echo("error: %s" % err, err=True)
+            sys.exit(err.exit_code)
         except DPNError as err:
             click.echo("error: %s" % str(err).splitlines()[0], err=True)
             sys.exit(2)
