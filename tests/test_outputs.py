@@ -520,3 +520,37 @@ def test_evaluate_and_predict_turn_signals_into_one_line(capsys):
     assert e.value.code == 143 and cleaned == [True]
     assert capsys.readouterr().err == "error: interrupted by SIGTERM\n"
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL       # handlers put back
+
+
+@pytest.mark.parametrize("target", ["mxnet", "timm"])
+@pytest.mark.parametrize("failure", ["sigterm", "error"])
+def test_a_failure_after_the_commit_puts_the_previous_outputs_back(models, shm, monkeypatch,
+                                                                    target, failure):
+    """The check runs after the outputs are in place; if it is interrupted or fails, every
+    output of the command (mxnet's pair, the timm folder) is put back as it was."""
+    from dpn_gluon.convert import pipeline
+    from dpn_gluon.errors import DPNError
+    out = shm / ("after-" + failure) / NAME[target]
+    out.parent.mkdir(exist_ok=True)
+    for p in outputs.output_files(target, out):
+        if target == "timm":
+            p.mkdir()
+            (p / "config.json").write_text("previous")
+            (p / "model.safetensors").write_text("previous")
+        else:
+            p.write_text("previous")
+    before = snapshot(out.parent)
+
+    def check_written(*a, **k):
+        if failure == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        raise DPNError("the check could not run")
+    monkeypatch.setattr(pipeline, "check_written", check_written)
+    r = run(models / "x-0000.params", "--to", target, "-o", out, "--force")
+    if failure == "sigterm":
+        assert r.exit_code == 143 and r.stderr.strip().splitlines()[-1] == \
+            "dpn-convert: error: interrupted by SIGTERM", r.stderr
+    else:
+        assert_one_line_error(r, "could not run")
+    assert snapshot(out.parent) == before

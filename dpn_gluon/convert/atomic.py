@@ -387,12 +387,13 @@ class Transaction:
 
     def finish(self) -> None:
         """Success: delete what the outputs replaced, and any temp left unstaged."""
-        for tmp, _, _ in self._staged:
-            _remove(tmp)
-        for _, aside, _ in self._placed:
-            if aside is not None:
-                _remove(aside)
-        self._staged, self._placed, self._created = [], [], []
+        with _signals_held():
+            for tmp, _, _ in self._staged:
+                _remove(tmp)
+            for _, aside, _ in self._placed:
+                if aside is not None:
+                    _remove(aside)
+            self._staged, self._placed, self._created = [], [], []
 
 
 def _is_cwd(path: Path) -> bool:
