@@ -168,10 +168,12 @@ class Plan:
             inside = [_identity(os.path.join(o.path, n)) for n in os.listdir(o.path)]
         for src in self.inputs:
             src_real, src_id = os.path.realpath(src), _identity(src)
-            if real == src_real or (src_id and (src_id == ident or src_id in inside)) \
-                    or (o.folder and _inside(src_real, real)):
+            if real == src_real or (src_id and (src_id == ident or src_id in inside)):
                 raise DPNError("%s: the %s would overwrite the input %s; choose another path"
                                % (o.path, o.role, src))
+            if o.folder and _inside(src_real, real):
+                raise DPNError("%s: the %s folder would replace the folder holding the input "
+                               "%s; choose another path" % (o.path, o.role, src))
             if os.path.isdir(src) and _inside(real, src_real):
                 raise DPNError("%s: the %s would be written inside the input folder %s; "
                                "choose another path" % (o.path, o.role, src))
