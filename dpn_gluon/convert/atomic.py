@@ -71,9 +71,11 @@ def _on_signal(signum, frame):
 
 
 @contextlib.contextmanager
-def handling_signals() -> Iterator[None]:
+def handling_signals(exiting: bool = False) -> Iterator[None]:
     """Within the block, SIGINT/SIGTERM/SIGHUP raise :class:`Interrupted` (the main thread
-    only; elsewhere a no-op); the previous handlers come back after it."""
+    only; elsewhere a no-op); the previous handlers come back after it. With ``exiting``
+    (the process ends after the block, all work done) they are ignored instead: a late
+    signal must not turn a finished command into a traceback during the interpreter's exit."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -82,7 +84,7 @@ def handling_signals() -> Iterator[None]:
         yield
     finally:
         for s, handler in previous:
-            signal.signal(s, handler)
+            signal.signal(s, signal.SIG_IGN if exiting else handler)
 
 
 @contextlib.contextmanager

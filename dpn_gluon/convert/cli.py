@@ -47,7 +47,9 @@ class _DefaultGroup(click.Group):
     def main(self, args=None, prog_name=None, **extra):
         extra.pop("standalone_mode", None)
         try:
-            with handling_signals():     # SIGTERM/SIGHUP/SIGINT unwind: temps and half-commits undone
+            # SIGTERM/SIGHUP/SIGINT unwind (temps and half-done commits undone); args is None
+            # when this is the process's own command line, which ends right after
+            with handling_signals(exiting=args is None):
                 rv = super().main(args=args, prog_name=prog_name or PROG, standalone_mode=False,
                                   **extra)
         except Interrupted as e:
