@@ -566,3 +566,30 @@ def test_a_failure_after_the_commit_puts_the_previous_outputs_back(models, shm, 
     else:
         assert_one_line_error(r, "could not run")
     assert snapshot(out.parent) == before
+
+
+def test_our_safetensors_writer_reads_back_with_the_library(tmp_path):
+    """writers.write_safetensors against safetensors' own reader: every dtype a checkpoint
+    here holds, 0-d and big-endian arrays, metadata; and the same bytes whatever the order
+    the metadata dict was built in."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+    rng = np.random.default_rng(0)
+    tensors = {"a.weight": rng.standard_normal((3, 4, 1, 1)).astype(np.float32),
+               "a.half": rng.standard_normal(5).astype(np.float16),
+               "b.big_endian": np.arange(6, dtype=">f4").reshape(2, 3),
+               "n": np.zeros((), np.int64), "u": np.arange(3, dtype=np.uint8),
+               "d": np.ones(2, np.float64), "flag": np.array([True, False])}
+    meta = {"z": "1", "architecture": "dpn68", "a": "x"}
+    paths = []
+    for i, order in enumerate((meta, dict(reversed(list(meta.items()))))):
+        paths.append(tmp_path / ("t%d.safetensors" % i))
+        with open(paths[-1], "wb") as f:
+            writers.write_safetensors(f, tensors, order)
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    got = load_file(str(paths[0]))
+    assert sorted(got) == sorted(tensors)
+    for k, v in tensors.items():
+        assert got[k].dtype == v.dtype.newbyteorder("=") and np.array_equal(got[k], v), k
+    with safe_open(str(paths[0]), "np") as f:
+        assert f.metadata() == meta

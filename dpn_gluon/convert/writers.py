@@ -1,4 +1,8 @@
-"""Writers: one per target format, each atomic (see :mod:`.atomic`), fed by :mod:`.formats`.
+"""Writers: one per target format, fed by :mod:`.formats`, each staging its files into an
+:class:`.atomic.Transaction` whose paths :mod:`.outputs` chose and checked (:func:`write`
+does all three for a library caller). safetensors is written here, not by the library's
+``save_file``: streamed, with a progress bar, plain OSErrors on a full disk, and the same
+bytes for the same tensors.
 
 What each target must stay compatible with is listed in :mod:`.formats` (``torch.load``
 with ``weights_only=True``, safetensors, ``timm.create_model('local-dir:PATH')``, MXNet's
@@ -11,9 +15,8 @@ import importlib
 import json
 import struct
 import sys
-from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -21,11 +24,11 @@ from ..errors import DPNError
 from . import mxparams
 from .atomic import Transaction
 from .formats import CROP_PCT, INPUT_SIZE, INTERPOLATION, MEAN, STD, TARGETS, Weights, rename_for
-from .outputs import TIMM_CONFIG, TIMM_WEIGHTS, conversion_plan, output_files, target_path
+from .outputs import TIMM_CONFIG, TIMM_WEIGHTS, conversion_plan, target_path
+from .outputs import output_files  # noqa: F401  (importable from formats and here, as before)
 
 default_output = target_path        # the earlier name
 
-PathLike = Union[str, Path]
 
 #: A bar on every write phase that takes a couple of seconds or more.
 PROGRESS_MIN_BYTES = 64 << 20
