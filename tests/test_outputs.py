@@ -472,7 +472,7 @@ def float32(shm):
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_crash_consistency(float32, shm, target):
-    """CI: 4 kill points per target (24 in all: SIGTERM and SIGKILL), about 70 s on 2 cores;
+    """CI: 4 kill points per target (24 in all: SIGTERM and SIGKILL), about 25 s on 2 cores;
     the full matrix (10 points per signal, SIGTERM/SIGKILL/SIGHUP/SIGINT, per target: 240) is
     test_crash_consistency_full (slow, about 8 min)."""
     folder = shm / ("crash-" + target)
