@@ -316,6 +316,22 @@ def test_real_full_disk(half, target):
     assert NAME[target] in err and ".part" not in err, err      # names the output, not a temp
 
 
+@pytest.mark.parametrize("code", ["EIO", "EDQUOT", "EFBIG"])
+@pytest.mark.parametrize("target", ["safetensors", "timm", "gluon"])
+def test_other_write_errors_are_one_line(models, shm, monkeypatch, target, code):
+    """I/O error, quota, file too large (injected: no file system here makes them on demand)
+    in the middle of a write: one line naming the output, exit 2, nothing left."""
+    import errno
+
+    def write(self, data):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+    monkeypatch.setattr(writers._Progress, "write", write)
+    folder = shm / ("errno-%s-%s" % (target, code))
+    r = run(models / "x-0000.params", "--to", target, "-o", folder / NAME[target], "--no-check")
+    assert_one_line_error(r, NAME[target], os.strerror(getattr(errno, code)))
+    assert not folder.exists()
+
+
 def test_full_disk_during_the_symbol_json_leaves_no_params(half):
     """Room for PREFIX-0000.params but not for its JSON: neither stays."""
     pytest.importorskip("mxnet")
