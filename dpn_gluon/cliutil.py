@@ -1,8 +1,9 @@
-"""What every dpn-gluon command line shares: one error format, ``--version``, ``--labels``.
+"""What every dpn-gluon command line shares: one error format, signals, ``--version``, ``--labels``.
 
 Every command (``dpn-convert``, ``dpn-evaluate``, ``dpn-predict``, and any later one) reports
 bad input, click's usage errors included, as one line ``PROG: error: ...`` on stderr with
-exit 2 and no traceback; a command's own return value is its exit status (1: a check
+exit 2 and no traceback; SIGINT, SIGTERM and SIGHUP run every cleanup, then exit
+128 + the signal with one line; a command's own return value is its exit status (1: a check
 failed). Build a command with ``@click.command(cls=OneLineCommand, prog="dpn-x")`` (or a
 group with :class:`OneLineGroup`) and add :func:`version_option`.
 """
@@ -58,10 +59,16 @@ class OneLineErrors:
     prog = "dpn"
 
     def main(self, args=None, prog_name=None, **extra):
+        from .convert.atomic import Interrupted, handling_signals
         extra.pop("standalone_mode", None)
         try:
-            rv = super().main(args=args, prog_name=prog_name or self.prog,
-                              standalone_mode=False, **extra)
+            # SIGINT/SIGTERM/SIGHUP unwind (temps and half-done commits undone); args is None
+            # when this is the process's own command line, which ends right after
+            with handling_signals(exiting=args is None):
+                rv = super().main(args=args, prog_name=prog_name or self.prog,
+                                  standalone_mode=False, **extra)
+        except Interrupted as e:
+            fail(self.prog, str(e), e.exit_code)
         except click.exceptions.Exit as e:        # --help, --version
             sys.exit(e.exit_code)
         except click.ClickException as e:

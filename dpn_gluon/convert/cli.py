@@ -33,7 +33,6 @@ import click
 from .. import variants
 from ..cliutil import OneLineGroup, labels_option, quiet_stderr, version_option
 from ..errors import CheckpointError, DPNError
-from .atomic import check_writable
 from .formats import TARGETS
 from .onnx_export import DEFAULT_OPSET, OPSETS
 from .parity import DEVICES, DTYPES, MX_DEVICES, RUNTIMES
@@ -150,8 +149,6 @@ def convert_command(src, to, out, arch, classifier, epoch, force, check, strict,
     failed, 2 bad input.
     """
     from .pipeline import convert
-    if report is not None:
-        _check_report_path(report, force)
     if check and device == "cuda":
         _require_cuda()
     with quiet_stderr(quiet):
@@ -159,11 +156,10 @@ def convert_command(src, to, out, arch, classifier, epoch, force, check, strict,
                          force=force, check=check, strict=strict, log=_log, device=device,
                          tolerance=tolerance, labels=labels_file, license=license_,
                          onnx_options=dict(mean_max=mean_max, fp16=fp16, opset=opset),
-                         progress=True)
+                         progress=True, report=report)
         parity = result.check.parity if result.check else None
-        if parity is not None:
-            if report is not None:
-                _log("report: %s" % parity.write(report, force))
+        if result.report is not None:
+            _log("report: %s" % result.report)
         elif report is not None:
             _log("no report written: the numerical check did not run")
     if parity is not None and (verbose or report is not None or not parity.passed):
@@ -194,12 +190,6 @@ def _require_cuda():
         raise DPNError("--device cuda needs torch") from None
     if not torch.cuda.is_available():
         raise DPNError("--device cuda: torch %s sees no CUDA device" % torch.__version__)
-
-
-def _check_report_path(report: Path, force: bool):
-    if report.suffix.lower() not in (".png", ".svg", ".html", ".htm"):
-        raise DPNError("%s: --report must name a .png, .svg or .html file" % report)
-    check_writable(report, force)
 
 
 @main.command("check")
@@ -248,9 +238,9 @@ def check_command(reference, candidate, runtime, device, mx_device, dtype, size,
     top-1 class on every image), 1 otherwise, 2 bad input.
     """
     from .formats import read
+    from .outputs import report_plan
     from .parity import OnnxModel, layer_parity, read_onnx
-    if report is not None:
-        _check_report_path(report, force)
+    plan = report_plan(report, _inputs(reference, candidate), force) if report else None
     ref = read(reference, hash_source=False)
     try:
         cand = read(candidate, hash_source=False)
@@ -279,8 +269,13 @@ def check_command(reference, candidate, runtime, device, mx_device, dtype, size,
         click.echo(json.dumps(d, sort_keys=True))
     else:
         click.echo(rep.table())
-    if report is not None:
-        _log("report: %s" % rep.write(report, force))
+    if plan is not None:
+        where = plan.output("report")
+        with plan.transaction() as tx:
+            with tx.file(where) as f:
+                f.write(rep.render(where))
+            tx.commit()
+        _log("report: %s" % where)
     if not rep.passed:
         first = rep.first_failure
         _log("parity FAILED: %s" % ("first failing tap %s (max rel %.2e > %g)"
@@ -358,6 +353,19 @@ def release_command(src_dir, out, check, force, labels_file, license_, as_json, 
     else:
         click.echo(out / MANIFEST_JSON)
     return rel.exit_code
+
+
+def _inputs(*paths: Path):
+    """The files a check reads, as the reader resolves them (a PREFIX names PREFIX-0000.params)."""
+    from .formats import resolve_source
+    found = []
+    for path in paths:
+        found.append(path)
+        try:
+            found.append(resolve_source(path))
+        except DPNError:
+            pass                # the reader says what is wrong with it, after the plan
+    return found
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ The data flow of a conversion (DESIGN.md, principle 7), one function per arrow::
     canonicalize(raw, metadata, ...) -> Weights: variant + {canonical name: array}, validated
                                         against the variant table (variants.identify)
     rename_for(weights, target)      -> {target key: array}, through the one name table
-    write(weights, target, out, ...) -> the files, written atomically
+    write(weights, target, out, ...) -> the files, written atomically (writers.py)
 
 Formats, and what they must stay compatible with:
 
@@ -37,12 +37,10 @@ only to build a symbol JSON.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import mmap
 import os
 import struct
-import sys
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -54,14 +52,11 @@ import numpy as np
 from .. import labels as class_labels, variants
 from ..errors import CheckpointError, DPNError, KeyMismatch
 from . import mxparams, names, torchzip
-from .atomic import atomic_path, atomic_write, check_writable, check_writable_folder
+from .outputs import TIMM_CONFIG, TIMM_WEIGHTS
 
 FORMATS = ("mxnet", "gluon", "torch", "safetensors", "timm")
 TARGETS = FORMATS + ("onnx",)
 
-TIMM_CONFIG, TIMM_WEIGHTS = "config.json", "model.safetensors"
-_SUFFIX = {"torch": ".pth", "safetensors": ".safetensors", "gluon": ".params", "onnx": ".onnx",
-           "timm": "", "mxnet": ""}
 
 #: The authors' preprocessing in timm's terms (0..1 pixels): mean (124,117,104)/255 and
 #: std 1/(0.0167*255), a bicubic resize and a 100 % center crop (score.py; timm uses 0.875).
@@ -637,250 +632,15 @@ def rename_for(weights: Weights, scheme: str) -> "OrderedDict[str, np.ndarray]":
     return out
 
 
-# -- write ---------------------------------------------------------------------------------
+# -- write: in writers.py, still importable from here -------------------------------------
 
-def default_output(src: Path, src_format: str, target: str, out: Optional[PathLike] = None) -> Path:
-    """Where ``target`` goes: ``out`` itself, a name derived from SRC inside the folder
-    ``out``, or beside SRC (``dpn68-0000.params`` -> ``dpn68.pth``). For ``mxnet`` this is
-    the prefix of ``PREFIX-symbol.json`` / ``PREFIX-0000.params``; for ``timm``, ``out`` is
-    always the timm folder itself."""
-    if out is not None and (target == "timm" or not Path(out).is_dir()):   # timm: OUT is the folder
-        out = Path(out)
-        if target == "mxnet" and out.name.endswith(".params") and out.stem[-5:-4] == "-" \
-                and out.stem[-4:].isdigit():
-            return out.with_name(out.stem[:-5])
-        return out
-    stem = src.name
-    if src_format == "mxnet" and stem.endswith(".params") and stem[-12:-11] == "-":
-        stem = stem[:-12]
-    elif src_format != "timm":
-        stem = src.stem if src.suffix else stem
-    folder = Path(out) if out is not None else src.parent
-    return folder / (stem + _SUFFIX[target])
+_MOVED_TO_WRITERS = frozenset(["check_onnx_options", "check_outputs", "default_output",
+                               "output_files", "safetensors_metadata", "symbol_json",
+                               "timm_config", "write", "_Progress"])
 
 
-def output_files(target: str, out: Path) -> List[Path]:
-    """The paths a target writes at ``out``."""
-    if target == "mxnet":
-        return [Path("%s-symbol.json" % out), Path("%s-0000.params" % out)]
-    return [out]
-
-
-def safetensors_metadata(weights: Weights) -> Dict[str, str]:
-    """String metadata: what the tensors are, where they came from, how to feed them."""
-    return {
-        "format": "pt",
-        "architecture": weights.arch.name,
-        "classes": str(weights.classes),
-        "classifier": weights.classifier,
-        "source_file": weights.source.name,
-        "source_sha256": weights.sha256 or "",
-        "source_format": weights.format,
-        "mean": json.dumps(list(MEAN)),
-        "std": json.dumps(list(STD)),
-        "interpolation": INTERPOLATION,
-        "crop_pct": str(CROP_PCT),
-        "input_size": json.dumps(list(INPUT_SIZE)),
-        "converter": "dpn-convert (dpn-gluon)",
-        **class_labels.to_metadata(weights.labels),
-    }
-
-
-def timm_config(weights: Weights) -> dict:
-    """config.json as timm's ``save_config_for_hf`` lays it out, for the authors' protocol.
-
-    ``pretrained_cfg`` holds only fields of timm's PretrainedCfg (timm builds the dataclass
-    from it): the authors' test setting (320, a 100 % crop; the mean-max head is timm's
-    ``--test-pool``) as ``test_input_size`` / ``test_crop_pct``, the class names as
-    ``label_names`` / ``label_descriptions``. The authors' classifier name and provenance go
-    under a separate ``dpn`` key.
-    """
-    return {
-        "architecture": weights.arch.name,
-        "num_classes": weights.classes,
-        "num_features": weights.arch.num_features,
-        "global_pool": "avg",
-        "pretrained_cfg": {
-            "custom_load": False,
-            "input_size": list(INPUT_SIZE),
-            "test_input_size": list(TEST_INPUT_SIZE),
-            "fixed_input_size": False,
-            "interpolation": INTERPOLATION,
-            "crop_pct": CROP_PCT,
-            "test_crop_pct": CROP_PCT,
-            "crop_mode": "center",
-            "mean": list(MEAN),
-            "std": list(STD),
-            "num_classes": weights.classes,
-            "pool_size": [7, 7],
-            "first_conv": "features.conv1_1.conv",
-            "classifier": "classifier",
-            "license": weights.license,
-            "origin_url": "https://github.com/cypw/DPNs",
-            "paper_ids": "arXiv:1707.01629",
-            "paper_name": "Dual Path Networks",
-            **class_labels.timm_fields(weights.labels),
-        },
-        "dpn": {
-            "classifier": weights.classifier,
-            "source_file": weights.source.name,
-            "source_sha256": weights.sha256,
-            "source_format": weights.format,
-        },
-    }
-
-
-def write(weights: Weights, target: str, out: Path, force: bool = False,
-          log=None, onnx_options: Optional[Mapping] = None) -> List[Path]:
-    """Write ``weights`` as ``target`` at ``out`` (see :func:`default_output`); atomic.
-
-    ``onnx_options`` (``mean_max``, ``fp16``, ``opset``) go to the ONNX exporter."""
-    if target not in TARGETS:
-        raise DPNError("unknown target format %r (choose from %s)" % (target, ", ".join(TARGETS)))
-    check_onnx_options(target, onnx_options)
-    files = check_outputs(weights.source, weights.format, target, out, force)
-    extra = dict(onnx_options or {}) if target == "onnx" else {}
-    _WRITERS[target](weights, out, force, log or (lambda msg: None), **extra)
-    return [f for f in files if f.exists()]
-
-
-def check_outputs(src: Path, src_format: str, target: str, out: Path,
-                  force: bool = False) -> List[Path]:
-    """The files ``target`` will write at ``out``, after refusing the input itself, existing
-    files (without ``force``) and missing or read-only folders: before any work is done."""
-    files = output_files(target, out)
-    sources = {_real(src)}
-    if src_format == "timm":
-        sources.add(_real(src / TIMM_WEIGHTS))
-    for path in files:
-        if _real(path) in sources:
-            raise DPNError("%s: the output would overwrite the input; choose another with -o"
-                           % path)
-        if target == "timm":
-            check_writable_folder(path, force)
-        else:
-            check_writable(path, force)
-    return files
-
-
-def _contiguous(arr: np.ndarray) -> np.ndarray:
-    """C-contiguous without a copy where it already is (np.ascontiguousarray turns 0-d into 1-d)."""
-    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(arr.shape)
-
-
-def _real(path: Path) -> str:
-    return os.path.realpath(path)
-
-
-def _write_torch(weights: Weights, out: Path, force: bool, log):
-    # torch.save's zip format written from the arrays (torchzip.py): no torch import (about
-    # a second and ~200 MB of RSS) and the bytes streamed from the memory-mapped source
-    from .torchzip import write_state_dict
-    with atomic_write(out, force) as f:
-        bar = _Progress(f, weights.nbytes, out.name).bar
-        write_state_dict(f, rename_for(weights, "timm"),
-                         progress=bar.update if bar is not None else None)
-        if bar is not None:
-            bar.close()
-
-
-def _write_safetensors(weights: Weights, out: Path, force: bool, log):
-    from safetensors.numpy import save_file
-    tensors = OrderedDict((k, _contiguous(v)) for k, v in rename_for(weights, "timm").items())
-    with atomic_path(out, force) as tmp:
-        save_file(tensors, str(tmp), metadata=safetensors_metadata(weights))
-
-
-def _write_timm(weights: Weights, out: Path, force: bool, log):
-    from safetensors.numpy import save_file
-    tensors = OrderedDict((k, _contiguous(v)) for k, v in rename_for(weights, "timm").items())
-    with atomic_path(out, force, directory=True) as tmp:
-        save_file(tensors, str(tmp / TIMM_WEIGHTS), metadata=safetensors_metadata(weights))
-        (tmp / TIMM_CONFIG).write_text(json.dumps(timm_config(weights), indent=2) + "\n",
-                                       encoding="utf-8")
-        # the Hub's model card; the conversion rewrites it with the check's summary
-        from .card import CARD, model_card
-        (tmp / CARD).write_text(model_card(weights), encoding="utf-8")
-
-
-def _write_gluon(weights: Weights, out: Path, force: bool, log):
-    with atomic_write(out, force) as f:
-        mxparams.write(_Progress(f, weights.nbytes, out.name), rename_for(weights, "gluon"))
-
-
-def symbol_json(weights: Weights) -> Optional[str]:
-    """The inference graph for these weights (logits; no ``SoftmaxOutput``, so
-    ``SymbolBlock.imports`` needs no label: :func:`dpn_gluon.symbols.inference_symbol`) as
-    ``-symbol.json`` text; None without MXNet."""
-    try:
-        importlib.import_module("mxnet")    # dpn_gluon.symbols imports it only when building
-        from ..symbols import inference_symbol
-    except ImportError:
-        return None
-    return inference_symbol(weights.arch.name, weights.classes, weights.classifier).tojson()
-
-
-def _write_mxnet(weights: Weights, out: Path, force: bool, log):
-    symbol_file, params_file = output_files("mxnet", out)
-    text = symbol_json(weights)   # built first: a failure leaves no file behind
-    with atomic_write(params_file, force) as f:
-        mxparams.write(_Progress(f, weights.nbytes, params_file.name), rename_for(weights, "mxnet"))
-    if text is None:
-        log("MXNet (or dpn_gluon.symbols) is not available: wrote only %s, no %s"
-            % (params_file, symbol_file.name))
-        return
-    with atomic_write(symbol_file, force) as f:
-        f.write(text.encode("utf-8"))
-
-
-def check_onnx_options(target: str, options: Optional[Mapping]) -> None:
-    """Refuse ONNX-only options (``--mean-max``, ``--fp16``, ``--opset``) for other targets."""
-    given = sorted(k for k, v in (options or {}).items() if v not in (None, False))
-    if given and target != "onnx":
-        raise DPNError("--%s applies to --to onnx only, not --to %s"
-                       % (given[0].replace("_", "-"), target))
-
-
-def _write_onnx(weights: Weights, out: Path, force: bool, log, mean_max: bool = False,
-                fp16: bool = False, opset: Optional[int] = None):
-    try:
-        from .onnx_export import DEFAULT_OPSET, export_onnx
-    except ImportError as e:
-        raise DPNError("--to onnx is not available: %s" % e) from None
-    export_onnx(weights.tensors, out, weights.arch.name, weights.classes, weights.classifier,
-                mean_max=mean_max, opset=DEFAULT_OPSET if opset is None else opset,
-                force=force, fp16=fp16, labels=weights.labels)
-
-
-_WRITERS = {"torch": _write_torch, "safetensors": _write_safetensors, "timm": _write_timm,
-            "gluon": _write_gluon, "mxnet": _write_mxnet, "onnx": _write_onnx}
-
-
-class _Progress:
-    """A write-only file wrapper that shows a byte progress bar on stderr for big files."""
-
-    MIN_BYTES = 64 << 20
-
-    def __init__(self, f, total: int, desc: str):
-        self.f = f
-        self.bar = None
-        if total >= self.MIN_BYTES:
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, unit="B", unit_scale=True, desc=desc, file=sys.stderr,
-                            leave=False, disable=None)
-
-    def write(self, data) -> int:
-        n = self.f.write(data)
-        if self.bar is not None:
-            self.bar.update(memoryview(data).nbytes)
-        return n
-
-    def flush(self):
-        self.f.flush()
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def __del__(self):
-        if self.bar is not None:
-            self.bar.close()
+def __getattr__(name: str):
+    if name in _MOVED_TO_WRITERS:     # imported on first use: writers.py imports this module
+        from . import writers
+        return getattr(writers, name)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

@@ -160,20 +160,23 @@ class ParityReport:
         return "\n".join(lines)
 
     def write(self, path: Union[str, Path], force: bool = True) -> Path:
-        """Draw max rel diff per tap on a log scale: ``.png`` (or ``.svg``), or ``.html``
-        (the table and the plot inline, self-contained). Written atomically."""
+        """:meth:`render` into ``path``, atomically."""
         from .atomic import atomic_write
+        data = self.render(path)
+        with atomic_write(path, force) as f:
+            f.write(data)
+        return Path(path)
+
+    def render(self, path: Union[str, Path]) -> bytes:
+        """Max rel diff per tap on a log scale, as ``path``'s suffix says: ``.png`` (or
+        ``.svg``), or ``.html`` (the table and the plot inline, self-contained)."""
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix not in (".png", ".svg", ".html", ".htm"):
             raise DPNError("%s: the report must be .png, .svg or .html" % path)
         if suffix in (".png", ".svg"):
-            data = self._plot(suffix[1:])
-        else:
-            data = self._html().encode("utf-8")
-        with atomic_write(path, force) as f:
-            f.write(data)
-        return path
+            return self._plot(suffix[1:])
+        return self._html().encode("utf-8")
 
     def _plot(self, fmt: str) -> bytes:
         try:

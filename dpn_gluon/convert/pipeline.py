@@ -1,8 +1,11 @@
 """``convert()``: one conversion end to end, as a library call (the CLI is a thin shell on it).
 
 read (detect the format) -> canonical tensors validated against the variant table -> rename
-for the target -> write atomically -> check (:mod:`.formats`, :mod:`.check`). The source is
-opened read-only and never written; an output that exists is refused unless ``force``.
+for the target -> write atomically -> check (:mod:`.formats`, :mod:`.writers`, :mod:`.check`).
+Every output (the target's files and the ``--report``) is planned by :mod:`.outputs` before
+anything is read or written, and lands in one :class:`.atomic.Transaction`: a failure or an
+interruption anywhere, the check and the report included, leaves what was there before. The
+source is opened read-only and never written.
 Values no trained network has (NaN/Inf, BatchNorm variances <= 0; :mod:`.sanity`) are
 warnings naming the tensors, or with ``strict`` an error before anything is written.
 """
@@ -14,7 +17,8 @@ from typing import List, Mapping, Optional, Union
 
 from .. import labels as class_labels
 from ..errors import DPNError
-from . import card, formats, sanity
+from . import card, formats, sanity, writers
+from .outputs import conversion_plan
 from .check import CheckReport, importable, check_written
 
 PathLike = Union[str, Path]
@@ -32,6 +36,7 @@ class ConversionResult:
     tensors: int
     dtypes: List[str]
     source_sha256: Optional[str] = None
+    report: Optional[str] = None
     check: Optional[CheckReport] = None
     notes: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
@@ -55,16 +60,17 @@ def convert(src: PathLike, to: str, out: Optional[PathLike] = None, arch: Option
             device: str = "cpu", tolerance: Optional[float] = None,
             onnx_options: Optional[Mapping] = None,
             labels: Optional[PathLike] = None, license: Optional[str] = None,
-            progress: bool = False) -> ConversionResult:
+            progress: bool = False, report: Optional[PathLike] = None) -> ConversionResult:
     """Convert the checkpoint at ``src`` to format ``to``; see :mod:`dpn_gluon.convert.formats`.
 
     ``out`` is the output path (for ``mxnet``, the prefix), or a folder for the default
     name. ``device`` and ``tolerance`` go to the check's per-layer parity
-    (:func:`dpn_gluon.convert.check.check_written`; ``progress``: its bar on stderr).
-    ``onnx_options`` (``mean_max``, ``fp16``, ``opset``) go to the ONNX writer; refused
-    for other targets. ``labels`` is a class-names file (:func:`dpn_gluon.labels.read_file`)
-    that replaces the names the source carries; ``license`` goes into a timm folder's card
-    and config. Raises
+    (:func:`dpn_gluon.convert.check.check_written`; ``progress``: its bar on stderr);
+    ``report`` is where the check's per-layer plot goes (.png/.svg/.html), written only when
+    the numeric check ran. ``onnx_options`` (``mean_max``, ``fp16``, ``opset``) go to the
+    ONNX writer; refused for other targets. ``labels`` is a class-names file
+    (:func:`dpn_gluon.labels.read_file`) that replaces the names the source carries;
+    ``license`` goes into a timm folder's card and config. Raises
     :class:`dpn_gluon.errors.DPNError` on bad input (with ``strict``, on wrong values too),
     leaving no output.
     """
@@ -81,8 +87,7 @@ def convert(src: PathLike, to: str, out: Optional[PathLike] = None, arch: Option
     formats.check_onnx_options(to, onnx_options)
     path = formats.resolve_source(src, epoch)
     fmt = formats.detect(path)
-    target = formats.default_output(path, fmt, to, out)
-    formats.check_outputs(path, fmt, to, target, force)     # refuse early, before any work
+    plan = conversion_plan(path, fmt, to, out, force, report)   # refuse early, before any work
     weights = formats.read(path, arch=arch, classifier=classifier)
     if labels is not None:
         weights.labels = list(class_labels.read_file(labels, weights.classes).names)
@@ -102,15 +107,26 @@ def convert(src: PathLike, to: str, out: Optional[PathLike] = None, arch: Option
         note("numeric check skipped: the source's values are wrong (see the warnings); "
              "the tensors are still compared bit for bit")
         numeric = False
-    files = formats.write(weights, to, target, force=force, log=note, onnx_options=onnx_options)
-    if log:
-        log("wrote " + ", ".join(str(f) for f in files))
-    report = (check_written(weights, to, files, numeric=numeric, log=log, device=device,
-                            tolerance=tolerance, progress=progress) if check else None)
-    if report is not None and to == "timm":
-        card.rewrite(target, weights, report)
+    written = None
+    with plan.transaction() as tx:
+        writers.stage(weights, to, plan.files, tx, log=note, onnx_options=onnx_options)
+        tx.commit()
+        files = [f for f in plan.files if f.exists()]
+        if log:
+            log("wrote " + ", ".join(str(f) for f in files))
+        checked = (check_written(weights, to, files, numeric=numeric, log=log, device=device,
+                                 tolerance=tolerance, progress=progress) if check else None)
+        if checked is not None and to == "timm":     # the card gets the check's summary
+            card.rewrite(plan.files[0], weights, checked)
+        where = plan.output("report")
+        if where is not None and checked is not None and checked.parity is not None:
+            with tx.file(where) as f:
+                f.write(checked.parity.render(where))
+            tx.commit()
+            written = str(where)
     return ConversionResult(
         source=str(weights.source), source_format=weights.format, target=to,
         outputs=[str(f) for f in files], arch=weights.arch.name, classes=weights.classes,
         classifier=weights.classifier, tensors=len(weights.tensors), dtypes=weights.dtypes,
-        source_sha256=weights.sha256, check=report, notes=notes, warnings=warned)
+        source_sha256=weights.sha256, report=written, check=checked, notes=notes,
+        warnings=warned)
