@@ -133,14 +133,16 @@ def hand_pth(numel: int, shape, data: bytes, compress=zipfile.ZIP_STORED) -> byt
     return out.getvalue()
 
 
+LEGACY_HEAD = b"".join(pickle.dumps(part, protocol=2) for part in (
+    0x1950A86A20F9469CFC6C, 1001,           # torch/serialization.py: MAGIC_NUMBER, PROTOCOL_VERSION
+    dict(protocol_version=1001, little_endian=True, type_sizes=dict(short=2, int=4, long=4))))
+
+
 def legacy_pth(numel: int, stored: int) -> bytes:
     """A pre-zip (torch < 1.6) .pth: magic, protocol and sys-info pickles, the object, the
     storage keys, then each storage as (element count, bytes); the pickle's count may lie."""
     out = io.BytesIO()
-    for part in (0x1950A86A20F9469CFC6C, 1001,
-                 dict(protocol_version=1001, little_endian=True,
-                      type_sizes=dict(short=2, int=4, long=4))):
-        pickle.dump(part, out, protocol=2)
+    out.write(LEGACY_HEAD)
     out.write(_pickle({"w": _Tensor(_Storage("0", numel), (2, 3))}, True))
     pickle.dump(["0"], out, protocol=2)
     out.write(struct.pack("<q", stored) + np.arange(stored, dtype="f4").tobytes())
@@ -157,10 +159,12 @@ class _Payload:
         return (os.system, ("touch %s" % self.marker,))
 
 
-def payload_pth(marker: Path, zipped: bool) -> bytes:
+def payload_pth(marker: Path, zipped: bool, legacy_head: bool = True) -> bytes:
+    """The payload as a legacy .pth (torch's header, then the pickle), a bare pickle, or
+    as data.pkl of a torch zip."""
     evil = pickle.dumps({"conv.weight": _Payload(marker)}, protocol=2)
     if not zipped:
-        return evil
+        return LEGACY_HEAD + evil if legacy_head else evil
     real = zipfile.ZipFile(io.BytesIO(tiny_pth()))
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as z:
@@ -349,6 +353,9 @@ CASES = [
     ("pickle-payload-raw", Case(
         lambda f: file(payload_pth, "evil.pth", f / MARKER, False)(f), 2,
         r"evil\.pth: .*Python objects other than tensors \(refused")),
+    ("pickle-payload-bare", Case(       # no torch header: not even handed to torch
+        lambda f: file(payload_pth, "evil.pth", f / MARKER, False, False)(f), 2,
+        r"evil\.pth: not a checkpoint dpn-convert reads")),
     ("pickle-payload-in-zip", Case(
         lambda f: file(payload_pth, "evil.pth", f / MARKER, True)(f), 2,
         r"evil\.pth: .*Python objects other than tensors \(refused")),
@@ -592,7 +599,7 @@ def test_the_table_covers_the_issue():
 def test_the_payload_would_run_if_unpickled(tmp_path):
     """The payload row is a real one: plain pickle.loads runs it (so its refusal counts)."""
     marker = tmp_path / MARKER
-    pickle.loads(payload_pth(marker, zipped=False))
+    pickle.loads(payload_pth(marker, zipped=False, legacy_head=False))
     assert marker.exists()
 
 

@@ -52,7 +52,9 @@ import numpy as np
 from .. import variants
 from ..errors import CheckpointError, DPNError, KeyMismatch
 from . import mxparams, names
-from .readers import TIMM_CONFIG, TIMM_WEIGHTS, _arch_name, detect, read_raw, resolve_source
+from ..files import open_regular
+from .readers import (TIMM_CONFIG, TIMM_WEIGHTS, _arch_name, detect, parse_count, read_raw,
+                      resolve_source)
 from .atomic import atomic_path, atomic_write, check_writable, check_writable_folder
 
 FORMATS = ("mxnet", "gluon", "torch", "safetensors", "timm")
@@ -176,7 +178,7 @@ def _check_metadata(metadata: Mapping[str, str], arch: variants.Arch, classes: i
                               % (where, field_of, said_arch, arch.name))
     said = metadata.get("config_num_classes") or metadata.get("classes")
     field_of = "config.json num_classes" if metadata.get("config_num_classes") else "metadata classes"
-    if said and said.isdigit() and int(said) != classes:
+    if said and parse_count(said) not in (None, classes):
         raise CheckpointError("%s: %s says %s, but %s has %d rows (a %d-class head)"
                               % (where, field_of, said, head, classes, classes))
 
@@ -237,7 +239,7 @@ def release(arrays) -> None:
 
 def sha256_of(path: PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path, "checkpoint file") as f:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()

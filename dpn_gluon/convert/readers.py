@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import struct
 import warnings
 from collections import OrderedDict
@@ -33,59 +35,116 @@ import numpy as np
 
 from .. import variants
 from ..errors import CheckpointError, DPNError
-from . import mxparams, torchzip
+from ..files import open_regular, require_regular
+from . import mxparams, sanity, torchzip
 
 TIMM_CONFIG, TIMM_WEIGHTS = "config.json", "model.safetensors"
 
 PathLike = Union[str, Path]
 
 
+#: dtypes a checkpoint may hold: those every target (MXNet 1.x, torch, safetensors) can
+#: store. MXNet 2.x's int16/uint16/uint32/uint64 and bfloat16 are refused when read, by name.
+_DTYPES = ("float16", "float32", "float64", "uint8", "int8", "int32", "int64", "bool")
+#: The most a config.json may hold: a timm config is about 1 KiB.
+MAX_CONFIG_BYTES = 1 << 20
+#: safetensors' own limit on the JSON header.
+MAX_SAFETENSORS_HEADER = 100_000_000
+#: The largest class count a metadata field may declare (the 5k head has 4786).
+MAX_CLASSES = 1_000_000
+#: The most tensors a checkpoint may hold: the largest DPN's, plus timm's BatchNorm counters,
+#: plus a margin so that a few extra keys still get a key-by-key mismatch report. A file
+#: declaring more is refused before its arrays are parsed.
+MAX_TENSORS = max(len(spec) + sum(k.endswith("_moving_var") for k in spec)
+                  for spec in (variants.tensor_spec(a) for a in variants.ARCHS.values())) + 64
+#: torch.save's legacy (pre-zip) format opens with this number pickled on its own
+#: (torch/serialization.py MAGIC_NUMBER), in any protocol torch.save accepts (2 by default).
+_TORCH_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_HEADS = tuple(pickle.dumps(_TORCH_MAGIC, protocol=p)
+                      for p in range(2, pickle.HIGHEST_PROTOCOL + 1))
+_ZIP_HEAD = b"PK\x03\x04"
+
+
 # -- detect ------------------------------------------------------------------------------
 
 def resolve_source(src: PathLike, epoch: Optional[int] = None) -> Path:
     """The file or folder SRC names: ``PREFIX`` with ``epoch`` is ``PREFIX-%04d.params``
-    (``PREFIX-symbol.json`` too); a ``PREFIX`` that is not a file means epoch 0."""
+    (``PREFIX-symbol.json`` too); a ``PREFIX`` that is not a file means epoch 0. Anything
+    but a regular file or a folder (a FIFO, a device, a socket) is refused here."""
     src = Path(src)
     if src.name.endswith("-symbol.json"):      # the graph's file names the checkpoint too
         src = src.with_name(src.name[: -len("-symbol.json")])
         epoch = epoch or 0
     if epoch is not None:
         path = Path("%s-%04d.params" % (src, epoch))
-        if not path.is_file():
+        if not path.exists():
             raise CheckpointError("%s: no such file (from %s with --epoch %d)" % (path, src, epoch))
+        _require_file(path)
         return path
     if not src.exists():
         guess = Path("%s-0000.params" % src)
-        if guess.is_file():
+        if guess.exists():
+            _require_file(guess)
             return guess
         raise CheckpointError("%s: no such file or folder" % src)
+    if not src.is_dir():
+        _require_file(src)
     return src
 
 
+def _require_file(path: Path, what: str = "checkpoint file") -> int:
+    """The size of ``path``, which must be a regular file (files.py), as a CheckpointError."""
+    try:
+        return require_regular(path, what).st_size
+    except DPNError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def _open(path: Path, what: str = "checkpoint file"):
+    try:
+        return open_regular(path, what)
+    except DPNError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def _peek(path: Path, n: int) -> bytes:
+    with _open(path) as f:
+        return f.read(n)
+
+
 def detect(path: PathLike) -> str:
-    """What a file or folder is, from its content: one of :data:`FORMATS`."""
+    """What a file or folder is, from its structure: one of :data:`FORMATS`.
+
+    Checked in an order where no valid file of one format passes another's test:
+    safetensors first (its u64 header length fits the file and leads to a JSON object; the
+    first 8 bytes of a ``.params``, zip or pickle file say more than any file holds, or are
+    followed by a zero byte), then MXNet's 16-byte list magic, a zip local header (torch >=
+    1.6; the reader requires ``data.pkl``), torch's pickled magic number (legacy .pth). A
+    ``.params`` file is parsed here, once: the parse is kept for :func:`read_raw`.
+    """
     path = Path(path)
     if path.is_dir():
-        if (path / TIMM_CONFIG).is_file() and (path / TIMM_WEIGHTS).is_file():
+        if (path / TIMM_CONFIG).exists() and (path / TIMM_WEIGHTS).exists():
+            _require_file(path / TIMM_CONFIG, "timm config")
+            _require_file(path / TIMM_WEIGHTS, "safetensors file")
             return "timm"
         raise CheckpointError("%s: a folder, but not a timm folder (needs %s and %s)"
                               % (path, TIMM_CONFIG, TIMM_WEIGHTS))
-    try:
-        with open(path, "rb") as f:
-            head = f.read(64)
-    except OSError as e:
-        raise CheckpointError("%s: cannot read: %s" % (path, e.strerror or e)) from None
-    if not head:
-        raise CheckpointError("%s: an empty file, not a checkpoint" % path)
-    if mxparams.is_params(head):
-        keys = list(_load_params(path).keys())
-        return "mxnet" if keys and all(k.startswith(("arg:", "aux:")) for k in keys) else "gluon"
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":   # zip (torch >= 1.6) or pickle
-        return "torch"
-    if len(head) >= 9:
-        (n,) = struct.unpack("<Q", head[:8])
-        if n >= 2 and head[8:10] in (b'{"', b"{}"):     # a truncated one too: its reader says so
+    _require_file(path)
+    with _open(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(64)
+        if not head:
+            raise CheckpointError("%s: an empty file, not a checkpoint" % path)
+        if _safetensors_header(f, size) is not None:
             return "safetensors"
+    if mxparams.is_params(head):
+        keys = list(_load_params(path, keep=True))
+        return "mxnet" if keys and all(k.startswith(("arg:", "aux:")) for k in keys) else "gluon"
+    if head.startswith(_ZIP_HEAD) or head.startswith(_LEGACY_HEADS):
+        return "torch"
+    if len(head) >= 10 and head[8:10] in (b'{"', b"{}"):
+        return "safetensors"        # a broken one (cut short, bad JSON): its reader says why
     if head.lstrip()[:1] == b"{" and b'"nodes"' in head + _peek(path, 4096):
         raise CheckpointError("%s: an MXNet symbol file; pass PREFIX-0000.params (or PREFIX "
                               "with --epoch)" % path)
@@ -93,23 +152,70 @@ def detect(path: PathLike) -> str:
                           "PyTorch, safetensors nor a timm folder)" % path)
 
 
-def _peek(path: Path, n: int) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(n)
+def _safetensors_header(f, size: int) -> Optional[dict]:
+    """The JSON header of the safetensors file open as ``f``, or None if it is not one: the
+    u64 length fits the file and safetensors' limit and leads to a JSON object of objects."""
+    f.seek(0)
+    head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return None
+    (n,) = struct.unpack("<Q", head[:8])
+    if not 2 <= n <= min(size - 8, MAX_SAFETENSORS_HEADER):
+        return None
+    f.seek(8)
+    try:
+        header = json.loads(f.read(n).decode("utf-8"))
+    except (ValueError, RecursionError):     # UnicodeDecodeError is a ValueError
+        return None
+    if not isinstance(header, dict) or not all(isinstance(v, dict) for v in header.values()):
+        return None
+    return header
 
 
 # -- read ---------------------------------------------------------------------------------
 
 def read_raw(path: PathLike, fmt: str) -> Tuple["OrderedDict[str, np.ndarray]", Dict[str, str]]:
-    """One reader per format: the stored keys and arrays, and the file's metadata."""
+    """One reader per format: the stored keys and arrays, and the file's metadata. Every
+    array has a dtype all targets hold, and all but timm's step counters are floating point."""
     path = Path(path)
-    return _READERS[fmt](path)
+    raw, metadata = _READERS[fmt](path)
+    if len(raw) > MAX_TENSORS:
+        raise CheckpointError("%s: holds %d tensors, more than any DPN checkpoint (at most %d)"
+                              % (path, len(raw), MAX_TENSORS))
+    for key, arr in raw.items():
+        check_dtype(path, key, arr.dtype.name)
+    return raw, metadata
 
 
-def _load_params(path: Path):
-    loaded = mxparams.load(path, mmap=True)
-    if not isinstance(loaded, Mapping):
-        raise CheckpointError("%s: an NDArray list without names, not a checkpoint" % path)
+def check_dtype(path, key: str, dtype: str) -> None:
+    """Refuse, in one line naming the tensor, a dtype some target cannot hold or a non-float
+    weight or statistic (sanity.wrong_kind)."""
+    if dtype not in _DTYPES:
+        raise CheckpointError("%s: %s is %s; a checkpoint holds %s (what every target can "
+                              "store)" % (path, key, dtype, "/".join(_DTYPES)))
+    wrong = sanity.wrong_kind(key, np.dtype(dtype))
+    if wrong:
+        raise CheckpointError("%s: %s" % (path, wrong))
+
+
+#: One parse per ``.params`` file: :func:`detect` parses it (to tell the authors' keys from
+#: Gluon's) and leaves the parse here for the reader that follows, keyed by the file's
+#: identity and change times (a file replaced in between is parsed again).
+_PARSED: Dict[tuple, Mapping] = {}
+
+
+def _load_params(path: Path, keep: bool = False):
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+           st.st_ctime_ns)
+    loaded = _PARSED.pop(key, None)
+    if loaded is None:
+        loaded = mxparams.load(path, mmap=True, max_arrays=MAX_TENSORS)
+        if not isinstance(loaded, Mapping):
+            raise CheckpointError("%s: an NDArray list without names, not a checkpoint" % path)
+    if keep:
+        _PARSED.clear()
+        _PARSED[key] = loaded
     return loaded
 
 
@@ -135,63 +241,77 @@ def _read_gluon(path: Path):
     return OrderedDict(raw.items()), {}
 
 
-#: dtypes a checkpoint may hold (numpy and MXNet both have them); anything else is refused.
-_DTYPES = ("float16", "float32", "float64", "uint8", "int8", "int32", "int64", "bool")
-#: The most a config.json may hold: a timm config is about 1 KiB.
-MAX_CONFIG_BYTES = 1 << 20
-#: safetensors' own limit on the JSON header.
-MAX_SAFETENSORS_HEADER = 100_000_000
-#: The largest class count a metadata field may declare (the 5k head has 4786).
-MAX_CLASSES = 1_000_000
-
-
-def _file_size(path: Path) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError as e:
-        raise CheckpointError("%s: cannot read: %s" % (path, e.strerror or e)) from None
-
-
 def _check_torch_zip(path: Path) -> set:
     """A zip-format ``.pth`` may hold nothing bigger than itself: ``torch.save`` stores every
     record uncompressed, so a compressed record (a zip bomb) or one larger than the file is
-    refused before torch reads anything. Returns the sizes of the tensor data records."""
+    refused before torch reads anything. Then every record's CRC-32 is verified, streaming,
+    whichever library reads the file next (torch does not check them): a flipped bit is
+    refused, not converted. Returns the sizes of the tensor data records."""
     import zipfile
-    size = _file_size(path)
-    try:
-        with zipfile.ZipFile(path) as z:
+    size = _require_file(path)
+
+    def broken(e: Exception) -> CheckpointError:
+        return CheckpointError("%s: not a loadable PyTorch state_dict: a broken zip archive (%s)"
+                               % (path, str(e).splitlines()[0] if str(e) else type(e).__name__))
+
+    with _open(path) as f:
+        try:
+            z = zipfile.ZipFile(f)
+        except Exception as e:   # zipfile raises BadZipFile, NotImplementedError, struct.error, ...
+            raise broken(e) from None
+        with z:
             infos = z.infolist()
-    except Exception as e:    # zipfile raises BadZipFile, NotImplementedError, struct.error, ...
-        raise CheckpointError("%s: not a loadable PyTorch state_dict: a broken zip archive (%s)"
-                              % (path, str(e).splitlines()[0] if str(e) else type(e).__name__)) from None
-    if not any(i.filename.endswith("/data.pkl") or i.filename == "data.pkl" for i in infos):
-        raise CheckpointError("%s: a zip archive without data.pkl, not a PyTorch file" % path)
-    for info in infos:
-        if info.compress_type != zipfile.ZIP_STORED:
-            raise CheckpointError("%s: record %s is compressed (%d bytes unpacking to %d); "
-                                  "torch.save never compresses, refused" % (
-                                      path, info.filename, info.compress_size, info.file_size))
-        if info.header_offset + info.file_size > size:
-            raise CheckpointError("%s: record %s says %d bytes, more than the %d-byte file holds"
-                                  % (path, info.filename, info.file_size, size))
+            if not any(i.filename.endswith("/data.pkl") or i.filename == "data.pkl" for i in infos):
+                raise CheckpointError("%s: a zip archive without data.pkl, not a PyTorch file" % path)
+            if len(infos) > MAX_TENSORS + 8:      # data.pkl, version, byteorder, ...
+                raise CheckpointError("%s: a zip archive of %d records, more than any DPN "
+                                      "checkpoint holds" % (path, len(infos)))
+            for info in infos:
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise CheckpointError("%s: record %s is compressed (%d bytes unpacking to "
+                                          "%d); torch.save never compresses, refused" % (
+                                              path, info.filename, info.compress_size,
+                                              info.file_size))
+                if info.header_offset + info.file_size > size:
+                    raise CheckpointError("%s: record %s says %d bytes, more than the %d-byte "
+                                          "file holds" % (path, info.filename, info.file_size, size))
+            for info in infos:
+                try:
+                    with z.open(info) as record:
+                        while record.read(1 << 20):
+                            pass
+                except Exception as e:     # BadZipFile (CRC, header), EOFError, struct.error
+                    if "CRC" in str(e):
+                        raise CheckpointError("%s: record %s is corrupt: its bytes do not match "
+                                              "its CRC-32" % (path, info.filename)) from None
+                    raise broken(e) from None
     return {i.file_size for i in infos if "/data/" in i.filename}
 
 
 def _check_torch_legacy(path: Path) -> None:
     """A legacy (pre-zip) ``.pth`` allocates every storage at the size its pickle declares,
     before reading the bytes; so the pickle is first read with fake tensors (no storage is
-    allocated) and the declared sizes are held against the file's."""
+    allocated) and the declared sizes are held against the file's. The walk visits each
+    object once, by identity, within a budget of one object per byte of the file (a pickle
+    builds no more), so shared references nested deep (a "billion laughs") cost what their
+    bytes do, not one visit per path."""
     import torch
     try:
         from torch._subclasses.fake_tensor import FakeTensorMode
     except ImportError:       # a torch without fake tensors: its own allocation errors remain
         return
+    size = _require_file(path)
     with FakeTensorMode():
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    storages = {}
-    stack = [obj]
+    storages, seen, stack = {}, set(), [obj]
     while stack:
         item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if len(seen) > size:
+            raise CheckpointError("%s: not a loadable PyTorch state_dict: its pickle builds more "
+                                  "objects than its %d bytes can hold" % (path, size))
         if isinstance(item, Mapping):
             stack.extend(item.values())
         elif isinstance(item, (list, tuple)):
@@ -199,7 +319,7 @@ def _check_torch_legacy(path: Path) -> None:
         elif torch.is_tensor(item) and item.layout == torch.strided:
             storage = item.untyped_storage()
             storages[storage._cdata] = storage.nbytes()
-    declared, size = sum(storages.values()), _file_size(path)
+    declared = sum(storages.values())
     if declared > size:
         raise CheckpointError("%s: not a loadable PyTorch state_dict: its tensors declare %d "
                               "bytes, more than the %d-byte file holds" % (path, declared, size))
@@ -249,16 +369,17 @@ def _read_torch(path: Path):
     if all(k.startswith("module.") for k in keys):    # saved from DataParallel
         obj = OrderedDict((k[len("module."):], v) for k, v in obj.items())
     out: "OrderedDict[str, np.ndarray]" = OrderedDict()
+    spans = []
     for k, t in obj.items():
-        if records is not None and t.layout == torch.strided \
-                and t.untyped_storage().nbytes() not in records:
-            # a memory-mapped storage whose pickle declares more than its record holds
-            # runs on into the next records; torch checks this only when not mapping
-            raise CheckpointError("%s: %s declares a %d-byte storage that no record holds"
-                                  % (path, k, t.untyped_storage().nbytes()))
         if t.layout != torch.strided:
             raise CheckpointError("%s: %s has %s storage; only dense tensors are supported"
                                   % (path, k, str(t.layout).replace("torch.", "")))
+        storage = t.untyped_storage()
+        if records is not None and storage.nbytes() not in records:
+            # a memory-mapped storage whose pickle declares more than its record holds
+            # runs on into the next records; torch checks this only when not mapping
+            raise CheckpointError("%s: %s declares a %d-byte storage that no record holds"
+                                  % (path, k, storage.nbytes()))
         if t.dtype == torch.bfloat16:
             raise CheckpointError("%s: %s is bfloat16, which numpy and MXNet cannot hold; "
                                   "cast the state_dict to float32 first" % (path, k))
@@ -266,7 +387,17 @@ def _read_torch(path: Path):
         if name not in _DTYPES or t.is_quantized or t.device.type != "cpu":
             raise CheckpointError("%s: %s is a %s tensor; a checkpoint holds %s"
                                   % (path, k, name, "/".join(_DTYPES)))
+        span = torchzip.view_span(tuple(t.shape), t.stride(), t.storage_offset(),
+                                  t.element_size(), storage.nbytes())
+        if isinstance(span, str):
+            raise CheckpointError("%s: not a loadable PyTorch state_dict: %s %s" % (path, k, span))
+        spans.append((storage._cdata,) + span + (k,))
         out[k] = t.detach().numpy()
+    shared = torchzip.overlapping(spans)
+    if shared:
+        raise CheckpointError("%s: not a loadable PyTorch state_dict: %s and %s share bytes of "
+                              "one storage (a state_dict holds each tensor in its own bytes)"
+                              % ((path,) + shared))
     return out, {}
 
 
@@ -277,19 +408,14 @@ def _read_torch_without_torch(path: Path):
         raise DPNError("%s: reading a legacy (pre-zip) PyTorch file needs torch (pip install torch)"
                        % path)
     _check_torch_zip(path)
-    out = torchzip.read_state_dict(path)
-    bad = [k for k, v in out.items() if v.dtype.name not in _DTYPES]
-    if bad:
-        raise CheckpointError("%s: %s is a %s tensor; a checkpoint holds %s"
-                              % (path, bad[0], out[bad[0]].dtype.name, "/".join(_DTYPES)))
+    out = torchzip.read_state_dict(path, max_tensors=MAX_TENSORS)
     if out and all(k.startswith("module.") for k in out):    # saved from DataParallel
         out = OrderedDict((k[len("module."):], v) for k, v in out.items())
     return out, {}
 
 
-def _safetensors_header_length(path: Path) -> int:
+def _safetensors_header_length(path: Path, size: int) -> int:
     """The JSON header's declared length, checked against the file before anything parses it."""
-    size = _file_size(path)
     head = _peek(path, 8)
     if len(head) < 8:
         raise CheckpointError("%s: not a valid safetensors file: %d bytes, shorter than the "
@@ -303,7 +429,14 @@ def _safetensors_header_length(path: Path) -> int:
 
 def _read_safetensors(path: Path):
     from safetensors import safe_open
-    _safetensors_header_length(path)
+    size = _require_file(path, "safetensors file")
+    _safetensors_header_length(path, size)
+    with _open(path, "safetensors file") as f:
+        header = _safetensors_header(f, size) or {}    # {}: the library says what is wrong
+    count = len(header) - ("__metadata__" in header)
+    if count > MAX_TENSORS:
+        raise CheckpointError("%s: holds %d tensors, more than any DPN checkpoint (at most %d)"
+                              % (path, count, MAX_TENSORS))
     try:
         # pread, not mmap: each tensor is read once into its own buffer, no mapped pages
         with safe_open(str(path), framework="np", backend="pread") as f:
@@ -311,9 +444,7 @@ def _read_safetensors(path: Path):
             out = OrderedDict()
             for k in f.keys():
                 dtype = f.get_slice(k).get_dtype()
-                if _ST_DTYPES.get(dtype) not in _DTYPES:
-                    raise CheckpointError("%s: %s is %s; a checkpoint holds %s"
-                                          % (path, k, dtype, "/".join(_DTYPES)))
+                check_dtype(path, k, _ST_DTYPES.get(dtype, dtype))
                 out[k] = f.get_tensor(k)
     except CheckpointError:
         raise
@@ -333,6 +464,19 @@ def _arch_name(value: str) -> str:
     return value.split(".", 1)[0]
 
 
+#: A count as the converter writes it: ASCII digits, no sign, space or leading zero
+#: (``str.isdigit`` accepts "²", ``int`` accepts "+5", " 5", "1_000" and Arabic-Indic digits).
+_COUNT = re.compile(r"[1-9][0-9]{0,6}")
+
+
+def parse_count(text) -> Optional[int]:
+    """A class count from metadata text, 1..MAX_CLASSES, or None if it is not one."""
+    if not isinstance(text, str) or not _COUNT.fullmatch(text):
+        return None
+    n = int(text)
+    return n if n <= MAX_CLASSES else None
+
+
 def _check_metadata_types(metadata: Mapping[str, str], where) -> None:
     """The metadata fields the converter reads must be what it wrote: a known architecture,
     a class count, a classifier name; anything else is refused, not guessed around."""
@@ -341,7 +485,7 @@ def _check_metadata_types(metadata: Mapping[str, str], where) -> None:
         raise CheckpointError("%s: metadata names architecture %r, not a DPN this converter "
                               "knows (%s)" % (where, arch[:60], ", ".join(variants.ARCHS)))
     classes = metadata.get("classes")
-    if classes is not None and not (classes.isdigit() and 1 <= int(classes) <= MAX_CLASSES):
+    if classes is not None and parse_count(classes) is None:
         raise CheckpointError("%s: metadata says classes %r, not a class count"
                               % (where, classes[:60]))
     fc = metadata.get("classifier")
@@ -352,12 +496,12 @@ def _check_metadata_types(metadata: Mapping[str, str], where) -> None:
 
 def _read_config(path: Path) -> dict:
     config_path = path / TIMM_CONFIG
-    size = _file_size(config_path)
+    size = _require_file(config_path, "timm config")
     if size > MAX_CONFIG_BYTES:
         raise CheckpointError("%s: %s is %d bytes; a timm config is a few KiB (at most %d)"
                               % (path, TIMM_CONFIG, size, MAX_CONFIG_BYTES))
     try:
-        with open(config_path, "rb") as f:
+        with _open(config_path, "timm config") as f:
             config = json.loads(f.read(MAX_CONFIG_BYTES + 1).decode("utf-8"))
     except (OSError, ValueError, RecursionError) as e:
         reason = e.strerror if isinstance(e, OSError) else str(e).splitlines()[0][:120] \
