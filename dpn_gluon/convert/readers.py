@@ -22,12 +22,14 @@ and refuses anything it does not expect in one line naming the file (docs/hostil
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import pickle
 import re
 import struct
 import warnings
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple, Union
 
@@ -301,8 +303,8 @@ def _check_torch_legacy(path: Path) -> None:
     except ImportError:       # a torch without fake tensors: its own allocation errors remain
         return
     size = _require_file(path)
-    with FakeTensorMode():
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+    with FakeTensorMode(), _mapped(path) as f:
+        obj = torch.load(f, map_location="cpu", weights_only=True)
     storages, seen, stack = {}, set(), [obj]
     while stack:
         item = stack.pop()
@@ -323,6 +325,51 @@ def _check_torch_legacy(path: Path) -> None:
     if declared > size:
         raise CheckpointError("%s: not a loadable PyTorch state_dict: its tensors declare %d "
                               "bytes, more than the %d-byte file holds" % (path, declared, size))
+
+
+class _Mapped:
+    """A read-only file over a memory map, for ``torch.load`` of legacy files: a length the
+    pickle declares is read as what remains of the file (a buffered file's ``read(n)``
+    allocates all ``n`` bytes first, 1.8 GB for a 729-byte file with one byte cut)."""
+
+    def __init__(self, f):
+        self.file, self.mm = f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def fileno(self) -> int:       # torch then reads storages from the descriptor directly
+        return self.file.fileno()
+
+    def read(self, n: int = -1) -> bytes:
+        return self.mm.read(n if n is not None and n >= 0 else len(self.mm) - self.mm.tell())
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self.mm.readline()
+
+    def readinto(self, buf) -> int:
+        view, pos = memoryview(buf).cast("B"), self.mm.tell()
+        n = min(len(view), len(self.mm) - pos)
+        view[:n] = self.mm[pos:pos + n]
+        self.mm.seek(pos + n)
+        return n
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.mm.seek(pos, whence)
+        return self.mm.tell()
+
+    def tell(self) -> int:
+        return self.mm.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+
+@contextmanager
+def _mapped(path: Path):
+    with _open(path) as f:
+        mapped = _Mapped(f)
+        try:
+            yield mapped
+        finally:
+            mapped.mm.close()
 
 
 def _torch_reason(e: BaseException) -> str:
@@ -349,7 +396,11 @@ def _read_torch(path: Path):
             if not zipped:
                 _check_torch_legacy(path)
             # zip files are memory-mapped: a storage can never reach past the end of the file
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+            if zipped:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            else:
+                with _mapped(path) as f:
+                    obj = torch.load(f, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
     except Exception as e:   # torch raises pickle, zip and runtime errors of many kinds
