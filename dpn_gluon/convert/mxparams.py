@@ -27,7 +27,8 @@ bfloat16 and "none" arrays (no shape: MXNet returns an NDArray that cannot be us
 refused; duplicate names and bytes after the names (MXNet ignores them) are errors. A 0-d
 legacy or V1 array is read as MXNet 1.9.1 reads it, a scalar (MXNet before 1.0 wrote "none"
 arrays that way, with no data after the shape; such a file fails here, as it does in 1.9.1).
-Type flags 8-11 (int16, uint16, uint32, uint64) are MXNet 2.x's: read, never written.
+Type flags 8-11 (int16, uint16, uint32, uint64) are MXNet 2.x's: read, never written (the
+converter's readers refuse them: no other target holds them).
 """
 from __future__ import annotations
 

@@ -35,7 +35,8 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from .. import variants
+from .. import deps, variants
+from ..deps import MissingDependency
 from ..errors import CheckpointError, DPNError
 from ..files import open_regular, require_regular
 from . import mxparams, sanity, torchzip
@@ -388,7 +389,7 @@ def _read_torch(path: Path):
         import torch
     except ImportError:
         return _read_torch_without_torch(path)
-    zipped = _peek(path, 4) == b"PK\x03\x04"
+    zipped = _peek(path, 4) == _ZIP_HEAD
     records = _check_torch_zip(path) if zipped else None
     try:
         with warnings.catch_warnings():    # torch warns about odd pickle protocols: ours to say
@@ -455,9 +456,9 @@ def _read_torch(path: Path):
 def _read_torch_without_torch(path: Path):
     """Without torch: zip-format state dicts of plain tensors (what torch.save and our own
     writer produce) through :func:`torchzip.read_state_dict`'s restricted unpickler."""
-    if _peek(path, 4) != b"PK\x03\x04":
-        raise DPNError("%s: reading a legacy (pre-zip) PyTorch file needs torch (pip install torch)"
-                       % path)
+    if _peek(path, 4) != _ZIP_HEAD:
+        raise MissingDependency("%s: %s" % (path, deps.message(
+            "torch", "reading a legacy (pre-zip) PyTorch file")))
     _check_torch_zip(path)
     out = torchzip.read_state_dict(path, max_tensors=MAX_TENSORS)
     if out and all(k.startswith("module.") for k in out):    # saved from DataParallel
