@@ -609,3 +609,52 @@ def test_metadata_class_counts_parsed_strictly(tmp_path, value):
 def test_metadata_class_counts_accepted():
     assert [readers.parse_count(v) for v in ("1", "1000", "4786", "1000000")] == \
         [1, 1000, 4786, 1000000]
+
+
+# -- more of each class --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("protocol,said", [(0, "0 or 1"), (1, "0 or 1"), (4, "4"), (5, "5")])
+def test_legacy_pth_of_protocols_torch_cannot_load_named(tmp_path, protocol, said):
+    """torch.save writes any protocol; torch's weights-only loader reads a legacy file only in
+    2 or 3: the others are detected as torch by the magic number and refused by name."""
+    path = put(tmp_path, torch_save(torch_state(), True, pickle_protocol=protocol), "old.pth")
+    assert formats.detect(path) == "torch"
+    refused(path, read, path, match="pickled with protocol %s, which torch's" % said)
+
+
+def test_legacy_pth_of_protocols_2_and_3_reads(tmp_path):
+    for protocol in (2, 3):
+        path = put(tmp_path, torch_save(torch_state(), True, pickle_protocol=protocol), "p.pth")
+        raw, _ = read(path)
+        for key, arr in _tensors().items():
+            np.testing.assert_array_equal(raw[key], arr)
+
+
+@pytest.mark.parametrize("torch_installed", [True, False], ids=["torch", "numpy-only"])
+def test_a_key_nested_deep_or_named_long_stays_one_line(tmp_path, torch_installed, monkeypatch):
+    """A 100,000-deep tuple as a key (str() of it would recurse), and a 1 MB name."""
+    deep = b")" + b"\x85" * 100_000                       # EMPTY_TUPLE, then TUPLE1 per level
+    pkl = (b"\x80\x02}(" + deep + b"X\x01\x00\x00\x00xu.")
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("archive/data.pkl", pkl)
+    path = put(tmp_path, out.getvalue(), "deep.pth")
+    long_name = put(tmp_path, safetensors_bytes({"w" * (1 << 20): np.zeros(1, "f4")}),
+                    "long.safetensors")
+    if torch_installed:
+        _torch()
+    else:
+        monkeypatch.setitem(sys.modules, "torch", None)
+    refused(path, read, path)
+    assert len(refused(long_name, read, long_name, match="a tensor name of 1048576")) < 400
+
+
+def test_a_big_endian_pth_refused_without_torch(tmp_path, no_torch):
+    data = _hand_pth((2,), (1,), 0, 2)
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as z:
+        for info in src.infolist():
+            z.writestr(info.filename, b"big" if info.filename.endswith("byteorder")
+                       else src.read(info))
+    path = put(tmp_path, out.getvalue(), "big.pth")
+    refused(path, read, path, match="byteorder record says 'big'")

@@ -61,10 +61,14 @@ MAX_CLASSES = 1_000_000
 MAX_TENSORS = max(len(spec) + sum(k.endswith("_moving_var") for k in spec)
                   for spec in (variants.tensor_spec(a) for a in variants.ARCHS.values())) + 64
 #: torch.save's legacy (pre-zip) format opens with this number pickled on its own
-#: (torch/serialization.py MAGIC_NUMBER), in any protocol torch.save accepts (2 by default).
+#: (torch/serialization.py MAGIC_NUMBER), in the protocol torch.save was given (2 by default;
+#: torch's weights-only loader reads only 2 and 3: 0, 1, 4 and 5 are refused by name).
 _TORCH_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_HEADS = tuple(pickle.dumps(_TORCH_MAGIC, protocol=p)
-                      for p in range(2, pickle.HIGHEST_PROTOCOL + 1))
+                      for p in range(pickle.HIGHEST_PROTOCOL + 1))
+#: The longest tensor name read (the authors' longest is under 60 characters): error lines
+#: that list names stay lines.
+MAX_NAME = 1024
 _ZIP_HEAD = b"PK\x03\x04"
 
 
@@ -186,6 +190,9 @@ def read_raw(path: PathLike, fmt: str) -> Tuple["OrderedDict[str, np.ndarray]", 
         raise CheckpointError("%s: holds %d tensors, more than any DPN checkpoint (at most %d)"
                               % (path, len(raw), MAX_TENSORS))
     for key, arr in raw.items():
+        if len(key) > MAX_NAME:
+            raise CheckpointError("%s: a tensor name of %d characters (%s...), not a DPN's"
+                                  % (path, len(key), key[:40]))
         check_dtype(path, key, arr.dtype.name)
     return raw, metadata
 
@@ -389,7 +396,12 @@ def _read_torch(path: Path):
         import torch
     except ImportError:
         return _read_torch_without_torch(path)
-    zipped = _peek(path, 4) == _ZIP_HEAD
+    head = _peek(path, 64)
+    if head.startswith(_LEGACY_HEADS) and not head.startswith(_LEGACY_HEADS[2:4]):
+        raise CheckpointError("%s: a legacy .pth pickled with protocol %s, which torch's "
+                              "weights-only loader cannot read (re-save it with torch.save)"
+                              % (path, head[1] if head[0] == 0x80 else "0 or 1"))
+    zipped = head.startswith(_ZIP_HEAD)
     records = _check_torch_zip(path) if zipped else None
     try:
         with warnings.catch_warnings():    # torch warns about odd pickle protocols: ours to say
@@ -413,7 +425,8 @@ def _read_torch(path: Path):
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError("%s: holds a %s, not a state_dict (a mapping of tensors)"
                               % (path, type(obj).__name__))
-    bad = [str(k)[:80] for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    bad = [k[:80] if isinstance(k, str) else "<a %s key>" % type(k).__name__
+           for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
         raise CheckpointError("%s: not a state_dict: %d entries are not named tensors (%s)"
                               % (path, len(bad), ", ".join(bad[:3])))

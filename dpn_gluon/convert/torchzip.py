@@ -213,6 +213,12 @@ def read_state_dict(path, source: Optional[str] = None, max_tensors: Optional[in
         if len(pkl) != 1:
             fail("no single <archive>/data.pkl record")
         prefix = pkl[0][: -len("data.pkl")]
+        if prefix + "byteorder" in zf.namelist():      # torch >= 1.10 writes it
+            with zf.open(prefix + "byteorder") as f:
+                order = f.read(16)
+            if order.strip() != b"little":
+                fail("its byteorder record says %r; only little-endian files are read "
+                     "without torch" % order.decode("ascii", "replace"))
         storages = {}
 
         def storage(dtype: np.dtype, key: str, numel: int) -> np.ndarray:
