@@ -658,3 +658,18 @@ def test_a_big_endian_pth_refused_without_torch(tmp_path, no_torch):
                        else src.read(info))
     path = put(tmp_path, out.getvalue(), "big.pth")
     refused(path, read, path, match="byteorder record says 'big'")
+
+
+@pytest.mark.parametrize("torch_installed", [True, False], ids=["torch", "numpy-only"])
+def test_zip_pth_of_every_pickle_protocol_reads(tmp_path, torch_installed, monkeypatch):
+    """torch.save(pickle_protocol=4 or 5) is valid; torch's weights-only loader cannot read
+    it (no FRAME opcode), so such a zip goes through the restricted numpy reader."""
+    files = {p: put(tmp_path, torch_save(torch_state(), pickle_protocol=p), "p%d.pth" % p)
+             for p in range(2, pickle.HIGHEST_PROTOCOL + 1)}
+    if not torch_installed:
+        monkeypatch.setitem(sys.modules, "torch", None)
+    for protocol, path in files.items():
+        raw, _ = read(path)
+        assert list(raw) == list(_tensors()), protocol
+        for key, arr in _tensors().items():
+            np.testing.assert_array_equal(raw[key], arr)

@@ -252,7 +252,8 @@ def _check_torch_zip(path: Path) -> set:
     record uncompressed, so a compressed record (a zip bomb) or one larger than the file is
     refused before torch reads anything. Then every record's CRC-32 is verified, streaming,
     whichever library reads the file next (torch does not check them): a flipped bit is
-    refused, not converted. Returns the sizes of the tensor data records."""
+    refused, not converted. Returns the sizes of the tensor data records and the protocol
+    of ``data.pkl``'s pickle."""
     import zipfile
     size = _require_file(path)
 
@@ -291,7 +292,11 @@ def _check_torch_zip(path: Path) -> set:
                         raise CheckpointError("%s: record %s is corrupt: its bytes do not match "
                                               "its CRC-32" % (path, info.filename)) from None
                     raise broken(e) from None
-    return {i.file_size for i in infos if "/data/" in i.filename}
+            pkl = next(i for i in infos if i.filename.endswith("data.pkl"))
+            with z.open(pkl) as record:
+                head = record.read(2)
+    protocol = head[1] if head[:1] == b"\x80" and len(head) == 2 else 0
+    return {i.file_size for i in infos if "/data/" in i.filename}, protocol
 
 
 def _check_torch_legacy(path: Path) -> None:
@@ -398,7 +403,9 @@ def _read_torch(path: Path):
                               "weights-only loader cannot read (re-save it with torch.save)"
                               % (path, head[1] if head[0] == 0x80 else "0 or 1"))
     zipped = head.startswith(_ZIP_HEAD)
-    records = _check_torch_zip(path) if zipped else None
+    records, protocol = _check_torch_zip(path) if zipped else (None, 2)
+    if protocol > 3:     # torch.save(pickle_protocol=4/5): torch's weights-only loader lacks FRAME
+        return _read_zip_without_torch(path)
     try:
         with warnings.catch_warnings():    # torch warns about odd pickle protocols: ours to say
             warnings.simplefilter("ignore")
@@ -469,6 +476,11 @@ def _read_torch_without_torch(path: Path):
         raise MissingDependency("%s: %s" % (path, deps.message(
             "torch", "reading a legacy (pre-zip) PyTorch file")))
     _check_torch_zip(path)
+    return _read_zip_without_torch(path)
+
+
+def _read_zip_without_torch(path: Path):
+    """A zip .pth already checked by :func:`_check_torch_zip`, through the restricted reader."""
     out = torchzip.read_state_dict(path, max_tensors=MAX_TENSORS)
     if out and all(k.startswith("module.") for k in out):    # saved from DataParallel
         out = OrderedDict((k[len("module."):], v) for k, v in out.items())
