@@ -20,9 +20,10 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from . import variants
-from .convert import mxparams
+from .convert import mxparams, readers
 from .convert.atomic import atomic_write, check_writable
-from .errors import CheckpointError
+from .errors import CheckpointError, DPNError
+from .files import require_regular
 
 PathLike = Union[str, Path]
 
@@ -42,9 +43,13 @@ def params_path(path: PathLike, epoch: int = 0) -> Path:
         found = path
     else:
         found = path.with_name(path.name + PARAMS_SUFFIX % epoch)
-    if not found.is_file():
+    if not found.exists():
         tried = "" if found == path else " (looked for %s)" % found.name
         raise CheckpointError("%s: no such checkpoint file%s" % (path, tried))
+    try:
+        require_regular(found, "checkpoint file")     # a FIFO or device is not read
+    except DPNError as e:
+        raise CheckpointError(str(e)) from None
     return found
 
 
@@ -66,7 +71,7 @@ def read_checkpoint(path: PathLike, epoch: int = 0, mmap: bool = False
     (:class:`KeyMismatch` for missing, unexpected or misshapen tensors) naming the file.
     """
     p = params_path(path, epoch)
-    raw = mxparams.load(p, mmap=mmap)
+    raw = mxparams.load(p, mmap=mmap, max_arrays=readers.MAX_TENSORS)
     if not isinstance(raw, dict):
         raise CheckpointError("%s: not a checkpoint: an unnamed list of %d arrays" % (p, len(raw)))
     tensors: "OrderedDict[str, np.ndarray]" = OrderedDict()
@@ -79,8 +84,7 @@ def read_checkpoint(path: PathLike, epoch: int = 0, mmap: bool = False
         if (kind == "aux") != variants.is_aux(name):
             bad.append(key)
             continue
-        if arr is None:
-            raise CheckpointError("%s: not a checkpoint: %s is an empty array" % (p, key))
+        readers.check_dtype(p, key, arr.dtype.name)
         tensors[name] = arr
     if bad:
         raise CheckpointError("%s: not an authors' checkpoint: %d keys are not arg:<weight> or "

@@ -331,6 +331,9 @@ def identify(shapes: Mapping[str, Sequence[int]], arch: Optional[str] = None,
         raise CheckpointError("%s: %s_weight has shape %s, expected (classes, channels)"
                               % (source, classifier, w))
     classes = w[0]
+    if classes < 1:
+        raise CheckpointError("%s: %s_weight has shape %s: a classifier of no classes"
+                              % (source, classifier, w))
     candidates = [get_arch(arch)] if arch else list(ARCHS.values())
     best_err = None
     for cand in candidates:

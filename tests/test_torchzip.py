@@ -103,11 +103,12 @@ from dpn_gluon.convert.torchzip import read_state_dict  # noqa: E402
 from dpn_gluon.errors import CheckpointError  # noqa: E402
 
 
-def test_reads_what_torch_saves_including_views_and_shared_storage(tmp_path):
+def test_reads_what_torch_saves_including_disjoint_views_of_one_storage(tmp_path):
+    # strided, transposed and overlapping views are refused (tests/test_hostile_readers.py)
     base = torch.arange(60, dtype=torch.float32).reshape(6, 10)
     state = OrderedDict([("w", torch.randn(4, 3, 3, 3)), ("h", torch.randn(5).half()),
                          ("n", torch.tensor(7, dtype=torch.int64)),
-                         ("strided", base[:, ::3]), ("offset", base[2]), ("t", base.t())])
+                         ("row0", base[0]), ("offset", base[2]), ("rows", base[3:5])])
     path = tmp_path / "t.pth"
     torch.save(state, path)
     got = read_state_dict(path)

@@ -27,7 +27,8 @@ bfloat16 and "none" arrays (no shape: MXNet returns an NDArray that cannot be us
 refused; duplicate names and bytes after the names (MXNet ignores them) are errors. A 0-d
 legacy or V1 array is read as MXNet 1.9.1 reads it, a scalar (MXNet before 1.0 wrote "none"
 arrays that way, with no data after the shape; such a file fails here, as it does in 1.9.1).
-Type flags 8-11 (int16, uint16, uint32, uint64) are MXNet 2.x's: read, never written.
+Type flags 8-11 (int16, uint16, uint32, uint64) are MXNet 2.x's: read, never written (the
+converter's readers refuse them: no other target holds them).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ import stat
 import struct
 from collections import OrderedDict
 from pathlib import Path
-from typing import BinaryIO, List, Mapping, Tuple, Union
+from typing import BinaryIO, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -138,11 +139,13 @@ def _read_array(r: _Reader, index: int, copy: bool) -> np.ndarray:
     return arr.copy() if copy else arr
 
 
-def loads(buf, source: str = "<bytes>", copy: bool = True) -> "Union[OrderedDict[str, np.ndarray], List[np.ndarray]]":
+def loads(buf, source: str = "<bytes>", copy: bool = True, max_arrays: Optional[int] = None
+          ) -> "Union[OrderedDict[str, np.ndarray], List[np.ndarray]]":
     """Parse an NDArray file held in ``buf`` (bytes, memoryview or mmap).
 
     Returns an OrderedDict name -> array when the file stores names (as every checkpoint
     does), else a list. With ``copy=False`` the arrays are read-only views into ``buf``.
+    A file of more than ``max_arrays`` arrays is refused before any array is parsed.
     """
     r = _Reader(buf, source)
     if r.size < 16:
@@ -152,6 +155,8 @@ def loads(buf, source: str = "<bytes>", copy: bool = True) -> "Union[OrderedDict
         r.pos = 0
         r.fail("wrong magic 0x%x" % magic)
     n = r.count(_MIN_ARRAY_BYTES, "array count")
+    if max_arrays is not None and n > max_arrays:
+        r.fail("%d arrays, more than the %d expected" % (n, max_arrays))
     arrays = [_read_array(r, i, copy) for i in range(n)]
     m = r.count(8, "name count")
     if m not in (0, n):
@@ -174,8 +179,9 @@ def loads(buf, source: str = "<bytes>", copy: bool = True) -> "Union[OrderedDict
     return OrderedDict(zip(names, arrays))
 
 
-def load(path: PathLike, mmap: bool = False):
-    """Read a ``.params`` file. ``mmap=True`` returns read-only arrays backed by the file.
+def load(path: PathLike, mmap: bool = False, max_arrays: Optional[int] = None):
+    """Read a ``.params`` file. ``mmap=True`` returns read-only arrays backed by the file;
+    ``max_arrays`` as in :func:`loads`.
 
     The file is opened read-only and non-blocking (a FIFO is refused, not waited on).
     """
@@ -187,14 +193,14 @@ def load(path: PathLike, mmap: bool = False):
             if not stat.S_ISREG(st.st_mode):
                 raise CheckpointError("%s: cannot read: not a regular file" % path)
             if not mmap or st.st_size == 0:
-                return loads(f.read(st.st_size), str(path))
+                return loads(f.read(st.st_size), str(path), max_arrays=max_arrays)
             mm = _mmap.mmap(fd, 0, access=_mmap.ACCESS_READ)
     except (OSError, ValueError) as e:        # ValueError: a NUL byte or bad encoding in the path
         if isinstance(e, CheckpointError):
             raise
         raise CheckpointError("%s: cannot read: %s"
                               % (path, getattr(e, "strerror", None) or e)) from None
-    return loads(mm, str(path), copy=False)
+    return loads(mm, str(path), copy=False, max_arrays=max_arrays)
 
 
 def _header(arr: np.ndarray) -> bytes:

@@ -27,10 +27,10 @@ from typing import Iterable, List, Optional, Sequence, Union
 from .. import deps
 from ..errors import DPNError
 from .atomic import OutputExists, Transaction
+from .readers import TIMM_CONFIG, TIMM_WEIGHTS
 
 PathLike = Union[str, Path]
 
-TIMM_CONFIG, TIMM_WEIGHTS = "config.json", "model.safetensors"
 #: What an earlier timm folder output may hold (README.md: the model card).
 TIMM_FILES = frozenset([TIMM_CONFIG, TIMM_WEIGHTS, "README.md"])
 

@@ -1,4 +1,4 @@
-"""Numbers that are wrong: NaN/Inf weights and BatchNorm variances <= 0, named per tensor.
+"""Numbers that are wrong: non-float weights, NaN/Inf, BatchNorm variances <= 0, per tensor.
 
 A checkpoint can parse perfectly and still hold values no trained network has: NaN or Inf
 (a diverged run, a bad conversion, bit rot) or a BatchNorm running variance that is zero or
@@ -7,6 +7,10 @@ reports them (``check_values``) and warns, or refuses with ``--strict`` (``enfor
 
 Memory-light: tensors may be read-only memory maps of multi-GB files, so values are checked
 in chunks of ``CHUNK`` elements through views, never copied whole; nothing is written.
+Weights and statistics are floating point: only timm's BatchNorm step counters
+(``num_batches_tracked``) may be integers. The readers refuse any other integer or bool
+tensor when they read it (``wrong_kind``, readers.py); ``check_values`` reports one too, for
+tensors that reach it another way, and scans only floating-point tensors for values.
 Variance names follow both conventions: MXNet symbols' ``<bn>_moving_var`` and Gluon/PyTorch
 ``running_var``.
 """
@@ -22,6 +26,8 @@ from ..errors import CheckpointError
 #: Elements per chunk: the temporary boolean masks stay at about 1 MiB each.
 CHUNK = 1 << 20
 VARIANCE_SUFFIXES = ("_moving_var", "running_var")
+#: timm's BatchNorm step counters: the only tensors of a checkpoint that are integers.
+COUNTER_SUFFIX = "num_batches_tracked"
 #: Problems shown one per line by ``enforce`` before the rest are summarised.
 SHOWN = 10
 
@@ -67,18 +73,33 @@ def is_variance(name: str) -> bool:
     return name.endswith(VARIANCE_SUFFIXES)
 
 
+def wrong_kind(name: str, dtype: np.dtype) -> Optional[str]:
+    """Why ``name`` cannot hold ``dtype`` (one line), or None: a weight or statistic stored
+    as integers or bool (an int8 or bool variance) is not a trained network's."""
+    if np.dtype(dtype).kind == "f" or (name.endswith(COUNTER_SUFFIX) and
+                                       np.dtype(dtype).kind in "iu"):
+        return None
+    what = "a BatchNorm variance" if is_variance(name) else "a weight or statistic"
+    return "%s is %s, %s must be floating point (only timm's %s counters are integers)" % (
+        name, np.dtype(dtype).name, what, COUNTER_SUFFIX)
+
+
 def check_values(tensors: Mapping[str, np.ndarray]) -> List[str]:
-    """One line per tensor with wrong values: NaN/Inf counts, BatchNorm variances <= 0."""
+    """One line per tensor with wrong values: a non-float dtype, NaN/Inf counts, BatchNorm
+    variances <= 0."""
     problems = []
     for name, a in tensors.items():
         a = np.asarray(a)
-        if a.dtype.kind in "fc":
+        wrong = wrong_kind(name, a.dtype)
+        if wrong:
+            problems.append(wrong)
+        elif a.dtype.kind == "f":
             nan, inf = _non_finite(a)
             if nan or inf:
                 parts = [("%d NaN" % nan) if nan else "", ("%d Inf" % inf) if inf else ""]
                 problems.append("%s holds %s of %d values"
                                 % (name, " and ".join(p for p in parts if p), a.size))
-        if is_variance(name) and a.dtype.kind in "fiu":
+        if is_variance(name) and a.dtype.kind == "f":
             count, low = _non_positive(a)
             if count:
                 problems.append("%s (BatchNorm variance) has %d of %d values <= 0 (min %g)"

@@ -133,6 +133,46 @@ def write_state_dict(f: BinaryIO, tensors: Mapping[str, np.ndarray], archive: st
 _DTYPE_OF = {name: dtype for dtype, name in _STORAGE.items()}
 
 
+def view_span(size, stride, offset: int, itemsize: int, storage_nbytes: int):
+    """The bytes ``(start, end)`` a tensor covers in its storage, or why it is refused.
+
+    The layout rule of a state dict, for the readers with and without torch alike: each
+    tensor is C-contiguous (a stride-0 or other broadcast view would expand a few stored
+    bytes into any amount) and lies inside its storage; :func:`overlapping` then keeps two
+    tensors from sharing bytes, so the tensors of a file never hold more than it stores.
+    """
+    size, stride = tuple(size), tuple(stride)
+    if len(size) != len(stride) or offset < 0 or min(size + stride, default=0) < 0:
+        return "has size %s, stride %s, offset %s" % (size, stride, offset)
+    numel, expected = 1, 1
+    for d, s in zip(reversed(size), reversed(stride)):
+        if d > 1 and s != expected:
+            return ("is not contiguous (size %s, stride %s): a state_dict holds each tensor "
+                    "in bytes of its own" % (size, stride))
+        expected *= d
+        numel *= d
+    start = offset * itemsize
+    end = start + numel * itemsize
+    if end > storage_nbytes:
+        return "reaches past its storage (%d bytes of %d)" % (end, storage_nbytes)
+    return start, end
+
+
+def overlapping(spans):
+    """The names of two tensors sharing bytes of one storage, or None; ``spans`` holds
+    ``(storage id, start, end, name)`` (the same tensor under two names shares them all)."""
+    last = {}
+    for storage, start, end, name in sorted(spans, key=lambda sp: sp[:3]):
+        if start == end:
+            continue
+        prev = last.get(storage)
+        if prev is not None and start < prev[0]:
+            return prev[1], name
+        if prev is None or end > prev[0]:
+            last[storage] = (end, name)
+    return None
+
+
 class _Storage:
     """Stands for ``torch.<T>Storage`` in a pickle: only its dtype matters here."""
 
@@ -140,7 +180,8 @@ class _Storage:
         self.dtype = dtype
 
 
-def read_state_dict(path, source: Optional[str] = None) -> "OrderedDict[str, np.ndarray]":
+def read_state_dict(path, source: Optional[str] = None, max_tensors: Optional[int] = None
+                    ) -> "OrderedDict[str, np.ndarray]":
     """Read a zip-format ``torch.save`` state dict of plain tensors into numpy, without torch.
 
     For machines without torch (the converter's numpy-only install). The pickle is read by
@@ -148,7 +189,9 @@ def read_state_dict(path, source: Optional[str] = None) -> "OrderedDict[str, np.
     (``collections.OrderedDict``, ``torch._utils._rebuild_tensor_v2`` and the storage types
     above), like ``torch.load(weights_only=True)``; anything else -- a code-executing payload
     included -- is refused before it runs. Every storage must be a stored record of exactly
-    its declared size, and every tensor must lie inside its storage.
+    its declared size, and every tensor must keep the layout rule of :func:`view_span` (no
+    copies are made: tensors are read-only views of the records). ``max_tensors`` bounds the
+    tensors the pickle may build. The zip's CRCs are checked as the records are read.
     """
     import io
     import pickle
@@ -170,6 +213,12 @@ def read_state_dict(path, source: Optional[str] = None) -> "OrderedDict[str, np.
         if len(pkl) != 1:
             fail("no single <archive>/data.pkl record")
         prefix = pkl[0][: -len("data.pkl")]
+        if prefix + "byteorder" in zf.namelist():      # torch >= 1.10 writes it
+            with zf.open(prefix + "byteorder") as f:
+                order = f.read(16)
+            if order.strip() != b"little":
+                fail("its byteorder record says %r; only little-endian files are read "
+                     "without torch" % order.decode("ascii", "replace"))
         storages = {}
 
         def storage(dtype: np.dtype, key: str, numel: int) -> np.ndarray:
@@ -185,15 +234,21 @@ def read_state_dict(path, source: Optional[str] = None) -> "OrderedDict[str, np.
                 storages[key] = np.frombuffer(zf.read(info), dtype=dtype)
             return storages[key]
 
+        spans, built = {}, [0]     # by id(): every rebuilt array stays alive in its result
+
         def rebuild(stor, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
-            size, stride = tuple(size), tuple(stride)
-            if len(size) != len(stride) or offset < 0 or min(size + stride, default=0) < 0:
-                fail("a tensor with size %s, stride %s, offset %s" % (size, stride, offset))
-            span = 1 + sum((d - 1) * s for d, s in zip(size, stride)) if all(size) else 0
-            if offset + span > stor.size:
-                fail("a tensor reaches past its storage")
-            return np.lib.stride_tricks.as_strided(
-                stor[offset:], size, tuple(s * stor.itemsize for s in stride)).copy()
+            built[0] += 1
+            if max_tensors is not None and built[0] > max_tensors:
+                fail("more than %d tensors" % max_tensors)
+            if not (isinstance(offset, int) and isinstance(size, tuple) and isinstance(stride, tuple)
+                    and all(isinstance(i, int) for i in size + stride)):
+                fail("a tensor with size %r, stride %r, offset %r" % (size, stride, offset))
+            span = view_span(size, stride, offset, stor.itemsize, stor.nbytes)
+            if isinstance(span, str):
+                fail("a tensor " + span)
+            arr = stor[offset:offset + (span[1] - span[0]) // stor.itemsize].reshape(size)
+            spans[id(arr)] = (id(stor),) + span
+            return arr
 
         allowed = {("collections", "OrderedDict"): OrderedDict,
                    ("torch._utils", "_rebuild_tensor_v2"): rebuild}
@@ -222,6 +277,10 @@ def read_state_dict(path, source: Optional[str] = None) -> "OrderedDict[str, np.
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
     if not isinstance(obj, dict) or not all(
-            isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items()):
+            isinstance(k, str) and id(v) in spans for k, v in obj.items()):
         fail("not a mapping of named tensors")
+    shared = overlapping([spans[id(v)] + (k,) for k, v in obj.items()])
+    if shared:
+        fail("%s and %s share bytes of one storage (a state_dict holds each tensor in its own "
+             "bytes)" % shared)
     return OrderedDict(obj)
