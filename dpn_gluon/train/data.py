@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -70,7 +71,7 @@ class FileBatches:
         args = (self.dataset, self.size, self.seed, epoch, self.augmented)
         if self.threads > 0:
             ctx = multiprocessing.get_context(_START_METHOD)
-            pool = ctx.Pool(self.threads, initializer=_init, initargs=args)
+            pool = ctx.Pool(self.threads, initializer=_init_process, initargs=args)
             results = pool.imap(_sample, tasks, chunksize=max(1, self.local // self.threads))
         else:
             pool = None
@@ -96,6 +97,13 @@ _ARGS = None
 def _init(*args) -> None:
     global _ARGS
     _ARGS = args
+
+
+def _init_process(*args) -> None:
+    """A decoding process: killed quietly by the pool, leaves Ctrl-C to the trainer."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init(*args)
 
 
 def _sample(task):
