@@ -132,6 +132,9 @@ def train(opts: Options, argv_line: str = "") -> dict:
     val = open_dataset(opts.val_data) if opts.val_data is not None else None
     train_classes = len(dataset.classes) if dataset.classes else int(dataset.labels.max()) + 1
     arch, classes, classifier, tensors = initial_tensors(opts, train_classes)
+    if dataset.classes is not None and len(dataset.classes) > classes:
+        raise DPNError("%s: %d class folders, but --classes is %d"
+                       % (dataset.path, len(dataset.classes), classes))
     dataset.check_labels(classes)
     if val is not None:
         val.check_labels(classes)
