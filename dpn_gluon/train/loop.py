@@ -118,10 +118,36 @@ def set_momentum_states(trainer, saved: Dict[str, np.ndarray]) -> None:
                 updater.states_synced[i] = False
 
 
+def train_step(net, trainer, loss_fn, data: np.ndarray, label: np.ndarray, ctx,
+               global_batch: int):
+    """One SGD step on this worker's part of a global batch, split over ``ctx``; returns
+    (summed loss, correct top-1) of the part. The gradient is summed over every device and
+    worker and divided by ``global_batch``."""
+    from mxnet import autograd, gluon
+    xs = gluon.utils.split_and_load(data, ctx)
+    ys = gluon.utils.split_and_load(label.astype(np.float32), ctx)
+    with autograd.record():
+        outs = [net(x) for x in xs]
+        losses = [loss_fn(o, y) for o, y in zip(outs, ys)]
+    autograd.backward(losses)
+    trainer.step(global_batch)
+    loss = sum(float(l.sum().asscalar()) for l in losses)
+    correct = sum(int((o.argmax(axis=1) == y).sum().asscalar()) for o, y in zip(outs, ys))
+    return loss, correct
+
+
+def make_trainer(net, lr: float, momentum: float, wd: float, kvstore):
+    """SGD over ``kvstore``, updates on the workers (so rank 0 holds the momentum to save)."""
+    from mxnet import gluon
+    return gluon.Trainer(net.collect_params(), "sgd",
+                         {"learning_rate": lr, "momentum": momentum, "wd": wd},
+                         kvstore=kvstore, update_on_kvstore=False)
+
+
 def train(opts: Options, argv_line: str = "") -> dict:
     """Train as ``opts`` says; returns the summary record (also the ``--json`` output)."""
     import mxnet as mx
-    from mxnet import autograd, gluon
+    from mxnet import gluon
     from tqdm import tqdm
     from ..evaluate.data import open_dataset
     from . import report
@@ -153,9 +179,7 @@ def train(opts: Options, argv_line: str = "") -> dict:
         tensors = OrderedDict(_read_epoch(run, first_epoch))
         states = run.load_states(first_epoch)
     net = build_net(arch, classes, classifier, tensors, ctx, opts.seed, opts.freeze_bn)
-    trainer = gluon.Trainer(net.collect_params(), "sgd",
-                            {"learning_rate": opts.base_lr, "momentum": opts.momentum,
-                             "wd": opts.wd}, kvstore=kv, update_on_kvstore=False)
+    trainer = make_trainer(net, opts.base_lr, opts.momentum, opts.wd, kv)
     if states is not None:
         set_momentum_states(trainer, states)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
@@ -180,16 +204,9 @@ def train(opts: Options, argv_line: str = "") -> dict:
             trainer.set_learning_rate(recipe.lr_at(epoch * steps + step, steps, opts.epochs,
                                                    opts.base_lr, opts.lr_schedule,
                                                    opts.warmup_epochs))
-            xs = gluon.utils.split_and_load(data, ctx)
-            ys = gluon.utils.split_and_load(label.astype(np.float32), ctx)
-            with autograd.record():
-                outs = [net(x) for x in xs]
-                losses = [loss_fn(o, y) for o, y in zip(outs, ys)]
-            autograd.backward(losses)
-            trainer.step(opts.batch_size)
-            loss_sum += sum(float(l.sum().asscalar()) for l in losses)
-            correct += sum(int((o.argmax(axis=1) == y).sum().asscalar()) for o, y in zip(outs, ys))
-            seen += len(label)
+            step_loss, step_correct = train_step(net, trainer, loss_fn, data, label, ctx,
+                                                 opts.batch_size)
+            loss_sum, correct, seen = loss_sum + step_loss, correct + step_correct, seen + len(label)
             rate = seen * workers / (time.perf_counter() - start)
             bar.update(len(label) * workers)
             bar.set_postfix(loss="%.4f" % (loss_sum / seen), top1="%.1f%%" % (100 * correct / seen),
@@ -211,8 +228,6 @@ def train(opts: Options, argv_line: str = "") -> dict:
             record["checkpoint"] = str(path)
         record.update(epochs=epoch + 1, loss=entry["loss"], train_top1=entry["train_top1"],
                       img_per_s=entry["img_per_s"], top1=entry.get("top1"))
-    if opts.distributed:
-        kv.barrier() if hasattr(kv, "barrier") else None
     return record
 
 
