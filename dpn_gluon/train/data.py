@@ -40,20 +40,25 @@ class Shard:
     parts: int = 1
 
 
-class FileBatches:
-    """Augmented batches of a folder or ``.lst`` data set for one worker (see module doc)."""
+class _Batches:
+    """One worker's view of a data set: ``local`` = its share of each global batch (the
+    caller has checked that the global batch splits evenly)."""
 
     def __init__(self, dataset: Dataset, size: int, batch_size: int, shard: Shard,
                  seed: int, augmented: bool = True, threads: int = 0):
-        if batch_size % shard.parts:
-            raise DPNError("--batch-size %d does not split evenly over %d workers"
-                           % (batch_size, shard.parts))
-        if len(dataset) < batch_size:
-            raise DPNError("%s: %d images, fewer than one batch of %d"
-                           % (dataset.path, len(dataset), batch_size))
         self.dataset, self.size, self.batch_size = dataset, size, batch_size
         self.shard, self.seed, self.augmented, self.threads = shard, seed, augmented, threads
         self.local = batch_size // shard.parts
+
+
+class FileBatches(_Batches):
+    """Augmented batches of a folder or ``.lst`` data set for one worker (see module doc)."""
+
+    def __init__(self, dataset: Dataset, *args, **kwargs):
+        super().__init__(dataset, *args, **kwargs)
+        if len(dataset) < self.batch_size:
+            raise DPNError("%s: %d images, fewer than one batch of %d"
+                           % (dataset.path, len(dataset), self.batch_size))
 
     @property
     def steps(self) -> int:
@@ -119,18 +124,12 @@ def _sample(task):
     return augment.augment(img, size, rng), dataset.labels[index]
 
 
-class RecordBatches:
+class RecordBatches(_Batches):
     """A ``.rec`` read by MXNet's ``ImageRecordIter`` with the recipe (see module doc)."""
 
-    def __init__(self, dataset: Dataset, size: int, batch_size: int, shard: Shard,
-                 seed: int, augmented: bool = True, threads: int = 0):
-        if batch_size % shard.parts:
-            raise DPNError("--batch-size %d does not split evenly over %d workers"
-                           % (batch_size, shard.parts))
-        self.dataset, self.size, self.shard, self.seed = dataset, size, shard, seed
-        self.augmented, self.threads = augmented, threads
-        self.local = batch_size // shard.parts
-        if len(dataset) // shard.parts < self.local:
+    def __init__(self, dataset: Dataset, *args, **kwargs):
+        super().__init__(dataset, *args, **kwargs)
+        if len(dataset) // self.shard.parts < self.local:
             raise DPNError("%s: %d records, fewer than one batch of %d per worker"
                            % (dataset.path, len(dataset), self.local))
 
