@@ -115,7 +115,8 @@ def main(start, arch, classes, data, val_data, val_mean_max, size, epochs, batch
         if workers:
             _precheck(opts)
             from .launch import launch
-            return launch(worker_args(sys.argv[1:]), workers)
+            # the workers' kvstore explicitly: without --workers their default is "device"
+            return launch(worker_args(sys.argv[1:]) + ["--kvstore", opts.kvstore], workers)
         if opts.distributed and "DMLC_ROLE" not in os.environ:
             raise DPNError("--kvstore %s needs --workers N, or the DMLC_* environment of "
                            "MXNet's parameter server (docs/train.md)" % opts.kvstore)
