@@ -112,12 +112,14 @@ def first_step(seeded, data, out, *extra):
                    "--lr", "1.0", "--momentum", "0", "--wd", "0", "--no-augment", "--freeze-bn",
                    "--threads", "0"] + list(extra))
     assert res.returncode == 0, res.stderr
-    return mxparams.load(str(out) + "-0001.params")
+    return json.loads(res.stdout), mxparams.load(str(out) + "-0001.params")
 
 
 def test_first_step_gradient_equals_single_process(data, seeded, tmp_path):
-    one = first_step(seeded, data[0], tmp_path / "one")
-    two = first_step(seeded, data[0], tmp_path / "two", "--workers", "2")
+    record, one = first_step(seeded, data[0], tmp_path / "one")
+    assert record["workers"] == 1
+    record, two = first_step(seeded, data[0], tmp_path / "two", "--workers", "2")
+    assert record["workers"] == 2 and record["kvstore"] == "dist_sync"
     start = mxparams.load(seeded)
     assert set(one) == set(two)
     moved = 0
