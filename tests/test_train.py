@@ -25,7 +25,11 @@ from dpn_gluon.train import recipe
 from train_patterns import CLASSES, write_folder
 
 ROOT = Path(__file__).resolve().parents[1]
-LEARN = ["--size", "32", "--batch-size", "16", "--lr", "0.01", "--epochs", "8", "--threads", "1"]
+#: Fine-tuning that learns the patterns: 16 epochs of 15 steps (about 2 min on 2 idle cores,
+#: so the learning tests are marked slow; the cheap ones below check the same machinery).
+EPOCHS = 16
+LEARN = ["--size", "32", "--batch-size", "16", "--lr", "0.01", "--epochs", str(EPOCHS),
+         "--threads", "1"]
 
 
 TRAIN = ["-m", "dpn_gluon.train.cli"]
@@ -69,32 +73,42 @@ def learned(data, seeded, tmp_path_factory):
     return out, json.loads(res.stdout)
 
 
+@pytest.mark.slow
 def test_fine_tune_learns(learned, data):
     out, record = learned
-    assert record["workers"] == 1 and record["epochs"] == 8 and record["classes"] == len(CLASSES)
-    assert record["checkpoint"] == str(out) + "-0008.params"
+    assert record["workers"] == 1 and record["epochs"] == EPOCHS
+    assert record["classes"] == len(CLASSES)
+    assert record["checkpoint"] == str(out) + "-%04d.params" % EPOCHS
     assert evaluate(Path(record["checkpoint"]), data[1]) >= 90.0
     assert record["top1"] >= 90.0          # the in-training validation agrees
     assert record["img_per_s"] > 0 and record["loss"] < 1.0
 
 
-def test_files_read_by_mxnet(learned):
+def test_files_read_by_mxnet(data, seeded, tmp_path):
     mx = pytest.importorskip("mxnet")
-    out, record = learned
-    sym, args, aux = mx.model.load_checkpoint(str(out), 8)
+    out = tmp_path / "small"
+    res = run_cli(["--from", seeded, "--data", data[0], "--val-data", data[1], "--out", out,
+                   "--json", "-q", "--size", "32", "--batch-size", "8", "--epochs", "2",
+                   "--max-steps", "2", "--threads", "0"])
+    assert res.returncode == 0, res.stderr
+    record = json.loads(res.stdout)
+    assert record["checkpoint"] == str(out) + "-0002.params" and record["epochs"] == 2
+    assert 0 <= record["top1"] <= 100 and record["loss"] > 0 and record["img_per_s"] > 0
+    sym, args, aux = mx.model.load_checkpoint(str(out), 2)
     assert "fc6_weight" in args and args["fc6_weight"].shape == (len(CLASSES), 832)
     assert set(sym.list_arguments()) - {"data", "softmax_label"} == set(args)
     assert set(sym.list_auxiliary_states()) == set(aux)
-    states = mx.nd.load(str(out) + "-0008.states")
+    states = mx.nd.load(str(out) + "-0002.states")
     assert {k[len("mom:"):] for k in states} == set(args)
     assert all(states["mom:" + k].shape == v.shape for k, v in args.items())
     history = json.loads(Path(str(out) + "-train.json").read_text())["history"]
-    assert [h["epoch"] for h in history] == list(range(1, 9))
-    assert Path(str(out) + ".log").read_text().count(" epoch ") == 8
-    if pytest.importorskip("matplotlib"):
-        assert Path(str(out) + "-curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [h["epoch"] for h in history] == [1, 2] and all("top1" in h for h in history)
+    assert Path(str(out) + ".log").read_text().count(" epoch ") == 2
+    pytest.importorskip("matplotlib")
+    assert Path(str(out) + "-curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_two_workers_learn_the_same(data, seeded, tmp_path):
     res = run_cli(["--from", seeded, "--data", data[0], "--out", tmp_path / "w2", "--json",
                    "-q", "--workers", "2", "--kvstore", "dist_sync"] + LEARN)
@@ -135,8 +149,8 @@ def test_first_step_gradient_equals_single_process(data, seeded, tmp_path):
 
 
 def test_resume_equals_uninterrupted(data, seeded, tmp_path):
-    common = ["--from", seeded, "--data", data[0], "--size", "32", "--batch-size", "16",
-              "--epochs", "3", "--max-steps", "6", "--threads", "0", "-q"]
+    common = ["--from", seeded, "--data", data[0], "--size", "32", "--batch-size", "8",
+              "--epochs", "3", "--max-steps", "8", "--threads", "0", "-q"]
     whole = run_cli(common + ["--out", tmp_path / "whole"])
     assert whole.returncode == 0, whole.stderr
     prefix = tmp_path / "cut"
@@ -145,7 +159,7 @@ def test_resume_equals_uninterrupted(data, seeded, tmp_path):
     deadline = time.monotonic() + 300
     while not record.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    time.sleep(1.0)                                # into epoch 2
+    time.sleep(0.8)                                # into epoch 2 (8 steps)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err

@@ -14,7 +14,7 @@ CLASSES = ("h_stripes", "v_stripes", "checker", "smooth")
 
 def pattern(label: int, rng: np.random.Generator, size: int = 64) -> np.ndarray:
     y, x = np.mgrid[0:size, 0:size]
-    period = rng.integers(12, 21)    # at least 6 px at 32x32: no aliasing when shrunk
+    period = rng.integers(6, 12)
     phase = rng.integers(0, period)
     if label == 0:
         mask = ((y + phase) // (period // 2)) % 2
