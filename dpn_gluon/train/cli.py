@@ -48,7 +48,8 @@ class _Command(click.Command):
 @click.command(cls=_Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--from", "start", metavar="CKPT",
               help="Fine-tune this checkpoint (any format dpn-convert reads).")
-@click.option("--arch", type=click.Choice(list_models()), help="Train this architecture from scratch.")
+@click.option("--arch", type=click.Choice(list_models()),
+              help="Train this architecture from scratch.")
 @click.option("--classes", type=int, help="Classes (default: the data's). A count other than "
                                           "the checkpoint's draws a new classifier named fc6.")
 @click.option("--data", required=True, type=click.Path(path_type=Path),
@@ -111,7 +112,8 @@ def main(start, arch, classes, data, val_data, val_mean_max, size, epochs, batch
     check(opts)
     try:
         if workers and not opts.distributed:
-            raise DPNError("--workers needs a distributed --kvstore (dist_sync or dist_device_sync)")
+            raise DPNError("--workers needs a distributed --kvstore "
+                           "(dist_sync or dist_device_sync)")
         if workers:
             _precheck(opts)
             from .launch import launch
@@ -120,12 +122,13 @@ def main(start, arch, classes, data, val_data, val_mean_max, size, epochs, batch
         if opts.distributed and "DMLC_ROLE" not in os.environ:
             raise DPNError("--kvstore %s needs --workers N, or the DMLC_* environment of "
                            "MXNet's parameter server (docs/train.md)" % opts.kvstore)
-        from .loop import Interrupted, train
+        from .loop import Interrupted, raise_interrupted, train
         for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, _interrupt)
+            signal.signal(s, raise_interrupted)
         record = train(opts, " ".join(shlex.quote(a) for a in [PROG] + sys.argv[1:]))
     except Interrupted as sig:
-        click.echo("%s: stopped by %s; the last complete checkpoint is kept" % (PROG, sig), err=True)
+        click.echo("%s: stopped by %s; the last complete checkpoint is kept" % (PROG, sig),
+                   err=True)
         return 128 + sig.signum
     if record.pop("rank"):
         return 0
@@ -140,17 +143,12 @@ def main(start, arch, classes, data, val_data, val_mean_max, size, epochs, batch
                        record["img_per_s"] or float("nan"), record["checkpoint"]))
 
 
-def _interrupt(signum, frame):
-    from .loop import Interrupted
-    raise Interrupted(signum)
-
-
 def _precheck(opts: Options) -> None:
     """The launcher's checks of the inputs, so a bad one is one line before any process starts."""
     from ..evaluate.data import open_dataset
     from .checkpoints import Run
-    from .loop import _check_outputs
-    _check_outputs(Run(opts.out), opts)
+    from .loop import check_outputs
+    check_outputs(Run(opts.out), opts)
     open_dataset(opts.data)
     if opts.val_data is not None:
         open_dataset(opts.val_data)

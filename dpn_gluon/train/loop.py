@@ -38,7 +38,8 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
-def _raise_interrupted(signum, frame):
+def raise_interrupted(signum, frame):
+    """The SIGINT/SIGTERM handler of a training process."""
     raise Interrupted(signum)
 
 
@@ -153,7 +154,7 @@ def train(opts: Options, argv_line: str = "") -> dict:
     from . import report
 
     run = Run(opts.out)
-    previous = _check_outputs(run, opts)
+    previous = check_outputs(run, opts)
     dataset = open_dataset(opts.data)
     val = open_dataset(opts.val_data) if opts.val_data is not None else None
     train_classes = len(dataset.classes) if dataset.classes else int(dataset.labels.max()) + 1
@@ -184,8 +185,9 @@ def train(opts: Options, argv_line: str = "") -> dict:
         set_momentum_states(trainer, states)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     lead = rank == 0
-    record = {"rank": rank, "workers": workers, "devices": [str(c) for c in ctx], "kvstore": opts.kvstore,
-              "arch": arch.name, "classes": classes, "classifier": classifier,
+    record = {"rank": rank, "workers": workers, "devices": [str(c) for c in ctx],
+              "kvstore": opts.kvstore, "arch": arch.name, "classes": classes,
+              "classifier": classifier,
               "batch_size": opts.batch_size, "base_lr": opts.base_lr, "epochs": first_epoch,
               "loss": None, "train_top1": None, "top1": None, "img_per_s": None,
               "checkpoint": str(run.params(first_epoch)) if first_epoch else None}
@@ -206,7 +208,8 @@ def train(opts: Options, argv_line: str = "") -> dict:
                                                    opts.warmup_epochs))
             step_loss, step_correct = train_step(net, trainer, loss_fn, data, label, ctx,
                                                  opts.batch_size)
-            loss_sum, correct, seen = loss_sum + step_loss, correct + step_correct, seen + len(label)
+            loss_sum, correct = loss_sum + step_loss, correct + step_correct
+            seen += len(label)
             rate = seen * workers / (time.perf_counter() - start)
             bar.update(len(label) * workers)
             bar.set_postfix(loss="%.4f" % (loss_sum / seen), top1="%.1f%%" % (100 * correct / seen),
@@ -239,7 +242,7 @@ def _now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _check_outputs(run: Run, opts: Options) -> Optional[dict]:
+def check_outputs(run: Run, opts: Options) -> Optional[dict]:
     """The run record to resume from (with ``--resume``), or None for a new run."""
     if not opts.resume:
         found = run.existing()

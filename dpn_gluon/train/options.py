@@ -5,7 +5,7 @@ and must be the same on ``--resume``; ``epochs`` may grow.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Optional
 
@@ -44,7 +44,6 @@ class Options:
     max_steps: Optional[int] = None      # steps per epoch (tests, quick checks)
     progress: bool = True
     as_json: bool = False
-    extra: dict = field(default_factory=dict)
 
     @property
     def base_lr(self) -> float:
