@@ -68,7 +68,7 @@ def run_torch(arch, batch, size, steps, classes):
         loss = loss_fn(model(data), label)
         loss.backward()
         opt.step()
-        return float(loss)
+        return loss.item()
 
     step()
     start = time.perf_counter()
