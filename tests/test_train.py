@@ -223,3 +223,44 @@ def test_linear_scaling_and_schedules():
     assert cos[0] == pytest.approx(0.1) and cos[9] == 1.0
     assert cos[10] == pytest.approx(1.0) and cos[-1] < 1e-3
     assert all(a >= b for a, b in zip(cos[9:], cos[10:]))
+
+
+def test_record_file_trains_through_image_record_iter(data, seeded, tmp_path):
+    mx = pytest.importorskip("mxnet")
+    rec = mx.recordio.MXIndexedRecordIO(str(tmp_path / "p.idx"), str(tmp_path / "p.rec"), "w")
+    files = sorted(data[0].rglob("*.png"))
+    for i, f in enumerate(files):
+        label = float(CLASSES.index(f.parent.name))
+        rec.write_idx(i, mx.recordio.pack(mx.recordio.IRHeader(0, label, i, 0), f.read_bytes()))
+    rec.close()
+    res = run_cli(["--from", seeded, "--data", tmp_path / "p.rec", "--classes", "4",
+                   "--out", tmp_path / "r", "--json", "-q", "--size", "32", "--batch-size", "8",
+                   "--epochs", "1", "--max-steps", "2", "--threads", "1"])
+    assert res.returncode == 0, res.stderr
+    record = json.loads(res.stdout)
+    assert record["classes"] == 4 and record["loss"] > 0
+    assert (tmp_path / "r-0001.params").is_file()
+
+
+def children(pid: int):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_launcher_forwards_sigterm_and_leaves_nothing(data, seeded, tmp_path):
+    prefix = tmp_path / "w"
+    proc = run_cli(["--from", seeded, "--data", data[0], "--out", prefix, "-q", "--workers", "2",
+                    "--size", "32", "--batch-size", "8", "--epochs", "3", "--max-steps", "8",
+                    "--threads", "0"], wait=False)
+    record = Path(str(prefix) + "-train.json")
+    deadline = time.monotonic() + 300
+    while not record.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    started = children(proc.pid)
+    assert len(started) == 4, started            # scheduler, server, two workers
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert not [p for p in started if Path("/proc/%d" % p).exists()]
+    assert (tmp_path / "w-0001.params").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]

@@ -118,7 +118,8 @@ def main(start, arch, classes, data, val_data, val_mean_max, size, epochs, batch
             _precheck(opts)
             from .launch import launch
             # the workers' kvstore explicitly: without --workers their default is "device"
-            return launch(worker_args(sys.argv[1:]) + ["--kvstore", opts.kvstore], workers)
+            return launch(worker_args(sys.argv[1:]) + ["--kvstore", opts.kvstore], workers,
+                          opts.out)
         if opts.distributed and "DMLC_ROLE" not in os.environ:
             raise DPNError("--kvstore %s needs --workers N, or the DMLC_* environment of "
                            "MXNet's parameter server (docs/train.md)" % opts.kvstore)
@@ -129,6 +130,9 @@ def main(start, arch, classes, data, val_data, val_mean_max, size, epochs, batch
     except Interrupted as sig:
         click.echo("%s: stopped by %s; the last complete checkpoint is kept" % (PROG, sig),
                    err=True)
+        if opts.distributed:    # skip the kvstore's exit barrier: the peers may be gone
+            sys.stderr.flush()
+            os._exit(128 + sig.signum)
         return 128 + sig.signum
     if record.pop("rank"):
         return 0

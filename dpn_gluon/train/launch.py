@@ -11,15 +11,19 @@ the same roles by hand, by ssh or MPI (docs/train.md).
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import List
 
-GRACE_S = 30.0
+#: Seconds the workers get to stop after SIGTERM before they are killed.
+GRACE_S = 10.0
 
 
 def free_port() -> int:
@@ -37,8 +41,11 @@ def role_env(role: str, workers: int, port: int, servers: int = 1) -> dict:
     return env
 
 
-def launch(worker_argv: List[str], workers: int) -> int:
-    """Run the job; returns the exit status (the first failing worker's, else 0)."""
+def launch(worker_argv: List[str], workers: int, out: Path) -> int:
+    """Run the job; returns the exit status (the first failing worker's, else 0).
+
+    ``out`` is the run's ``--out PREFIX``: a worker killed while writing leaves a temporary
+    ``.PREFIX-*.part`` file there, which is removed once every process has ended."""
     port = free_port()
     service = [sys.executable, "-c", "import mxnet"]
     procs, pool = [], []
@@ -59,14 +66,15 @@ def launch(worker_argv: List[str], workers: int) -> int:
             pool.append(subprocess.Popen(cmd, env=role_env("worker", workers, port)))
         procs.extend(pool)
         status = 0
-        while any(p.poll() is None for p in pool):
+        while any(p.poll() is None for p in pool) and not received:
             failed = [p.returncode for p in pool if p.returncode not in (None, 0)]
-            if failed and not status:
+            if failed:
                 status = failed[0]
                 forward(signal.SIGTERM, None)
                 received.pop()
                 break
             time.sleep(0.2)
+        # a worker blocked in a kvstore call (its peer gone) never runs its handler
         _wait(pool, GRACE_S)
         status = status or next((p.returncode for p in pool if p.returncode), 0)
         _wait(procs[:2], 5.0)
@@ -81,6 +89,15 @@ def launch(worker_argv: List[str], workers: int) -> int:
             p.wait()
         for s, handler in old.items():
             signal.signal(s, handler)
+        _remove_temporaries(out)
+
+
+def _remove_temporaries(out: Path) -> None:
+    """The temporary files of dpn_gluon.convert.atomic (``.NAME.XXXX.part``) of this run."""
+    if out.parent.is_dir():
+        for tmp in out.parent.glob(".%s-*.part" % glob.escape(out.name)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 def _wait(procs, timeout: float) -> None:
