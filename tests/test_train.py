@@ -264,3 +264,15 @@ def test_launcher_forwards_sigterm_and_leaves_nothing(data, seeded, tmp_path):
     assert not [p for p in started if Path("/proc/%d" % p).exists()]
     assert (tmp_path / "w-0001.params").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
+def test_lst_list_trains(data, seeded, tmp_path):
+    files = sorted(data[0].rglob("*.png"))
+    lines = ["%d\t%d\t%s" % (i, CLASSES.index(f.parent.name), f) for i, f in enumerate(files)]
+    lst = tmp_path / "train.lst"               # absolute paths: no --root needed
+    lst.write_text("\n".join(lines) + "\n")
+    res = run_cli(["--from", seeded, "--data", lst, "--out", tmp_path / "l", "--json", "-q",
+                   "--size", "32", "--batch-size", "8", "--epochs", "1", "--max-steps", "2",
+                   "--threads", "2"])
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["classes"] == 4
