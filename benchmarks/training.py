@@ -1,6 +1,6 @@
 """CPU training throughput: dpn-train's step against timm's DPN in a plain PyTorch loop.
 
-    python -m benchmarks.training [--arch dpn68] [--batch 32] [--size 64] [--steps 8]
+    python -m benchmarks.training [--arch dpn68] [--batch 32] [--size 64] [--steps 8] [--repeats 3]
 
 Both run SGD (momentum 0.9, weight decay 1e-4) with softmax cross-entropy on the same
 seeded in-memory batch, so the numbers compare the frameworks' forward + backward + update,
@@ -12,8 +12,9 @@ not image decoding:
   state_dict layout (timm itself cannot be imported here: it needs torchvision, which has no
   CPU build on these machines), ``model.train()``, ``torch.optim.SGD``.
 
-Each backend runs in its own child process with the same thread settings; a warm-up step
-is not timed. Prints one JSON record (img/s of each and their ratio) and a line per backend.
+Each sample is a child process (same thread settings, a warm-up step not timed); the
+backends alternate for ``--repeats`` rounds and the medians are compared. Prints one JSON
+record (median img/s of each, the samples, the ratio) and a line per sample.
 """
 import argparse
 import json
@@ -84,6 +85,7 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=3, help="child runs per backend (median)")
     p.add_argument("--backend", choices=("gluon", "torch"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.backend:
@@ -94,13 +96,19 @@ def main(argv=None):
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", threads))
     record = {"arch": a.arch, "batch": a.batch, "size": a.size, "steps": a.steps,
               "threads": env["OMP_NUM_THREADS"]}
-    for backend in ("gluon", "torch"):
-        out = subprocess.run([sys.executable, "-m", "benchmarks.training", "--backend", backend,
-                              "--arch", a.arch, "--batch", str(a.batch), "--size", str(a.size),
-                              "--steps", str(a.steps), "--classes", str(a.classes)],
-                             env=env, stdout=subprocess.PIPE, check=True, text=True).stdout
-        record[backend] = json.loads(out.strip().splitlines()[-1])["img_per_s"]
-        print("%-6s %8.1f img/s" % (backend, record[backend]), file=sys.stderr)
+    samples = {"gluon": [], "torch": []}
+    for _ in range(a.repeats):          # interleaved, so a busy spell hits both backends
+        for backend in samples:
+            out = subprocess.run([sys.executable, "-m", "benchmarks.training", "--backend",
+                                  backend, "--arch", a.arch, "--batch", str(a.batch),
+                                  "--size", str(a.size), "--steps", str(a.steps),
+                                  "--classes", str(a.classes)],
+                                 env=env, stdout=subprocess.PIPE, check=True, text=True).stdout
+            samples[backend].append(json.loads(out.strip().splitlines()[-1])["img_per_s"])
+            print("%-6s %8.1f img/s" % (backend, samples[backend][-1]), file=sys.stderr)
+    for backend, values in samples.items():
+        record[backend] = float(np.median(values))
+        record[backend + "_samples"] = values
     record["gluon_over_torch"] = record["gluon"] / record["torch"]
     print(json.dumps(record))
 
