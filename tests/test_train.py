@@ -276,3 +276,14 @@ def test_lst_list_trains(data, seeded, tmp_path):
                    "--threads", "2"])
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["classes"] == 4
+
+
+def test_temporaries_are_only_this_runs(tmp_path):
+    from dpn_gluon.train.checkpoints import Run
+    ours = [".w-0002.params.ab12cd.part", ".w-0002.states.k3.part", ".w-train.json.zz.part",
+            ".w-curves.png.q.part"]
+    others = [".w-big-0001.params.x.part", ".wx-0001.params.a.part", "w-0001.params",
+              ".w-notes.txt.b.part"]
+    for name in ours + others:
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in Run(tmp_path / "w").temporaries()] == sorted(ours)

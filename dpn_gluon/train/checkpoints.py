@@ -76,6 +76,20 @@ class Run:
             found.append(self.log)
         return sorted(found)
 
+    def temporaries(self) -> List[Path]:
+        """Temporary files :mod:`dpn_gluon.convert.atomic` left for this run's outputs
+        (``.NAME.XXXXXXXX.part``; only a killed process leaves them)."""
+        folder, stem = self.prefix.parent, "." + self.prefix.name
+        if not folder.is_dir():
+            return []
+        found = []
+        for p in folder.iterdir():
+            target, dot, rest = p.name[len(stem):].rpartition(".part")[0].rpartition(".")
+            if p.name.startswith(stem) and p.name.endswith(".part") and dot \
+                    and _OURS.fullmatch(target or "x"):
+                found.append(p)
+        return sorted(found)
+
     def read_record(self) -> Optional[dict]:
         """The run record, or None when there is none."""
         if not self.record.exists():

@@ -12,7 +12,6 @@ the same roles by hand, by ssh or MPI (docs/train.md).
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import signal
 import socket
@@ -93,11 +92,10 @@ def launch(worker_argv: List[str], workers: int, out: Path) -> int:
 
 
 def _remove_temporaries(out: Path) -> None:
-    """The temporary files of dpn_gluon.convert.atomic (``.NAME.XXXX.part``) of this run."""
-    if out.parent.is_dir():
-        for tmp in out.parent.glob(".%s-*.part" % glob.escape(out.name)):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+    from .checkpoints import Run
+    for tmp in Run(out).temporaries():
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def _wait(procs, timeout: float) -> None:
