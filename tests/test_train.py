@@ -158,8 +158,9 @@ def test_resume_equals_uninterrupted(data, seeded, tmp_path):
     record = Path(str(prefix) + "-train.json")
     deadline = time.monotonic() + 300
     while not record.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.8)                                # into epoch 2 (8 steps)
+        time.sleep(0.05)                           # written atomically: complete once there
+    rate = json.loads(record.read_text())["history"][0]["img_per_s"]
+    time.sleep(0.5 * 8 * 8 / rate)                 # half of epoch 2 (8 steps of 8 images)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
