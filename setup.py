@@ -35,6 +35,7 @@ setup(
             "dpn-convert=dpn_gluon.convert.cli:main",
             "dpn-evaluate=dpn_gluon.evaluate.cli:evaluate_main",
             "dpn-predict=dpn_gluon.evaluate.cli:predict_main",
+            "dpn-train=dpn_gluon.train.cli:main",
         ],
     },
     classifiers=[

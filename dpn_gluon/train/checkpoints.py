@@ -1,0 +1,130 @@
+"""A training run's files under ``--out PREFIX``, in the authors' format, all written atomically.
+
+- ``PREFIX-symbol.json``: the authors' training graph (:func:`dpn_gluon.symbols.get_symbol`,
+  ``fc6``, ``SoftmaxOutput``), as ``mx.model.save_checkpoint`` writes it;
+- ``PREFIX-%04d.params`` after epoch ``%d`` (1-based, as MXNet's ``do_checkpoint``):
+  ``arg:``/``aux:`` keys with the authors' names (:func:`dpn_gluon.checkpoint.write_checkpoint`),
+  so ``dpn-convert``, ``dpn-evaluate`` and ``load_checkpoint`` read it unchanged;
+- ``PREFIX-%04d.states``: SGD's momentum buffers as an MXNet NDArray file (``mx.nd.load``
+  reads it) keyed by the authors' parameter names; no pickle, unlike ``Trainer.save_states``;
+- ``PREFIX-train.json``: the run's settings and per-epoch history; written last, so the
+  epoch it names is complete (what ``--resume`` continues from);
+- ``PREFIX.log`` (appended) and ``PREFIX-curves.png``.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import OrderedDict
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from ..checkpoint import PARAMS_SUFFIX, SYMBOL_SUFFIX, write_checkpoint
+from ..convert import mxparams
+from ..convert.atomic import atomic_write
+from ..errors import DPNError
+from ..files import read_bounded
+
+STATES_SUFFIX = "-%04d.states"
+RUN_SUFFIX = "-train.json"
+LOG_SUFFIX = ".log"
+CURVES_SUFFIX = "-curves.png"
+_OURS = re.compile(r"-(\d{4}\.(params|states)|symbol\.json|train\.json|curves\.png)\Z")
+
+
+class Run:
+    """The files of one ``--out PREFIX``."""
+
+    def __init__(self, prefix):
+        self.prefix = Path(prefix)
+
+    def _path(self, suffix: str) -> Path:
+        return Path(str(self.prefix) + suffix)
+
+    def params(self, epoch: int) -> Path:
+        return self._path(PARAMS_SUFFIX % epoch)
+
+    def states(self, epoch: int) -> Path:
+        return self._path(STATES_SUFFIX % epoch)
+
+    @property
+    def symbol(self) -> Path:
+        return self._path(SYMBOL_SUFFIX)
+
+    @property
+    def record(self) -> Path:
+        return self._path(RUN_SUFFIX)
+
+    @property
+    def log(self) -> Path:
+        return self._path(LOG_SUFFIX)
+
+    @property
+    def curves(self) -> Path:
+        return self._path(CURVES_SUFFIX)
+
+    def existing(self) -> List[Path]:
+        """Files of a run already at this prefix (what a new run would overwrite)."""
+        folder, stem = self.prefix.parent, self.prefix.name
+        if not folder.is_dir():
+            return []
+        found = [p for p in folder.iterdir()
+                 if p.name.startswith(stem) and _OURS.fullmatch(p.name[len(stem):] or "x")]
+        if self.log.exists():
+            found.append(self.log)
+        return sorted(found)
+
+    def temporaries(self) -> List[Path]:
+        """Temporary files :mod:`dpn_gluon.convert.atomic` left for this run's outputs
+        (``.NAME.XXXXXXXX.part``; only a killed process leaves them)."""
+        folder, stem = self.prefix.parent, "." + self.prefix.name
+        if not folder.is_dir():
+            return []
+        found = []
+        for p in folder.iterdir():
+            target, dot, rest = p.name[len(stem):].rpartition(".part")[0].rpartition(".")
+            if p.name.startswith(stem) and p.name.endswith(".part") and dot \
+                    and _OURS.fullmatch(target or "x"):
+                found.append(p)
+        return sorted(found)
+
+    def read_record(self) -> Optional[dict]:
+        """The run record, or None when there is none."""
+        if not self.record.exists():
+            return None
+        try:
+            return json.loads(read_bounded(self.record, 1 << 24, "run record"))
+        except ValueError as err:
+            raise DPNError("%s: not a dpn-train run record: %s" % (self.record, err)) from None
+
+    def write_record(self, record: dict) -> None:
+        with atomic_write(self.record, force=True) as f:
+            f.write(json.dumps(record, indent=1).encode("utf-8"))
+
+    def write_symbol(self, arch: str, classes: int, classifier: str) -> None:
+        from ..symbols import get_symbol
+        sym = get_symbol(arch, classes, classifier, head="authors", softmax=True)
+        with atomic_write(self.symbol, force=True) as f:
+            f.write(sym.tojson().encode("utf-8"))
+
+    def save(self, epoch: int, tensors: "OrderedDict[str, np.ndarray]",
+             states: Dict[str, np.ndarray]) -> Path:
+        """Write epoch ``epoch``'s optimizer states, then its weights (the record comes after)."""
+        with atomic_write(self.states(epoch), force=True) as f:
+            mxparams.write(f, OrderedDict(("mom:" + k, v) for k, v in states.items()))
+        return write_checkpoint(self.prefix, tensors, force=True, epoch=epoch)
+
+    def load_states(self, epoch: int) -> Dict[str, np.ndarray]:
+        path = self.states(epoch)
+        if not path.is_file():
+            raise DPNError("%s: missing, cannot resume epoch %d" % (path, epoch))
+        raw = mxparams.load(path)
+        if not isinstance(raw, dict) or not all(k.startswith("mom:") for k in raw):
+            raise DPNError("%s: not dpn-train optimizer states" % path)
+        return {k[4:]: np.array(v) for k, v in raw.items()}
+
+    def append_log(self, line: str) -> None:
+        with open(self.log, "a", encoding="utf-8") as f:
+            f.write(line.rstrip("\n") + "\n")

@@ -1,0 +1,288 @@
+"""dpn-train end to end on CPU: it learns, two workers learn the same and compute the same
+first step, a resumed run equals an uninterrupted one, bad input is one line.
+
+References: ``dpn-evaluate`` (the project's evaluation, an independent code path) on a
+held-out split; MXNet's own ``mx.model.load_checkpoint`` and ``mx.nd.load`` for the files;
+the single-process run for the two-worker one; the uninterrupted run for the resumed one.
+Data: tests/train_patterns.py (four classes of 64x64 patterns), dpn68 at 32x32.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dpn_gluon import write_seeded_checkpoint
+from dpn_gluon.convert import mxparams
+from dpn_gluon.train import recipe
+from train_patterns import CLASSES, write_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Fine-tuning that learns the patterns: 16 epochs of 15 steps (about 2 min on 2 idle cores;
+#: the issue asks for learning shown end to end in CI, so these run there).
+EPOCHS = 16
+LEARN = ["--size", "32", "--batch-size", "16", "--lr", "0.01", "--epochs", str(EPOCHS),
+         "--threads", "1"]
+
+
+TRAIN = ["-m", "dpn_gluon.train.cli"]
+EVALUATE = ["-c", "from dpn_gluon.evaluate.cli import evaluate_main; evaluate_main()"]
+
+
+def run_cli(args, command=TRAIN, wait=True, timeout=600):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable] + command + [str(a) for a in args]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def evaluate(params: Path, data: Path) -> float:
+    """Held-out top-1 accuracy (%) by dpn-evaluate, the authors' protocol at 32x32."""
+    res = run_cli([params, "--data", data, "--size", "32", "--json", "-q", "--workers", "0"],
+                  command=EVALUATE)
+    assert res.returncode == 0, res.stderr
+    return 100.0 - json.loads(res.stdout)["top1_error"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("patterns")
+    return write_folder(root / "train", 60, seed=0), write_folder(root / "held_out", 15, seed=1)
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    return write_seeded_checkpoint(tmp_path_factory.mktemp("seeded") / "dpn68", "dpn68", seed=3)
+
+
+@pytest.fixture(scope="module")
+def learned(data, seeded, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "pat"
+    res = run_cli(["--from", seeded, "--data", data[0], "--val-data", data[1], "--out", out,
+                   "--json", "-q"] + LEARN)
+    assert res.returncode == 0, res.stderr
+    return out, json.loads(res.stdout)
+
+
+def test_fine_tune_learns(learned, data):
+    out, record = learned
+    assert record["workers"] == 1 and record["epochs"] == EPOCHS
+    assert record["classes"] == len(CLASSES)
+    assert record["checkpoint"] == str(out) + "-%04d.params" % EPOCHS
+    assert evaluate(Path(record["checkpoint"]), data[1]) >= 90.0
+    assert record["top1"] >= 90.0          # the in-training validation agrees
+    assert record["img_per_s"] > 0 and record["loss"] < 1.0
+
+
+def test_files_read_by_mxnet(data, seeded, tmp_path):
+    mx = pytest.importorskip("mxnet")
+    out = tmp_path / "small"
+    res = run_cli(["--from", seeded, "--data", data[0], "--val-data", data[1], "--out", out,
+                   "--json", "-q", "--size", "32", "--batch-size", "8", "--epochs", "2",
+                   "--max-steps", "2", "--threads", "0"])
+    assert res.returncode == 0, res.stderr
+    record = json.loads(res.stdout)
+    assert record["checkpoint"] == str(out) + "-0002.params" and record["epochs"] == 2
+    assert 0 <= record["top1"] <= 100 and record["loss"] > 0 and record["img_per_s"] > 0
+    sym, args, aux = mx.model.load_checkpoint(str(out), 2)
+    assert "fc6_weight" in args and args["fc6_weight"].shape == (len(CLASSES), 832)
+    assert set(sym.list_arguments()) - {"data", "softmax_label"} == set(args)
+    assert set(sym.list_auxiliary_states()) == set(aux)
+    states = mx.nd.load(str(out) + "-0002.states")
+    assert {k[len("mom:"):] for k in states} == set(args)
+    assert all(states["mom:" + k].shape == v.shape for k, v in args.items())
+    history = json.loads(Path(str(out) + "-train.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2] and all("top1" in h for h in history)
+    assert Path(str(out) + ".log").read_text().count(" epoch ") == 2
+    pytest.importorskip("matplotlib")
+    assert Path(str(out) + "-curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_two_workers_learn_the_same(data, seeded, tmp_path):
+    res = run_cli(["--from", seeded, "--data", data[0], "--out", tmp_path / "w2", "--json",
+                   "-q", "--workers", "2", "--kvstore", "dist_sync"] + LEARN)
+    assert res.returncode == 0, res.stderr
+    record = json.loads(res.stdout)
+    assert record["workers"] == 2 and record["kvstore"] == "dist_sync"
+    assert evaluate(Path(record["checkpoint"]), data[1]) >= 90.0
+    assert not list(tmp_path.glob(".*part"))
+
+
+def first_step(seeded, data, out, *extra):
+    """Weights after one plain SGD step (momentum 0, no weight decay, no augmentation)."""
+    res = run_cli(["--from", seeded, "--data", data, "--out", out, "--json", "-q",
+                   "--size", "32", "--batch-size", "8", "--epochs", "1", "--max-steps", "1",
+                   "--lr", "1.0", "--momentum", "0", "--wd", "0", "--no-augment", "--freeze-bn",
+                   "--threads", "0"] + list(extra))
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout), mxparams.load(str(out) + "-0001.params")
+
+
+def test_first_step_gradient_equals_single_process(data, seeded, tmp_path):
+    record, one = first_step(seeded, data[0], tmp_path / "one")
+    assert record["workers"] == 1
+    record, two = first_step(seeded, data[0], tmp_path / "two", "--workers", "2")
+    assert record["workers"] == 2 and record["kvstore"] == "dist_sync"
+    start = mxparams.load(seeded)
+    assert set(one) == set(two)
+    moved = 0
+    for key in one:
+        if key in start and start[key].shape == one[key].shape:
+            step = start[key] - one[key]           # lr 1: the aggregated gradient
+            moved += bool(np.abs(step).max() > 0)
+            np.testing.assert_allclose(start[key] - two[key], step, rtol=1e-3,
+                                       atol=1e-5 * np.abs(step).max() + 1e-9, err_msg=key)
+        else:                                      # the new classifier: same start, same step
+            np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    assert moved > 100                             # the step changed the network
+
+
+def test_resume_equals_uninterrupted(data, seeded, tmp_path):
+    common = ["--from", seeded, "--data", data[0], "--size", "32", "--batch-size", "8",
+              "--epochs", "3", "--max-steps", "8", "--threads", "0", "-q"]
+    whole = run_cli(common + ["--out", tmp_path / "whole"])
+    assert whole.returncode == 0, whole.stderr
+    prefix = tmp_path / "cut"
+    proc = run_cli(common + ["--out", prefix], wait=False)
+    record = Path(str(prefix) + "-train.json")
+    deadline = time.monotonic() + 300
+    while not record.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)                           # written atomically: complete once there
+    rate = json.loads(record.read_text())["history"][0]["img_per_s"]
+    time.sleep(0.5 * 8 * 8 / rate)                 # half of epoch 2 (8 steps of 8 images)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err
+    names = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("cut"))
+    assert "cut-0001.params" in names and "cut-0002.params" not in names, names
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+    resumed = run_cli(common + ["--out", prefix, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    a = mxparams.load(str(tmp_path / "whole") + "-0003.params")
+    b = mxparams.load(str(prefix) + "-0003.params")
+    assert list(a) == list(b)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def refused(args, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    before = sorted(out.iterdir())
+    res = run_cli(list(args) + ["--out", out / "run"])
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dpn-train: error: "), res.stderr
+    assert sorted(out.iterdir()) == before and res.stdout == ""
+    return lines[0]
+
+
+def test_bad_input_is_one_line(data, seeded, tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "a").mkdir(parents=True)
+    junk = tmp_path / "junk.params"
+    junk.write_bytes(b"not a checkpoint")
+    base = ["--from", seeded, "--data", data[0]]
+    assert "no images" in refused(["--from", seeded, "--data", empty], tmp_path)
+    assert "4 class folders, but --classes is 2" in refused(base + ["--classes", "2"], tmp_path)
+    assert "at least 32" in refused(base + ["--size", "16"], tmp_path)
+    assert "mean-max" in refused(base + ["--val-data", data[1], "--val-mean-max", "--size", "64"],
+                                 tmp_path)
+    refused(["--from", junk, "--data", data[0]], tmp_path)
+    assert "--resume" in refused(base + ["--resume"], tmp_path)
+    assert "exactly one" in refused(["--data", data[0]], tmp_path)
+
+
+def test_existing_run_is_refused(data, seeded, tmp_path):
+    mine = tmp_path / "out" / "run-0001.params"
+    mine.parent.mkdir()
+    mine.write_bytes(b"the user's")
+    res = run_cli(["--from", seeded, "--data", data[0], "--out", tmp_path / "out" / "run"])
+    assert res.returncode == 2 and "--resume" in res.stderr
+    assert mine.read_bytes() == b"the user's"
+
+
+def test_linear_scaling_and_schedules():
+    assert recipe.scaled_lr(1280) == pytest.approx(0.316)
+    assert recipe.scaled_lr(256) == pytest.approx(0.316 / 5)
+    lr = [recipe.lr_at(s, 10, 9, 1.0, "step") for s in range(90)]
+    assert lr[29] == 1.0 and lr[30] == pytest.approx(0.1) and lr[60] == pytest.approx(0.01)
+    assert lr[80] == pytest.approx(0.001)
+    cos = [recipe.lr_at(s, 10, 9, 1.0, "cosine", warmup_epochs=1) for s in range(90)]
+    assert cos[0] == pytest.approx(0.1) and cos[9] == 1.0
+    assert cos[10] == pytest.approx(1.0) and cos[-1] < 1e-3
+    assert all(a >= b for a, b in zip(cos[9:], cos[10:]))
+
+
+def test_record_file_trains_through_image_record_iter(data, seeded, tmp_path):
+    mx = pytest.importorskip("mxnet")
+    rec = mx.recordio.MXIndexedRecordIO(str(tmp_path / "p.idx"), str(tmp_path / "p.rec"), "w")
+    files = sorted(data[0].rglob("*.png"))
+    for i, f in enumerate(files):
+        label = float(CLASSES.index(f.parent.name))
+        rec.write_idx(i, mx.recordio.pack(mx.recordio.IRHeader(0, label, i, 0), f.read_bytes()))
+    rec.close()
+    res = run_cli(["--from", seeded, "--data", tmp_path / "p.rec", "--classes", "4",
+                   "--out", tmp_path / "r", "--json", "-q", "--size", "32", "--batch-size", "8",
+                   "--epochs", "1", "--max-steps", "2", "--threads", "1"])
+    assert res.returncode == 0, res.stderr
+    record = json.loads(res.stdout)
+    assert record["classes"] == 4 and record["loss"] > 0
+    assert (tmp_path / "r-0001.params").is_file()
+
+
+def children(pid: int):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_launcher_forwards_sigterm_and_leaves_nothing(data, seeded, tmp_path):
+    prefix = tmp_path / "w"
+    proc = run_cli(["--from", seeded, "--data", data[0], "--out", prefix, "-q", "--workers", "2",
+                    "--size", "32", "--batch-size", "8", "--epochs", "3", "--max-steps", "8",
+                    "--threads", "0"], wait=False)
+    record = Path(str(prefix) + "-train.json")
+    deadline = time.monotonic() + 300
+    while not record.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    started = children(proc.pid)
+    assert len(started) == 4, started            # scheduler, server, two workers
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert not [p for p in started if Path("/proc/%d" % p).exists()]
+    assert (tmp_path / "w-0001.params").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
+def test_lst_list_trains(data, seeded, tmp_path):
+    files = sorted(data[0].rglob("*.png"))
+    lines = ["%d\t%d\t%s" % (i, CLASSES.index(f.parent.name), f) for i, f in enumerate(files)]
+    lst = tmp_path / "train.lst"               # absolute paths: no --root needed
+    lst.write_text("\n".join(lines) + "\n")
+    res = run_cli(["--from", seeded, "--data", lst, "--out", tmp_path / "l", "--json", "-q",
+                   "--size", "32", "--batch-size", "8", "--epochs", "1", "--max-steps", "2",
+                   "--threads", "2"])
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["classes"] == 4
+
+
+def test_temporaries_are_only_this_runs(tmp_path):
+    from dpn_gluon.train.checkpoints import Run
+    ours = [".w-0002.params.ab12cd.part", ".w-0002.states.k3.part", ".w-train.json.zz.part",
+            ".w-curves.png.q.part"]
+    others = [".w-big-0001.params.x.part", ".wx-0001.params.a.part", "w-0001.params",
+              ".w-notes.txt.b.part"]
+    for name in ours + others:
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in Run(tmp_path / "w").temporaries()] == sorted(ours)
