@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from .. import list_models
+from ..cliutil import OneLineCommand, version_option
 from ..errors import DPNError
 from . import recipe
 from .options import KVSTORES, Options, check, worker_args
@@ -23,29 +24,9 @@ from .options import KVSTORES, Options, check, worker_args
 PROG = "dpn-train"
 
 
-def _fail(message: str, code: int = 2) -> None:
-    click.echo("%s: error: %s" % (PROG, " ".join(str(message).split())), err=True)
-    sys.exit(code)
-
-
-class _Command(click.Command):
-    """Usage errors and DPNErrors as one line on stderr, exit 2."""
-
-    def main(self, args=None, prog_name=None, **extra):
-        extra.pop("standalone_mode", None)
-        try:
-            rv = super().main(args=args, prog_name=prog_name or PROG, standalone_mode=False,
-                              **extra)
-        except click.ClickException as e:
-            _fail(e.format_message(), e.exit_code)
-        except click.Abort:
-            _fail("aborted", 130)
-        except DPNError as e:
-            _fail(str(e))
-        sys.exit(rv if isinstance(rv, int) else 0)
-
-
-@click.command(cls=_Command, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=OneLineCommand, prog=PROG,
+               context_settings={"help_option_names": ["-h", "--help"]})
+@version_option(PROG)
 @click.option("--from", "start", metavar="CKPT",
               help="Fine-tune this checkpoint (any format dpn-convert reads).")
 @click.option("--arch", type=click.Choice(list_models()),
