@@ -63,7 +63,7 @@ def initial_tensors(opts: Options, train_classes: int):
         arch, classes, classifier = variants.resolve(opts.arch, classes)
         return arch, classes, classifier, None
     from ..evaluate.runtimes import read_model
-    arch, ck_classes, classifier, tensors = read_model(opts.start)
+    arch, ck_classes, classifier, tensors, _ = read_model(opts.start)
     if classes == ck_classes:
         return arch, classes, classifier, OrderedDict(tensors)
     out = OrderedDict((k, v) for k, v in tensors.items() if not k.startswith(classifier + "_"))
