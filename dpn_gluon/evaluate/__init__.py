@@ -20,9 +20,9 @@ import numpy as np
 from ..errors import DPNError
 from .data import Dataset, iter_batches, open_dataset
 from .metrics import TopKError
-from .preprocess import PROTOCOLS, preprocess as preprocess_image, resize_size
+from .preprocess import PROTOCOLS, authors_resize_backend, preprocess as preprocess_image, resize_size
 
-__all__ = ["evaluate", "predict", "settings", "class_names", "open_dataset", "PROTOCOLS"]
+__all__ = ["evaluate", "predict", "classify", "settings", "class_names", "open_dataset", "PROTOCOLS"]
 
 #: Smallest input whose final feature map (stride 32) holds the 7x7 average pool of the
 #: authors' mean-max head.
@@ -41,6 +41,7 @@ def settings(size: int, protocol: str, mean_max: bool) -> dict:
     return {"protocol": protocol, "size": size, "resize_short": resize_size(size, protocol),
             "crop": size,
             "interpolation": "bicubic (%s)" % ("OpenCV" if protocol == "authors" else "PIL"),
+            "resize": authors_resize_backend() if protocol == "authors" else "PIL Image.resize BICUBIC",
             "mean_rgb": [124.0, 117.0, 104.0],
             "scale": 0.0167, "mean_max": bool(mean_max)}
 
@@ -94,16 +95,21 @@ def evaluate(runtime, dataset: Dataset, size: int, protocol: str = "authors",
 def predict(runtime, images: Sequence, size: int = 224, protocol: str = "authors",
             top: int = 5) -> List[dict]:
     """Top ``top`` classes with softmax probabilities for each image (path or bytes)."""
-    names = class_names(runtime.classes)
     batch = np.stack([preprocess_image(img, size, protocol) for img in images])
+    return classify(runtime, [str(img) for img in images], batch, top)
+
+
+def classify(runtime, names: Sequence[str], batch: np.ndarray, top: int = 5) -> List[dict]:
+    """Top ``top`` classes with softmax probabilities of each preprocessed image of ``batch``."""
+    classes = class_names(runtime.classes)
     logits = runtime(batch).astype(np.float64)
     prob = np.exp(logits - logits.max(axis=1, keepdims=True))
     prob /= prob.sum(axis=1, keepdims=True)
     out = []
-    for img, p in zip(images, prob):
+    for name, p in zip(names, prob):
         order = np.argsort(-p, kind="stable")[:min(top, runtime.classes)]
-        out.append({"image": str(img), "top": [
-            {"index": int(i), "name": names[i] if names else None,
+        out.append({"image": name, "top": [
+            {"index": int(i), "name": classes[i] if classes else None,
              "probability": float(p[i])} for i in order]})
     return out
 

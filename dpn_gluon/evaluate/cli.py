@@ -1,33 +1,54 @@
 """``dpn-evaluate`` and ``dpn-predict``: thin click commands over :mod:`dpn_gluon.evaluate`.
 
 Results on stdout (a short report, or one JSON record with ``--json``); progress bar,
-warnings and errors on stderr. Exit 0 ok, 2 bad input or usage (one line, no traceback).
+warnings and errors on stderr. Exit 0 ok, 2 bad input or usage (one line ``PROG: error: ...``,
+no traceback); dpn-predict exits 2 when any image was bad, after predicting the others.
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 from ..errors import DPNError
-from .preprocess import PROTOCOLS
+from .preprocess import PROTOCOLS, authors_resize_backend
 from .runtimes import RUNTIMES
 
 
-def _one_line_errors(fn):
-    """DPNError (bad input) -> one line on stderr and exit 2."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+class _OneLineCommand(click.Command):
+    """A command that reports every error (usage, DPNError, OSError) in one line
+    ``PROG: error: ...`` on stderr with exit 2, and exits with what the command returns."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        extra.pop("standalone_mode", None)
         try:
-            return fn(*args, **kwargs)
+            rv = super().main(args=args, prog_name=self.name, standalone_mode=False, **extra)
+        except click.ClickException as err:
+            _fail(self.name, err.format_message(), err.exit_code)
+        except click.Abort:
+            _fail(self.name, "aborted", 130)
         except DPNError as err:
-            click.echo("error: %s" % str(err).splitlines()[0], err=True)
-            sys.exit(2)
-    return wrapper
+            _fail(self.name, str(err), 2)
+        except OSError as err:
+            _fail(self.name, "%s: %s" % (err.filename or "", err.strerror or err), 2)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _fail(prog: str, message: str, code: int):
+    click.echo("%s: error: %s" % (prog, " ".join(str(message).split())), err=True)
+    sys.exit(code)
+
+
+def _note_resize(prog: str, protocol: str) -> None:
+    """Say once, on stderr, when the authors' resize runs without OpenCV."""
+    if protocol == "authors" and not authors_resize_backend().startswith("OpenCV "):
+        click.echo("%s: note: opencv-python-headless is not installed: the authors' bicubic "
+                   "resize runs in numpy, within 1 gray level of OpenCV "
+                   '(pip install "dpn-gluon[opencv]")' % prog, err=True)
 
 
 def _common(fn):
@@ -59,7 +80,8 @@ def _json_safe(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("dpn-evaluate", cls=_OneLineCommand,
+               context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--data", required=True, type=click.Path(exists=True, path_type=Path),
               help="ImageNet-style folder (one sub-folder per class, sorted synset order), "
@@ -75,7 +97,6 @@ def _json_safe(value):
 @click.option("--strict", is_flag=True,
               help="Fail on an unreadable image instead of skipping it with a warning.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@_one_line_errors
 def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, device, as_json,
                   batch_size, workers, limit, strict, quiet):
     """Top-1 / top-5 error (%) of CHECKPOINT on a labelled image set.
@@ -90,6 +111,7 @@ def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, dev
     from .data import open_dataset
     from .runtimes import load_runtime
     settings(size, protocol, mean_max)
+    _note_resize("dpn-evaluate", protocol)
     dataset = open_dataset(data, root).subset(limit)
     rt = load_runtime(runtime, checkpoint, device, mean_max)
     record = evaluate(rt, dataset, size, protocol, mean_max, batch_size, workers, strict,
@@ -118,29 +140,58 @@ def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, dev
     click.echo("speed       %.1f images/s (%.1f s)" % (record["images_per_s"], record["seconds"]))
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("dpn-predict", cls=_OneLineCommand,
+               context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.argument("images", nargs=-1, required=True,
-                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True)
 @_common
-@_one_line_errors
 def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, device, as_json):
     """The top classes of each IMAGE with softmax probabilities.
 
     ImageNet-1k checkpoints print synset and class names (sorted synset order, the
     authors' labels); other class sets (ImageNet-5k's 4786, Places365) print indices.
+
+    An image that cannot be read is reported in one line on stderr and the others are
+    still predicted. Exit 0: every image predicted; 2: some image (or the checkpoint, or
+    an option) was bad.
     """
-    from . import predict, settings
+    from . import classify, settings
+    from .preprocess import preprocess
     from .runtimes import load_runtime
     settings(size, protocol, mean_max)
-    rt = load_runtime(runtime, checkpoint, device, mean_max)
-    results = predict(rt, list(images), size, protocol, top)
-    if as_json:
+    _note_resize("dpn-predict", protocol)
+    rt, results, bad = None, [], 0
+    for start in range(0, len(images), PREDICT_BATCH):     # bounded memory for many images
+        names, arrays = [], []
+        for image in images[start:start + PREDICT_BATCH]:
+            try:
+                arrays.append(preprocess(image, size, protocol, name=str(image)))
+                names.append(str(image))
+            except DPNError as err:
+                bad += 1
+                click.echo("dpn-predict: error: %s" % " ".join(str(err).split()), err=True)
+        if not arrays:
+            continue
+        rt = rt or load_runtime(runtime, checkpoint, device, mean_max)
+        chunk = classify(rt, names, np.stack(arrays), top)
+        if as_json:
+            results += chunk
+        else:
+            _print_predictions(chunk)
+    if as_json and rt is not None:
         click.echo(json.dumps({"checkpoint": str(checkpoint), "classes": rt.classes,
                                "protocol": protocol, "size": size, "mean_max": mean_max,
-                               "runtime": rt.kind, "predictions": results}))
-        return
+                               "runtime": rt.kind, "predictions": results,
+                               "bad_images": bad}))
+    return 2 if bad else 0
+
+
+#: Images preprocessed and run at once by dpn-predict.
+PREDICT_BATCH = 32
+
+
+def _print_predictions(results):
     for res in results:
         click.echo(res["image"])
         for rank, hit in enumerate(res["top"], 1):

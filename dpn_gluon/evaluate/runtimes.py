@@ -13,7 +13,9 @@ that reads a checkpoint (any format dpn-convert reads) into canonical tensors.
 - ``onnx``: :func:`dpn_gluon.convert.onnx_export.export_onnx` to a temporary file, then an
   ``onnxruntime.InferenceSession`` (CUDA provider on a GPU device when available).
 
-MXNet, torch and onnxruntime are imported only by the runtime that needs them.
+MXNet, torch and onnxruntime are imported only by the runtime that needs them; a missing one
+is a one-line :class:`~dpn_gluon.deps.MissingDependency` naming the extra that installs it
+and the runtimes that would work here.
 """
 from __future__ import annotations
 
@@ -25,9 +27,13 @@ from typing import Callable, List, Tuple
 
 import numpy as np
 
+from ..deps import require
 from ..errors import DPNError
+from ..files import require_regular
 
 RUNTIMES = ("gluon", "torch", "onnx")
+#: What each runtime imports (checked in this order).
+RUNTIME_PACKAGES = {"gluon": ("mxnet",), "torch": ("torch",), "onnx": ("onnxruntime", "onnx")}
 
 
 @dataclass
@@ -51,8 +57,11 @@ def read_model(path):
     ``.pth`` (timm's keys), ``.safetensors`` or a timm folder: detected from the content by
     :func:`dpn_gluon.convert.formats.read`, validated against the variant table.
     """
-    from ..convert.formats import read
-    w = read(path, hash_source=False)
+    from ..convert.formats import read, resolve_source
+    source = resolve_source(path)
+    if not source.is_dir():       # a FIFO or a device would block or read without end
+        require_regular(source, "checkpoint file")
+    w = read(source, hash_source=False)
     return w.arch, w.classes, w.classifier, w.tensors
 
 
@@ -80,11 +89,23 @@ def load_runtime(kind: str, checkpoint, devices: str = "cpu", mean_max: bool = F
     if kind not in RUNTIMES:
         raise DPNError("unknown runtime %r (choose from %s)" % (kind, ", ".join(RUNTIMES)))
     dev_kind, ids = parse_devices(devices)
+    require_runtime(kind)
     arch, classes, classifier, tensors = read_model(checkpoint)
     make = {"gluon": _gluon, "torch": _torch, "onnx": _onnx}[kind]
     forward, names = make(checkpoint, (arch, classes, classifier, tensors), dev_kind, ids,
                           mean_max)
     return Runtime(kind, arch.name, int(classes), classifier, names, forward)
+
+
+def require_runtime(kind: str) -> None:
+    """Import what runtime ``kind`` needs, or fail in one line naming the extra that installs
+    it and the runtimes that would work here."""
+    from ..convert.check import importable
+    others = [r for r in RUNTIMES if r != kind
+              and all(importable(m) for m in RUNTIME_PACKAGES[r])]
+    instead = "use --runtime %s" % " or --runtime ".join(others) if others else None
+    for module in RUNTIME_PACKAGES[kind]:
+        require(module, "--runtime %s" % kind, instead)
 
 
 def _gluon(checkpoint, model, dev_kind, ids, mean_max):
@@ -142,10 +163,7 @@ def _torch(checkpoint, model, dev_kind, ids, mean_max):
 
 
 def _onnx(checkpoint, model, dev_kind, ids, mean_max):
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise DPNError("the onnx runtime needs onnxruntime: pip install onnx onnxruntime") from None
+    import onnxruntime as ort
     from ..convert.onnx_export import export_onnx
     providers = ["CPUExecutionProvider"]
     if len(ids) > 1:
