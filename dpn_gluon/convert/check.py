@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, Optional
 import numpy as np
 
 from .. import variants
+from ..deps import importable
 from ..errors import DPNError
 from . import formats, names
 
@@ -223,15 +224,6 @@ def numeric_parity(weights: "formats.Weights", batch: int = 2, size: int = 64, s
                           "onnx" if onnx_file else "torch", device, "float32", batch, size, seed,
                           tolerance=RTOL if tolerance is None else tolerance, log=log)
     return report, None
-
-
-def importable(module: str) -> bool:
-    if module in sys.modules:
-        return sys.modules[module] is not None
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def logit_report(ref: np.ndarray, out: np.ndarray, size: int) -> NumericReport:

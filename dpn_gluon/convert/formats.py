@@ -810,10 +810,9 @@ def _write_mxnet(weights: Weights, out: Path, force: bool, log):
 
 
 def _write_onnx(weights: Weights, out: Path, force: bool, log):
-    try:
-        from .onnx_export import export_onnx
-    except ImportError as e:
-        raise DPNError("--to onnx is not available: %s" % e) from None
+    from ..deps import require
+    require("onnx", "--to onnx")
+    from .onnx_export import export_onnx
     export_onnx(weights.tensors, out, weights.arch.name, weights.classes, weights.classifier,
                 mean_max=False, force=force)
 

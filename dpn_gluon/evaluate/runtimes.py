@@ -27,7 +27,7 @@ from typing import Callable, List, Tuple
 
 import numpy as np
 
-from ..deps import require
+from ..deps import require_choice
 from ..errors import DPNError
 from ..files import require_regular
 
@@ -98,14 +98,9 @@ def load_runtime(kind: str, checkpoint, devices: str = "cpu", mean_max: bool = F
 
 
 def require_runtime(kind: str) -> None:
-    """Import what runtime ``kind`` needs, or fail in one line naming the extra that installs
-    it and the runtimes that would work here."""
-    from ..convert.check import importable
-    others = [r for r in RUNTIMES if r != kind
-              and all(importable(m) for m in RUNTIME_PACKAGES[r])]
-    instead = "use --runtime %s" % " or --runtime ".join(others) if others else None
-    for module in RUNTIME_PACKAGES[kind]:
-        require(module, "--runtime %s" % kind, instead)
+    """Import what runtime ``kind`` needs, or one line naming the extra that installs it
+    and the runtimes that would work here."""
+    require_choice("--runtime", kind, RUNTIME_PACKAGES)
 
 
 def _gluon(checkpoint, model, dev_kind, ids, mean_max):
