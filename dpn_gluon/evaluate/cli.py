@@ -119,7 +119,7 @@ def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, dev
     record["checkpoint"] = str(checkpoint)
     if record["skipped"]:
         shown = record["skipped_files"][:3]
-        click.echo("warning: skipped %d unreadable image(s): %s%s" % (
+        click.echo("dpn-evaluate: warning: skipped %d unreadable image(s): %s%s" % (
             record["skipped"], "; ".join(shown),
             " ..." if record["skipped"] > len(shown) else ""), err=True)
     if as_json:

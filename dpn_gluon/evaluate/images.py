@@ -54,7 +54,7 @@ def load_image(source: ImageSource, name: str = None) -> Image.Image:
                              % (name, len(source), MAX_IMAGE_BYTES))
         fp = io.BytesIO(source)
     else:
-        fp = open_regular(source, "image file")     # a FIFO or /dev/zero: refused, not read
+        fp = open_regular(source, "regular file")     # a FIFO or /dev/zero: refused, not read
         size = fp.seek(0, io.SEEK_END)
         fp.seek(0)
         if size > MAX_IMAGE_BYTES:
