@@ -58,6 +58,9 @@ def attacks(tmp: Path, ckpt: Path):
         (tmp / ("strip%d.png" % h)).write_bytes(_png(np.zeros((h, w), np.uint8)))
     (tmp / "bomb.png").write_bytes(_png_header(30000, 30000))
     (tmp / "gray16.png").write_bytes(_png(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16))
+    side = 8192           # the largest image accepted (MAX_PIXELS), 8-bit RGB and 16-bit gray
+    (tmp / "big.png").write_bytes(_png(np.zeros((side, side, 3), np.uint8)))
+    (tmp / "big16.png").write_bytes(_png(np.full((side, side), 40000, np.uint16)))
     (tmp / "zero.lst").write_text("0\t1\t/dev/zero\n1\t1\tgood.png\n")
     (tmp / "inf.lst").write_text("0\tinf\tgood.png\n")
     (tmp / "latin1.lst").write_bytes(b"0\t1\tcaf\xe9.png\n")
@@ -77,6 +80,9 @@ def attacks(tmp: Path, ckpt: Path):
         ("1x60000 PNG, --protocol authors", predict + [str(tmp / "strip60000.png")] + run),
         ("PNG header declaring 30000x30000", predict + [str(tmp / "bomb.png")] + run),
         ("16-bit gray PNG", predict + [str(tmp / "gray16.png")] + run),
+        ("8192x8192 RGB PNG (largest accepted), authors", predict + [str(tmp / "big.png")] + run),
+        ("8192x8192 RGB PNG (largest accepted), timm", predict + [str(tmp / "big.png"), "--protocol", "timm"] + run),
+        ("8192x8192 16-bit gray PNG", predict + [str(tmp / "big16.png")] + run),
         (".lst label inf", evaluate + [str(tmp / "inf.lst")] + run),
         (".lst not UTF-8", evaluate + [str(tmp / "latin1.lst")] + run),
         (".rec NaN label", evaluate + [str(rec)] + run),

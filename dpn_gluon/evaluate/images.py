@@ -37,6 +37,9 @@ MAX_PIXELS = 1 << 26
 ImageSource = Union[str, Path, bytes, Image.Image]
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+#: round(v * 255 / 65535) for every 16-bit value, in integers.
+_SCALE16 = ((np.arange(65536, dtype=np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+_ROWS = 512
 
 
 class ImageError(DPNError):
@@ -101,9 +104,11 @@ def to_rgb8(img: Image.Image, name: str = "<image>") -> Image.Image:
     """``img`` as 8-bit RGB, each mode scaled by its own range (module docstring)."""
     check_pixels(img, name)
     if img.mode in _SIXTEEN_BIT:
-        v = np.clip(np.asarray(img), 0, 65535).astype(np.uint32)
-        gray = (v * 255 + 32767) // 65535       # round(v * 255 / 65535), in integers
-        return Image.fromarray(gray.astype(np.uint8), "L").convert("RGB")
+        v = np.asarray(img)
+        gray = np.empty(v.shape, np.uint8)
+        for top in range(0, len(v), _ROWS):     # in bands: no full-size wide temporaries
+            gray[top:top + _ROWS] = _SCALE16[np.clip(v[top:top + _ROWS], 0, 65535)]
+        return Image.fromarray(gray, "L").convert("RGB")
     if img.mode == "F":
         v = np.asarray(img, dtype=np.float32)
         if np.isnan(v).any():
