@@ -39,8 +39,12 @@ class _OneLineCommand(click.Command):
 
 
 def _fail(prog: str, message: str, code: int):
-    click.echo("%s: error: %s" % (prog, " ".join(str(message).split())), err=True)
+    _error(prog, message)
     sys.exit(code)
+
+
+def _error(prog: str, message) -> None:
+    click.echo("%s: error: %s" % (prog, " ".join(str(message).split())), err=True)
 
 
 def _note_resize(prog: str, protocol: str) -> None:
@@ -170,7 +174,7 @@ def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, dev
                 names.append(str(image))
             except DPNError as err:
                 bad += 1
-                click.echo("dpn-predict: error: %s" % " ".join(str(err).split()), err=True)
+                _error("dpn-predict", err)
         if not arrays:
             continue
         rt = rt or load_runtime(runtime, checkpoint, device, mean_max)
