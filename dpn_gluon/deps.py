@@ -8,8 +8,10 @@ the option that would work without it.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
 from types import ModuleType
-from typing import Optional
+from typing import Mapping, Optional, Sequence
 
 from .errors import DPNError
 
@@ -35,6 +37,25 @@ def require(module: str, purpose: str, instead: Optional[str] = None) -> ModuleT
         return importlib.import_module(module)
     except ImportError as e:
         raise MissingDependency(message(module, purpose, instead, e)) from None
+
+
+def require_choice(option: str, choice: str, packages: Mapping[str, Sequence[str]]) -> None:
+    """Import the modules ``packages[choice]`` that ``option choice`` (e.g. ``--runtime
+    torch``) needs, or fail in one line naming the extra and the choices that would work."""
+    others = [c for c in packages if c != choice and all(importable(m) for m in packages[c])]
+    instead = "use %s %s" % (option, (" or %s " % option).join(others)) if others else None
+    for module in packages[choice]:
+        require(module, "%s %s" % (option, choice), instead)
+
+
+def importable(module: str) -> bool:
+    """Whether ``module`` is installed (found, not imported: MXNet and torch cost ~150 MB)."""
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def message(module: str, purpose: str, instead: Optional[str] = None,

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, Optional
 import numpy as np
 
 from .. import variants
+from ..deps import importable
 from ..errors import DPNError
 from . import formats, names
 from .onnx_export import FP16_RTOL
@@ -276,15 +277,6 @@ def numeric_parity(weights: "formats.Weights", batch: int = 2, size: int = 64, s
                           MEAN_MAX_SIZE if mean_max else size, seed, tolerance=tolerance,
                           mean_max=mean_max, log=log, progress=progress)
     return report, None
-
-
-def importable(module: str) -> bool:
-    if module in sys.modules:
-        return sys.modules[module] is not None
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def logit_report(ref: np.ndarray, out: np.ndarray, size: int) -> NumericReport:

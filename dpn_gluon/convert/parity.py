@@ -45,6 +45,7 @@ from typing import List, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from .. import variants
+from ..deps import require, require_choice
 from ..errors import DPNError
 from .onnx_export import FP16_RTOL     # a constant: onnx itself is imported only to run
 
@@ -309,10 +310,19 @@ def reference_taps(arch: variants.Arch, classes: int, classifier: str, tensors, 
     return OrderedDict(zip(variants.tap_names(arch), outs))
 
 
+#: What each runtime of the candidate imports.
+RUNTIME_PACKAGES = {"torch": ("torch",), "onnx": ("onnxruntime", "onnx")}
+
+
+def require_runtime(runtime: str) -> None:
+    require_choice("--runtime", runtime, RUNTIME_PACKAGES)
+
+
 def torch_taps(arch: variants.Arch, classes: int, classifier: str, tensors, x: np.ndarray,
                device: str = "cpu", dtype: str = "float32",
                mean_max: bool = False) -> "OrderedDict[str, np.ndarray]":
     """Every tap of the timm-layout PyTorch DPN, on ``device`` in ``dtype``."""
+    require_runtime("torch")
     import torch
     from . import torch_dpn
     if device == "cuda" and not torch.cuda.is_available():
@@ -350,10 +360,7 @@ def read_onnx(path: Union[str, Path]) -> OnnxModel:
     """The variant of an ONNX model from the metadata dpn-convert writes (arch, classes,
     classifier, head); raises :class:`DPNError` for anything else."""
     path = Path(path)
-    try:
-        import onnx
-    except ImportError:
-        raise DPNError("%s: reading an ONNX model needs onnx" % path) from None
+    onnx = require("onnx", "reading the ONNX model %s" % path)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:       # protobuf's DecodeError and friends
@@ -379,12 +386,10 @@ def onnx_taps(arch: variants.Arch, classes: int, classifier: str, tensors, x: np
     """Every tap of an ONNX graph, run by onnxruntime: the export of ``tensors`` with
     ``tap_outputs=True``, or the file ``model_path`` as written (its inner ``dtype``), with
     every tap (node outputs named after the authors' ops) added as a graph output."""
-    try:
-        import onnx
-        import onnxruntime as ort
-        from .onnx_export import export_onnx
-    except ImportError as e:
-        raise DPNError("--runtime onnx needs onnx and onnxruntime: %s" % e) from None
+    require_runtime("onnx")
+    import onnx
+    import onnxruntime as ort
+    from .onnx_export import export_onnx
     providers = ["CPUExecutionProvider"]
     if device == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -504,6 +509,7 @@ def layer_parity(reference: WeightsLike, candidate: WeightsLike, runtime: str = 
     except (ImportError, OSError) as e:
         raise DPNError("per-layer parity needs MXNet, which runs the authors' graph (%s): pip "
                        "install mxnet==1.9.1 (Python <= 3.11)" % str(e).splitlines()[0]) from None
+    require_runtime(runtime)      # before the authors' graph runs, not after
     x = load_images(images, size) if images else seeded_batch(batch, size, seed)
     inputs = "%d image%s" % (len(x), "s" if len(x) > 1 else "") if images else "seeded(%d)" % seed
     ctx, mx_used = mx_context(mx_device, log)

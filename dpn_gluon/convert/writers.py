@@ -233,10 +233,9 @@ def _write_mxnet(weights: Weights, files: List[Path], tx: Transaction, log):
 
 def _write_onnx(weights: Weights, files: List[Path], tx: Transaction, log,
                 mean_max: bool = False, fp16: bool = False, opset: Optional[int] = None):
-    try:
-        from .onnx_export import DEFAULT_OPSET, export_onnx
-    except ImportError as e:
-        raise DPNError("--to onnx is not available: %s" % e) from None
+    from ..deps import require
+    require("onnx", "--to onnx")
+    from .onnx_export import DEFAULT_OPSET, export_onnx
     out, = files
     with tx.path(out) as tmp:      # export_onnx replaces the (empty) temp atomically itself
         try:

@@ -19,9 +19,9 @@ from .. import labels
 from ..errors import DPNError
 from .data import Dataset, iter_batches, open_dataset
 from .metrics import TopKError
-from .preprocess import PROTOCOLS, preprocess as preprocess_image, resize_size
+from .preprocess import PROTOCOLS, authors_resize_backend, preprocess as preprocess_image, resize_size
 
-__all__ = ["evaluate", "predict", "settings", "class_names", "open_dataset", "PROTOCOLS"]
+__all__ = ["evaluate", "predict", "classify", "settings", "class_names", "open_dataset", "PROTOCOLS"]
 
 #: Smallest input whose final feature map (stride 32) holds the 7x7 average pool of the
 #: authors' mean-max head.
@@ -40,6 +40,7 @@ def settings(size: int, protocol: str, mean_max: bool) -> dict:
     return {"protocol": protocol, "size": size, "resize_short": resize_size(size, protocol),
             "crop": size,
             "interpolation": "bicubic (%s)" % ("OpenCV" if protocol == "authors" else "PIL"),
+            "resize": authors_resize_backend() if protocol == "authors" else "PIL Image.resize BICUBIC",
             "mean_rgb": [124.0, 117.0, 104.0],
             "scale": 0.0167, "mean_max": bool(mean_max)}
 
@@ -106,13 +107,20 @@ def predict(runtime, images: Sequence, size: int = 224, protocol: str = "authors
     if names is None:
         names = labels.for_checkpoint(getattr(runtime, "labels", None), runtime.classes)
     batch = np.stack([preprocess_image(img, size, protocol) for img in images])
+    return classify(runtime, [str(img) for img in images], batch, top, names)
+
+
+def classify(runtime, images: Sequence[str], batch: np.ndarray, top: int = 5,
+             names: Optional[labels.Labels] = None) -> List[dict]:
+    """Top ``top`` classes with softmax probabilities of each preprocessed image of ``batch``
+    (``images``: their names), each hit named as :func:`predict` says."""
     logits = runtime(batch).astype(np.float64)
     prob = np.exp(logits - logits.max(axis=1, keepdims=True))
     prob /= prob.sum(axis=1, keepdims=True)
     out = []
-    for img, p in zip(images, prob):
+    for image, p in zip(images, prob):
         order = np.argsort(-p, kind="stable")[:min(top, runtime.classes)]
-        out.append({"image": str(img), "top": [
+        out.append({"image": image, "top": [
             {"index": int(i), "label": names.names[i] if names else None,
              "name": names.display(i) if names else None,
              "probability": float(p[i])} for i in order]})

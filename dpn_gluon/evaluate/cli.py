@@ -1,7 +1,8 @@
 """``dpn-evaluate`` and ``dpn-predict``: thin click commands over :mod:`dpn_gluon.evaluate`.
 
 Results on stdout (a short report, or one JSON record with ``--json``); progress bar,
-warnings and errors on stderr. Exit 0 ok, 2 bad input or usage (one line, no traceback).
+warnings and errors on stderr. Exit 0 ok, 2 bad input or usage (one line ``PROG: error: ...``,
+no traceback); dpn-predict exits 2 when any image was bad, after predicting the others.
 """
 from __future__ import annotations
 
@@ -10,11 +11,26 @@ import math
 from pathlib import Path
 
 import click
+import numpy as np
 
 from .. import labels
 from ..cliutil import OneLineCommand, labels_option, version_option
-from .preprocess import PROTOCOLS
+from ..errors import DPNError
+from .preprocess import PROTOCOLS, authors_resize_backend
 from .runtimes import RUNTIMES
+
+
+def _error(prog: str, message) -> None:
+    """One line on stderr for a bad input that does not end the command (dpn-predict's images)."""
+    click.echo("%s: error: %s" % (prog, " ".join(str(message).split())), err=True)
+
+
+def _note_resize(prog: str, protocol: str) -> None:
+    """Say once, on stderr, when the authors' resize runs without OpenCV."""
+    if protocol == "authors" and not authors_resize_backend().startswith("OpenCV "):
+        click.echo("%s: note: opencv-python-headless is not installed: the authors' bicubic "
+                   "resize runs in numpy, within 1 gray level of OpenCV "
+                   '(pip install "dpn-gluon[opencv]")' % prog, err=True)
 
 
 def _common(fn):
@@ -80,6 +96,8 @@ def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, dev
     from .runtimes import load_runtime
     settings(size, protocol, mean_max)
     names = labels.read_file(labels_file) if labels_file is not None else None
+    if not quiet:
+        _note_resize("dpn-evaluate", protocol)
     dataset = open_dataset(data, root).subset(limit)
     rt = load_runtime(runtime, checkpoint, device, mean_max)
     record = evaluate(rt, dataset, size, protocol, mean_max, batch_size, workers, strict,
@@ -87,7 +105,7 @@ def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, dev
     record["checkpoint"] = str(checkpoint)
     if record["skipped"]:
         shown = record["skipped_files"][:3]
-        click.echo("warning: skipped %d unreadable image(s): %s%s" % (
+        click.echo("dpn-evaluate: warning: skipped %d unreadable image(s): %s%s" % (
             record["skipped"], "; ".join(shown),
             " ..." if record["skipped"] > len(shown) else ""), err=True)
     if as_json:
@@ -112,8 +130,7 @@ def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, dev
                context_settings={"help_option_names": ["-h", "--help"]})
 @version_option("dpn-predict")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.argument("images", nargs=-1, required=True,
-                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True)
 @_common
 @click.option("--quiet", "-q", is_flag=True, help="Nothing on stderr on success.")
@@ -125,8 +142,13 @@ def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, dev
     converted timm folder or .safetensors), else the built-in sets: ImageNet-1k (synset and
     names, sorted synset order: the authors' labels) and Places365. Without names (the
     ImageNet-5k checkpoints) it prints indices and says so once on stderr.
+
+    An image that cannot be read is reported in one line on stderr and the others are
+    still predicted. Exit 0: every image predicted; 2: some image (or the checkpoint, or
+    an option) was bad.
     """
-    from . import predict, settings
+    from . import classify, settings
+    from .preprocess import preprocess
     from .runtimes import load_runtime
     settings(size, protocol, mean_max)
     user = labels.read_file(labels_file) if labels_file is not None else None
@@ -134,15 +156,41 @@ def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, dev
     names = labels.for_checkpoint(rt.labels, rt.classes, None) if user is None else user
     if user is not None:
         labels.check_count(user, rt.classes, str(labels_file))
-    if names is None and not quiet:
-        click.echo("dpn-predict: no class names for these %d classes: printing indices (pass "
-                   "--labels FILE, one name per line)" % rt.classes, err=True)
-    results = predict(rt, list(images), size, protocol, top, names)
+    if not quiet:
+        _note_resize("dpn-predict", protocol)
+        if names is None:
+            click.echo("dpn-predict: no class names for these %d classes: printing indices "
+                       "(pass --labels FILE, one name per line)" % rt.classes, err=True)
+    results, bad = [], 0
+    for start in range(0, len(images), PREDICT_BATCH):     # bounded memory for many images
+        files, arrays = [], []
+        for image in images[start:start + PREDICT_BATCH]:
+            try:
+                arrays.append(preprocess(image, size, protocol, name=str(image)))
+                files.append(str(image))
+            except DPNError as err:
+                bad += 1
+                _error("dpn-predict", err)
+        if not arrays:
+            continue
+        chunk = classify(rt, files, np.stack(arrays), top, names)
+        if as_json:
+            results += chunk
+        else:
+            _print_predictions(chunk)
     if as_json:
         click.echo(json.dumps({"checkpoint": str(checkpoint), "classes": rt.classes,
                                "protocol": protocol, "size": size, "mean_max": mean_max,
-                               "runtime": rt.kind, "predictions": results}))
-        return
+                               "runtime": rt.kind, "predictions": results,
+                               "bad_images": bad}))
+    return 2 if bad else 0
+
+
+#: Images preprocessed and run at once by dpn-predict.
+PREDICT_BATCH = 32
+
+
+def _print_predictions(results):
     for res in results:
         click.echo(res["image"])
         for rank, hit in enumerate(res["top"], 1):

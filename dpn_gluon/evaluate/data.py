@@ -21,7 +21,10 @@ This module imports neither MXNet nor torch.
 """
 from __future__ import annotations
 
+import math
 import multiprocessing
+import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +32,11 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..convert.formats import MAX_CLASSES
 from ..errors import DPNError
-from .preprocess import ImageError, load_image, normalize, resize_crop
+from ..files import open_regular
+from .images import MAX_IMAGE_BYTES
+from .preprocess import ImageError, load_image, normalize, resize_crop, single_threaded
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff", ".gif")
 
@@ -132,21 +138,24 @@ def folder_dataset(root: Path) -> Dataset:
 def list_dataset(lst: Path, root=None) -> Dataset:
     root = Path(root) if root is not None else lst.parent
     sources, labels = [], []
-    with open(lst, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            fields = line.rstrip("\n").split("\t")
-            try:
-                if len(fields) < 3:
-                    raise ValueError("expected index<TAB>label<TAB>path")
-                label = float(fields[1])
-                if label != int(label):
-                    raise ValueError("label %r is not an integer" % fields[1])
-            except ValueError as err:
-                raise DPNError("%s:%d: not a .lst line: %s" % (lst, lineno, err)) from None
-            sources.append(str(root / fields[-1]))
-            labels.append(int(label))
+    for lineno, line in _text_lines(lst, ".lst list"):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        try:
+            if len(fields) < 3:
+                raise ValueError("expected index<TAB>label<TAB>path")
+            if not _INTEGER.fullmatch(fields[0]):
+                raise ValueError("index %r is not a non-negative integer" % fields[0][:40])
+            label = parse_label(fields[1])
+            for extra in fields[2:-1]:
+                _number(extra)
+            if not fields[-1] or "\0" in fields[-1]:
+                raise ValueError("an empty path, or one with a NUL byte")
+        except ValueError as err:
+            raise DPNError("%s:%d: not a .lst line: %s" % (lst, lineno, err)) from None
+        sources.append(str(root / fields[-1]))
+        labels.append(label)
     return Dataset(lst, "list", sources, np.asarray(labels, dtype=np.int64))
 
 
@@ -154,54 +163,123 @@ def record_dataset(rec: Path) -> Dataset:
     idx = rec.with_suffix(".idx")
     if not rec.exists() or not idx.exists():
         raise DPNError("%s: a record set needs both %s and %s" % (rec, rec.name, idx.name))
-    offsets = []
-    with open(idx, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    offsets.append(int(line.split("\t")[1]))
-                except (IndexError, ValueError):
-                    raise DPNError("%s:%d: not a key<TAB>offset line" % (idx, lineno)) from None
-    labels = []
-    with open(rec, "rb") as f:
-        for off in offsets:
-            f.seek(off)
-            header = _read_header(f, rec, off, with_image=False)[0]
-            labels.append(int(header[1]))
+    with open_regular(rec, ".rec record file") as f:
+        size = os.fstat(f.fileno()).st_size
+        offsets = []
+        for lineno, line in _text_lines(idx, ".idx index"):
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) != 2 or not all(_INTEGER.fullmatch(x) for x in fields):
+                raise DPNError("%s:%d: not a key<TAB>offset line of two non-negative integers"
+                               % (idx, lineno))
+            offset = int(fields[1])
+            if offset >= size:
+                raise DPNError("%s:%d: offset %d is past the end of %s (%d bytes)"
+                               % (idx, lineno, offset, rec.name, size))
+            offsets.append(offset)
+        labels = [read_record(f, rec, off, size, with_image=False)[0] for off in offsets]
     return Dataset(rec, "record", [(str(rec), off) for off in offsets],
                    np.asarray(labels, dtype=np.int64))
 
 
-def _read_header(f, rec, offset: int, with_image: bool = True):
-    """((flag, label, id, id2), image bytes or None) of the record at ``offset``."""
+#: Longest line of a .lst or .idx file (a path plus a few labels).
+MAX_LINE = 1 << 16
+_INTEGER = re.compile(r"[0-9]{1,18}")
+#: A label as im2rec writes it ("281.000000") or as an integer.
+_LABEL = re.compile(r"[0-9]{1,18}(\.0*)?")
+_NUMBER = re.compile(r"[-+]?[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?")
+
+
+def _text_lines(path: Path, what: str) -> Iterator[Tuple[int, str]]:
+    """(line number, line without its end) of a UTF-8 text file, each line bounded."""
+    with open_regular(path, what) as f:
+        lineno = 0
+        while True:
+            raw = f.readline(MAX_LINE + 1)
+            if not raw:
+                return
+            lineno += 1
+            if len(raw) > MAX_LINE:
+                raise DPNError("%s:%d: a line longer than %d bytes: not a %s"
+                               % (path, lineno, MAX_LINE, what))
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DPNError("%s:%d: not UTF-8 text (byte %d of the line)"
+                               % (path, lineno, err.start + 1)) from None
+            yield lineno, line.rstrip("\r\n")
+
+
+def parse_label(text) -> int:
+    """A class index from a .lst field or a record's float label; ValueError otherwise."""
+    if isinstance(text, str):
+        if not _LABEL.fullmatch(text):
+            raise ValueError("label %r is not a class index (an integer >= 0)" % text[:40])
+        value = float(text)
+    else:
+        value = float(text)
+        if not math.isfinite(value) or value < 0 or value != math.floor(value):
+            raise ValueError("label %r is not a class index (an integer >= 0)" % value)
+    if value >= MAX_CLASSES:
+        raise ValueError("label %d is beyond the %d classes a checkpoint may have"
+                         % (value, MAX_CLASSES))
+    return int(value)
+
+
+def _number(text: str) -> float:
+    """A further label of a .lst line (im2rec allows a label vector): a finite number."""
+    if not _NUMBER.fullmatch(text) or not math.isfinite(float(text)):
+        raise ValueError("label %r is not a finite number" % text[:40])
+    return float(text)
+
+
+def read_record(f, rec, offset: int, size: int, with_image: bool = True):
+    """(label, image bytes or None) of the record at ``offset`` of the open ``.rec`` ``f``
+    (``size`` bytes): every length checked against the file before it is read."""
+    where = "%s: record at offset %d" % (rec, offset)
+    f.seek(offset)
     head = f.read(8)
     if len(head) < 8:
-        raise DPNError("%s: offset %d is past the end of the file" % (rec, offset))
+        raise DPNError("%s: the file ends inside the record's header" % where)
     magic, lrec = struct.unpack("<II", head)
     if magic != _RECORD_MAGIC:
-        raise DPNError("%s: no RecordIO record at offset %d (bad magic)" % (rec, offset))
+        raise DPNError("%s: not a RecordIO record (bad magic)" % where)
     if lrec >> 29:
-        raise DPNError("%s: record at offset %d is split in parts, which is not supported"
-                       % (rec, offset))
+        raise DPNError("%s: split in parts, which is not supported" % where)
     length = lrec & ((1 << 29) - 1)
-    payload = f.read(length if with_image else _IR_SIZE + 4)
-    flag, label, id_, id2 = struct.unpack(_IR_FORMAT, payload[:_IR_SIZE])
+    if offset + 8 + length > size:
+        raise DPNError("%s: %d bytes long, past the end of the file (%d bytes)"
+                       % (where, length, size))
+    if length < _IR_SIZE:
+        raise DPNError("%s: %d bytes, too short for its %d-byte header" % (where, length, _IR_SIZE))
+    if length > MAX_IMAGE_BYTES + (1 << 20):
+        raise DPNError("%s: %d bytes, more than an image may have" % (where, length))
+    flag, label, _, _ = struct.unpack(_IR_FORMAT, f.read(_IR_SIZE))
     start = _IR_SIZE
     if flag > 0:   # a label vector of `flag` floats follows; the class is its first entry
-        label = struct.unpack("<f", payload[start:start + 4])[0]
+        if _IR_SIZE + 4 * flag > length:
+            raise DPNError("%s: %d labels do not fit in its %d bytes" % (where, flag, length))
+        label = struct.unpack("<f", f.read(4))[0]
         start += 4 * flag
-    return (flag, label, id_, id2), (payload[start:] if with_image else None)
+    try:
+        label = parse_label(label)
+    except ValueError as err:
+        raise DPNError("%s: %s" % (where, err)) from None
+    if not with_image:
+        return label, None
+    f.seek(offset + 8 + start)
+    return label, f.read(length - start)
 
 
-def read_source(source: Source) -> bytes:
-    """The encoded bytes of one sample."""
+def read_source(source: Source):
+    """What :func:`~dpn_gluon.evaluate.images.load_image` decodes for one sample: a path,
+    or the image bytes of one record."""
     if isinstance(source, str):
-        with open(source, "rb") as f:
-            return f.read()
+        return source
     rec, offset = source
-    with open(rec, "rb") as f:
-        f.seek(offset)
-        return _read_header(f, rec, offset)[1]
+    with open_regular(rec, ".rec record file") as f:
+        return read_record(f, rec, offset, os.fstat(f.fileno()).st_size)[1]
 
 
 # -- decoding in worker processes ----------------------------------------------------------
@@ -218,13 +296,18 @@ def _init_worker(crop: int, protocol: str) -> None:
     _WORKER_ARGS = (crop, protocol)
 
 
+def _init_pool_worker(crop: int, protocol: str) -> None:
+    _init_worker(crop, protocol)
+    single_threaded()
+
+
 def _load(task) -> Tuple[int, Optional[np.ndarray], Optional[str]]:
     i, source, name = task
     crop, protocol = _WORKER_ARGS
     try:
         # uint8 crops travel between processes (4x less than float32); the batch is
         # normalized at once in the parent: together, exactly preprocess().
-        return i, resize_crop(load_image(read_source(source), name), crop, protocol), None
+        return i, resize_crop(load_image(read_source(source), name), crop, protocol, name), None
     except (ImageError, DPNError, OSError) as err:
         msg = str(err) if isinstance(err, DPNError) else "%s: %s" % (name, err)
         return i, None, msg
@@ -246,7 +329,7 @@ def iter_batches(dataset: Dataset, crop: int, protocol: str, batch_size: int,
     tasks = ((i, src, dataset.name(i)) for i, src in enumerate(dataset.sources))
     if workers > 0:
         ctx = multiprocessing.get_context(_START_METHOD)
-        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(crop, protocol))
+        pool = ctx.Pool(workers, initializer=_init_pool_worker, initargs=(crop, protocol))
         results = pool.imap(_load, tasks, chunksize=max(1, min(16, batch_size // workers)))
     else:
         pool = None

@@ -11,14 +11,23 @@ Two protocols, both bicubic and both ending in the authors' normalization
   std 1/(0.0167*255), which is the same normalization; docs/reference/pytorch-ports.md 2.4 and 3.4).
 
 Each protocol resizes with the kernel of the pipeline it reproduces: ``authors`` with OpenCV's
-bicubic (a = -0.75, no antialiasing when shrinking), which their MXNet iterator called,
-re-implemented here in numpy (tests/test_evaluate_preprocess.py: within 1 gray level of
-``mx.image.resize_short(interp=2)``, which is cv::resize); ``timm`` with PIL's
-``Image.BICUBIC`` (a = -0.5, antialiased), as timm's transforms. PIL's and OpenCV's kernels
-differ by up to ~15 gray levels when shrinking a detailed image, so using either for both
-would shift one protocol's accuracy. Decoding is PIL's for both. Every runtime (Gluon,
-PyTorch, ONNX) gets its arrays from this one module, so they see identical inputs, and
-nothing but numpy and Pillow is needed to feed them.
+bicubic (a = -0.75, no antialiasing when shrinking), which their MXNet iterator called:
+``cv2.resize(INTER_CUBIC)`` when opencv-python-headless is installed (the ``opencv`` extra),
+else the same kernel re-implemented in numpy (6x slower; the settings record says which ran).
+Against ``mx.image.imresize(interp=2)`` (the OpenCV 3.x bundled in MXNet 1.9.1;
+tests/test_evaluate_preprocess.py): cv2 4.x with its SIMD kernels off differs by 1 gray level
+in a few pixels per image (< 0.01 %), the numpy kernel by 1 level in ~4 % of pixels. ``timm`` resizes with PIL's ``Image.BICUBIC`` (a = -0.5, antialiased), as timm's
+transforms. PIL's and OpenCV's kernels differ by up to ~15 gray levels when shrinking a
+detailed image, so using either for both would shift one protocol's accuracy. Decoding is
+:mod:`dpn_gluon.evaluate.images` (PIL) for both. Every runtime (Gluon, PyTorch, ONNX) gets
+its arrays from this one module, so they see identical inputs.
+
+Memory: no resized image has more than :data:`MAX_RESIZED_PIXELS` (an aspect ratio of
+~1:330 at 224). Beyond it, ``timm`` resizes only the crop's source box (PIL's
+``resize(box=...)``: the same kernel and sampling positions, within 1 gray level of resizing
+everything, from PIL's float rounding of the box), so a 1 x 60000 strip costs a 224 x 224
+crop; ``authors`` must resize the whole image as OpenCV does, so such an image is refused in
+one line.
 
 The long side is ``floor(short_target * long / short)``, as torchvision's ``Resize(int)`` and
 ``mx.image.resize_short`` both compute it; the crop offset floors (MXNet) for ``authors`` and
@@ -27,25 +36,25 @@ MXNet nor torch, and is imported by the data-loading worker processes.
 """
 from __future__ import annotations
 
-import io
-from pathlib import Path
-from typing import Tuple, Union
+from functools import lru_cache
+from typing import Tuple
 
 import numpy as np
 from PIL import Image
 
 from ..errors import DPNError
 from ..variants import MEAN_RGB, SCALE
+from .images import ImageError, ImageSource, load_image, source_name
+
+__all__ = ["PROTOCOLS", "ImageError", "load_image", "resize_crop", "normalize", "preprocess",
+           "resize_size", "short_side_size", "authors_resize_backend"]
 
 PROTOCOLS = ("authors", "timm")
 #: timm's crop fraction for the converted DPN weights (``_cfg(crop_pct=0.875)``).
 TIMM_CROP_PCT = 0.875
 
-ImageSource = Union[str, Path, bytes, Image.Image]
-
-
-class ImageError(DPNError):
-    """An image file that cannot be read or decoded."""
+#: Largest resized image (before the crop): 16 Mi pixels, 48 MB as 8-bit RGB.
+MAX_RESIZED_PIXELS = 1 << 24
 
 
 def resize_size(crop: int, protocol: str) -> int:
@@ -57,22 +66,6 @@ def resize_size(crop: int, protocol: str) -> int:
     raise DPNError("unknown protocol %r (choose from %s)" % (protocol, ", ".join(PROTOCOLS)))
 
 
-def load_image(source: ImageSource, name: str = None):
-    """Decode a file path, encoded bytes or a PIL image into an RGB PIL image."""
-    if isinstance(source, Image.Image):
-        return source.convert("RGB")
-    name = name or (str(source) if isinstance(source, (str, Path)) else "<bytes>")
-    try:
-        fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
-        with fp, Image.open(fp) as img:
-            return img.convert("RGB")
-    except Image.UnidentifiedImageError:
-        raise ImageError("%s: cannot decode image: not an image, or its header is corrupt"
-                         % name) from None
-    except Exception as err:  # PIL raises several kinds (OSError, SyntaxError, ValueError...)
-        raise ImageError("%s: cannot decode image: %s" % (name, err)) from None
-
-
 def short_side_size(width: int, height: int, short: int) -> Tuple[int, int]:
     """(width, height) after resizing so the shorter side is ``short``."""
     if width <= height:
@@ -80,20 +73,70 @@ def short_side_size(width: int, height: int, short: int) -> Tuple[int, int]:
     return short * width // height, short
 
 
-def resize_crop(img, crop: int, protocol: str = "authors") -> np.ndarray:
+def resize_crop(img, crop: int, protocol: str = "authors", name: str = "<image>") -> np.ndarray:
     """Bicubic short-side resize and center crop: uint8 HWC RGB, ``crop x crop``.
 
-    ``authors``: OpenCV's bicubic (:func:`cv_bicubic_resize_crop`), as their MXNet pipeline;
-    ``timm``: PIL's bicubic, as timm's (torchvision) transforms on PIL images.
+    ``authors``: OpenCV's bicubic, as their MXNet pipeline; ``timm``: PIL's bicubic, as
+    timm's (torchvision) transforms on PIL images, computed for the crop's box only.
     """
-    img = img.convert("RGB")
+    img = img if img.mode == "RGB" else img.convert("RGB")
     w, h = short_side_size(img.width, img.height, resize_size(crop, protocol))
     left, top = _crop_offset(w - crop, protocol), _crop_offset(h - crop, protocol)
     if protocol == "authors":
-        return cv_bicubic_resize_crop(np.asarray(img), (h, w), (top, left, crop, crop))
-    if (w, h) != img.size:
-        img = img.resize((w, h), Image.BICUBIC)
-    return np.asarray(img.crop((left, top, left + crop, top + crop)), dtype=np.uint8)
+        if w * h > MAX_RESIZED_PIXELS:
+            raise ImageError("%s: %dx%d: aspect ratio too extreme: the authors' resize would make "
+                             "a %dx%d image (at most %d pixels; --protocol timm crops first)"
+                             % (name, img.width, img.height, w, h, MAX_RESIZED_PIXELS))
+        cv2 = _cv2()
+        if cv2 is None:
+            return cv_bicubic_resize_crop(np.asarray(img), (h, w), (top, left, crop, crop))
+        resized = _cv_resize(cv2, np.asarray(img), (w, h))
+        return np.ascontiguousarray(resized[top:top + crop, left:left + crop])
+    if w * h <= MAX_RESIZED_PIXELS:          # exactly timm's resize, then crop
+        if (w, h) != img.size:
+            img = img.resize((w, h), Image.BICUBIC)
+        return np.asarray(img.crop((left, top, left + crop, top + crop)), dtype=np.uint8)
+    # The crop's source box: the same sampling positions and kernel support as resizing
+    # to (w, h) and cropping, without the resized image.
+    sx, sy = img.width / w, img.height / h
+    box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
+    return np.asarray(img.resize((crop, crop), Image.BICUBIC, box=box), dtype=np.uint8)
+
+
+@lru_cache(maxsize=None)
+def _cv2():
+    """OpenCV, or None: the authors' protocol then runs the numpy re-implementation."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
+
+
+def _cv_resize(cv2, hwc: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """``cv2.resize`` bicubic with OpenCV's SIMD kernels off: the plain fixed-point code is
+    nearest to MXNet's bundled OpenCV (a few pixels per image 1 level off; with SIMD, whose
+    vertical pass rounds in float, ~4 % of pixels). 1.4 ms for 500x375 -> 298x224."""
+    optimized = cv2.useOptimized()
+    cv2.setUseOptimized(False)
+    try:
+        return cv2.resize(hwc, size, interpolation=cv2.INTER_CUBIC)
+    finally:
+        cv2.setUseOptimized(optimized)
+
+
+def authors_resize_backend() -> str:
+    """What resizes under the authors' protocol here, as reported beside the results."""
+    if _cv2() is not None:
+        return "OpenCV %s cv2.resize INTER_CUBIC" % _cv2().__version__
+    return ("OpenCV's bicubic in numpy, within 1 gray level of OpenCV "
+            "(pip install \"dpn-gluon[opencv]\" for OpenCV itself)")
+
+
+def single_threaded() -> None:
+    """One OpenCV thread per data-loading worker process (the workers are the parallelism)."""
+    if _cv2() is not None:
+        _cv2().setNumThreads(1)
 
 
 #: OpenCV's bicubic coefficient (``cv::resize`` INTER_CUBIC); PIL uses -0.5.
@@ -129,6 +172,11 @@ def cv_bicubic_resize_crop(hwc: np.ndarray, size: Tuple[int, int],
     top, left, ch, cw = box
     rows, wy = _cv_cubic_taps(hwc.shape[0], size[0], top, ch)
     cols, wx = _cv_cubic_taps(hwc.shape[1], size[1], left, cw)
+    # Only the source rows and columns the taps touch (at most 4 per output pixel), so a
+    # very long image costs no more than the crop.
+    rows, src_rows = _compact(rows)
+    cols, src_cols = _compact(cols)
+    hwc = hwc[src_rows][:, src_cols]
     tmp = np.zeros((ch,) + hwc.shape[1:], np.float32)
     for i, w in zip(rows, wy):
         tmp += w[:, None, None] * hwc[i]
@@ -136,6 +184,12 @@ def cv_bicubic_resize_crop(hwc: np.ndarray, size: Tuple[int, int],
     for i, w in zip(cols, wx):
         out += w[None, :, None] * tmp[:, i]
     return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+
+
+def _compact(index):
+    """(indices into the used sources, the used source indices) of four tap arrays."""
+    used = np.unique(np.concatenate(index))
+    return [np.searchsorted(used, i) for i in index], used
 
 
 def _crop_offset(excess: int, protocol: str) -> int:
@@ -156,4 +210,5 @@ def normalize(hwc: np.ndarray) -> np.ndarray:
 def preprocess(source: ImageSource, crop: int, protocol: str = "authors",
                name: str = None) -> np.ndarray:
     """Decode, resize, center crop and normalize one image: float32 ``(3, crop, crop)``."""
-    return normalize(resize_crop(load_image(source, name), crop, protocol))
+    name = name or source_name(source)
+    return normalize(resize_crop(load_image(source, name), crop, protocol, name))

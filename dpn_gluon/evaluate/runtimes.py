@@ -13,7 +13,9 @@ that reads a checkpoint (any format dpn-convert reads) into canonical tensors.
 - ``onnx``: :func:`dpn_gluon.convert.onnx_export.export_onnx` to a temporary file, then an
   ``onnxruntime.InferenceSession`` (CUDA provider on a GPU device when available).
 
-MXNet, torch and onnxruntime are imported only by the runtime that needs them.
+MXNet, torch and onnxruntime are imported only by the runtime that needs them; a missing one
+is a one-line :class:`~dpn_gluon.deps.MissingDependency` naming the extra that installs it
+and the runtimes that would work here.
 """
 from __future__ import annotations
 
@@ -25,9 +27,13 @@ from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
+from ..deps import require_choice
 from ..errors import DPNError
+from ..files import require_regular
 
 RUNTIMES = ("gluon", "torch", "onnx")
+#: What each runtime imports (checked in this order).
+RUNTIME_PACKAGES = {"gluon": ("mxnet",), "torch": ("torch",), "onnx": ("onnxruntime", "onnx")}
 
 
 @dataclass
@@ -54,8 +60,11 @@ def read_model(path):
     ``.pth`` (timm's keys), ``.safetensors`` or a timm folder: detected from the content by
     :func:`dpn_gluon.convert.formats.read`, validated against the variant table.
     """
-    from ..convert.formats import read
-    w = read(path, hash_source=False)
+    from ..convert.formats import read, resolve_source
+    source = resolve_source(path)
+    if not source.is_dir():       # a FIFO or a device would block or read without end
+        require_regular(source, "checkpoint file")
+    w = read(source, hash_source=False)
     return w.arch, w.classes, w.classifier, w.tensors, w.labels
 
 
@@ -83,11 +92,18 @@ def load_runtime(kind: str, checkpoint, devices: str = "cpu", mean_max: bool = F
     if kind not in RUNTIMES:
         raise DPNError("unknown runtime %r (choose from %s)" % (kind, ", ".join(RUNTIMES)))
     dev_kind, ids = parse_devices(devices)
+    require_runtime(kind)
     arch, classes, classifier, tensors, labels = read_model(checkpoint)
     make = {"gluon": _gluon, "torch": _torch, "onnx": _onnx}[kind]
     forward, names = make(checkpoint, (arch, classes, classifier, tensors), dev_kind, ids,
                           mean_max)
     return Runtime(kind, arch.name, int(classes), classifier, names, forward, labels)
+
+
+def require_runtime(kind: str) -> None:
+    """Import what runtime ``kind`` needs, or one line naming the extra that installs it
+    and the runtimes that would work here."""
+    require_choice("--runtime", kind, RUNTIME_PACKAGES)
 
 
 def _gluon(checkpoint, model, dev_kind, ids, mean_max):
@@ -145,10 +161,7 @@ def _torch(checkpoint, model, dev_kind, ids, mean_max):
 
 
 def _onnx(checkpoint, model, dev_kind, ids, mean_max):
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise DPNError("the onnx runtime needs onnxruntime: pip install onnx onnxruntime") from None
+    import onnxruntime as ort
     from ..convert.onnx_export import export_onnx
     providers = ["CPUExecutionProvider"]
     if len(ids) > 1:
