@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from dpn_gluon.convert.formats import MAX_CLASSES
+from dpn_gluon.convert.readers import MAX_CLASSES
 from dpn_gluon.errors import DPNError
 from dpn_gluon.evaluate import data as evdata
 

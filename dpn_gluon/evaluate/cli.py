@@ -151,13 +151,14 @@ def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, dev
     from .preprocess import preprocess
     from .runtimes import load_runtime
     settings(size, protocol, mean_max)
+    if not quiet:
+        _note_resize("dpn-predict", protocol)
     user = labels.read_file(labels_file) if labels_file is not None else None
     rt = load_runtime(runtime, checkpoint, device, mean_max)
     names = labels.for_checkpoint(rt.labels, rt.classes, None) if user is None else user
     if user is not None:
         labels.check_count(user, rt.classes, str(labels_file))
     if not quiet:
-        _note_resize("dpn-predict", protocol)
         if names is None:
             click.echo("dpn-predict: no class names for these %d classes: printing indices "
                        "(pass --labels FILE, one name per line)" % rt.classes, err=True)

@@ -32,7 +32,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..convert.formats import MAX_CLASSES
+from ..convert.readers import MAX_CLASSES
 from ..errors import DPNError
 from ..files import open_regular
 from .images import MAX_IMAGE_BYTES
