@@ -36,7 +36,7 @@ from ..convert.readers import MAX_CLASSES
 from ..errors import DPNError
 from ..files import open_regular
 from .images import MAX_IMAGE_BYTES
-from .preprocess import ImageError, load_image, normalize, resize_crop, single_threaded
+from .preprocess import ImageError, load_image, normalize, resize_crop
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff", ".gif")
 
@@ -296,10 +296,6 @@ def _init_worker(crop: int, protocol: str) -> None:
     _WORKER_ARGS = (crop, protocol)
 
 
-def _init_pool_worker(crop: int, protocol: str) -> None:
-    _init_worker(crop, protocol)
-    single_threaded()
-
 
 def _load(task) -> Tuple[int, Optional[np.ndarray], Optional[str]]:
     i, source, name = task
@@ -329,7 +325,7 @@ def iter_batches(dataset: Dataset, crop: int, protocol: str, batch_size: int,
     tasks = ((i, src, dataset.name(i)) for i, src in enumerate(dataset.sources))
     if workers > 0:
         ctx = multiprocessing.get_context(_START_METHOD)
-        pool = ctx.Pool(workers, initializer=_init_pool_worker, initargs=(crop, protocol))
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(crop, protocol))
         results = pool.imap(_load, tasks, chunksize=max(1, min(16, batch_size // workers)))
     else:
         pool = None

@@ -7,6 +7,8 @@ Other modes are brought to 0..255 by their own scale, not clipped:
 - 16-bit gray (``I;16*``, and ``I`` as PNG/TIFF decode 16-bit gray): ``round(v * 255 / 65535)``;
 - ``F`` (32-bit float): PIL's own convention for ``F`` -> ``L``, values on the 0..255 scale,
   rounded and clipped (NaN is refused);
+- 16-bit RGB PNGs: Pillow itself decodes them to 8-bit RGB (the high byte, at most 1 level
+  from the rounded scale);
 - everything else PIL converts (``1``, ``L``, ``LA``, ``P``, ``PA``, ``RGBA``, ``CMYK``,
   ``YCbCr``...): PIL's ``convert("RGB")``, alpha dropped as timm and OpenCV's imdecode do.
 

@@ -110,6 +110,10 @@ def _cv2():
         import cv2
     except ImportError:
         return None
+    # One thread, from the start: OpenCV's thread pool does not survive fork(), and a
+    # forked data-loading worker that resizes after the parent's pool ran can deadlock
+    # (the workers are the parallelism; one 500x375 resize takes ~1.4 ms anyway).
+    cv2.setNumThreads(1)
     return cv2
 
 
@@ -131,12 +135,6 @@ def authors_resize_backend() -> str:
         return "OpenCV %s cv2.resize INTER_CUBIC" % _cv2().__version__
     return ("OpenCV's bicubic in numpy, within 1 gray level of OpenCV "
             "(pip install \"dpn-gluon[opencv]\" for OpenCV itself)")
-
-
-def single_threaded() -> None:
-    """One OpenCV thread per data-loading worker process (the workers are the parallelism)."""
-    if _cv2() is not None:
-        _cv2().setNumThreads(1)
 
 
 #: OpenCV's bicubic coefficient (``cv::resize`` INTER_CUBIC); PIL uses -0.5.
