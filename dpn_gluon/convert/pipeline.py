@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Mapping, Optional, Union
 
-from .. import labels as class_labels
+from .. import deps, labels as class_labels
 from ..errors import DPNError
 from . import card, formats, sanity, writers
 from .outputs import conversion_plan
@@ -85,6 +85,8 @@ def convert(src: PathLike, to: str, out: Optional[PathLike] = None, arch: Option
         raise DPNError("unknown target format %r (choose from %s)"
                                % (to, ", ".join(formats.TARGETS)))
     formats.check_onnx_options(to, onnx_options)
+    if to == "onnx":          # before reading a checkpoint of hundreds of MB
+        deps.require("onnx", "--to onnx")
     path = formats.resolve_source(src, epoch)
     fmt = formats.detect(path)
     plan = conversion_plan(path, fmt, to, out, force, report)   # refuse early, before any work
