@@ -1,6 +1,6 @@
 """The authors' training recipe: the numbers, where they come from, and the learning rate.
 
-Sources (../shared/reference/original-dpn.md section 6; docs/train.md):
+Sources (docs/reference/original-dpn.md section 6; docs/train.md):
 
 - cypw/DPNs README, "Training" table: random mirror; random crop of 8-100 % of the area with
   aspect ratio 3/4-4/3; random HSL [20, 40, 50] (MXNet ``ImageRecordIter``'s ``random_h``,
