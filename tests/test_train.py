@@ -212,6 +212,26 @@ def test_existing_run_is_refused(data, seeded, tmp_path):
     assert mine.read_bytes() == b"the user's"
 
 
+
+def _tree(folder: Path):
+    return sorted((str(p), p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+def test_outputs_never_land_in_the_data(data, seeded, tmp_path):
+    """--out inside --data or --val-data: refused before anything is written (a curves PNG in
+    a class folder would be trained on as an image of that class after --resume)."""
+    train, held_out = data
+    before = _tree(train), _tree(held_out)
+    quick = ["--from", seeded, "--data", train, "--val-data", held_out, "--size", "32",
+             "--batch-size", "4", "--epochs", "1", "--max-steps", "1", "--threads", "0", "-q"]
+    for out in (train / CLASSES[0] / "run", held_out / "run"):
+        res = run_cli(quick + ["--out", out])
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1, res.stderr
+        assert lines[0].startswith("dpn-train: error: ") and "inside the input folder" in lines[0]
+    assert (_tree(train), _tree(held_out)) == before
+
+
 def test_linear_scaling_and_schedules():
     assert recipe.scaled_lr(1280) == pytest.approx(0.316)
     assert recipe.scaled_lr(256) == pytest.approx(0.316 / 5)

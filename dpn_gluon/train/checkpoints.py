@@ -65,6 +65,11 @@ class Run:
     def curves(self) -> Path:
         return self._path(CURVES_SUFFIX)
 
+    def files(self, epochs: int) -> List[Path]:
+        """Every file a run of ``epochs`` epochs writes at this prefix."""
+        return [self.symbol, self.record, self.log, self.curves] + [
+            f(epoch) for epoch in range(1, epochs + 1) for f in (self.params, self.states)]
+
     def existing(self) -> List[Path]:
         """Files of a run already at this prefix (what a new run would overwrite)."""
         folder, stem = self.prefix.parent, self.prefix.name

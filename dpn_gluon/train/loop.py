@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
@@ -243,14 +244,21 @@ def _now() -> str:
 
 
 def check_outputs(run: Run, opts: Options) -> Optional[dict]:
-    """The run record to resume from (with ``--resume``), or None for a new run."""
+    """The run record to resume from (with ``--resume``), or None for a new run.
+
+    The run's files follow :mod:`dpn_gluon.convert.outputs`: none is an input or inside an
+    input folder (a curves PNG in a class folder would become a training image), none is a
+    symbolic link or a folder; a new run replaces nothing."""
+    from ..convert.outputs import Output, Plan
+    inputs = [Path(p) for p in (opts.data, opts.val_data, opts.start) if p is not None]
+    inputs += [p.with_suffix(".idx") for p in inputs if p.suffix == ".rec"]
+    Plan([Output(p, role="training output") for p in run.files(opts.epochs)], inputs,
+         force=True)
     if not opts.resume:
         found = run.existing()
         if found:
             raise DPNError("%s exists (a previous run at --out %s; use --resume to continue it, "
                            "or another --out)" % (found[0], opts.out))
-        if run.prefix.parent.exists() and not run.prefix.parent.is_dir():
-            raise DPNError("%s is not a folder" % run.prefix.parent)
         return None
     previous = run.read_record()
     if previous is None or not previous.get("epoch"):
