@@ -232,6 +232,41 @@ def test_outputs_never_land_in_the_data(data, seeded, tmp_path):
     assert (_tree(train), _tree(held_out)) == before
 
 
+
+EDITED_RECORDS = [
+    ([1], "not a JSON object"),
+    ({"epoch": "1", "recipe": {}, "history": []}, "epoch is not a count"),
+    ({"epoch": True, "recipe": {}, "history": []}, "epoch is not a count"),
+    ({"epoch": 1, "recipe": 5, "history": []}, "recipe is not an object"),
+    ({"epoch": 1, "recipe": {}, "history": None}, "history is not a list of 1"),
+    ({"epoch": 1, "recipe": {}, "history": [{"epoch": 1, "loss": "x", "train_top1": 1.0}]},
+     "history entry 1"),
+]
+
+
+@pytest.mark.parametrize("record,why", EDITED_RECORDS)
+def test_an_edited_run_record_is_one_line(record, why, tmp_path):
+    from dpn_gluon.errors import DPNError
+    from dpn_gluon.train.checkpoints import Run
+    (tmp_path / "run-train.json").write_text(json.dumps(record))
+    with pytest.raises(DPNError, match=why):
+        Run(tmp_path / "run").read_record()
+
+
+def test_resume_from_an_edited_record_is_one_line(data, seeded, tmp_path):
+    """Through the command: a record --resume cannot use is one line, no traceback; a
+    hand-written valid record is read (and then asks for more --epochs)."""
+    base = ["--from", seeded, "--data", data[0], "--out", tmp_path / "run", "--epochs", "1",
+            "--resume", "--threads", "0", "-q"]
+    for record, why in ((EDITED_RECORDS[0][0], "not a JSON object"),
+                        ({"epoch": 1, "recipe": {}, "history": [
+                            {"epoch": 1, "loss": 1.5, "train_top1": 25.0}]}, "raise --epochs")):
+        (tmp_path / "run-train.json").write_text(json.dumps(record))
+        res = run_cli(base)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and why in lines[0], res.stderr
+
+
 def test_linear_scaling_and_schedules():
     assert recipe.scaled_lr(1280) == pytest.approx(0.316)
     assert recipe.scaled_lr(256) == pytest.approx(0.316 / 5)
