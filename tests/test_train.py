@@ -267,6 +267,14 @@ def test_resume_from_an_edited_record_is_one_line(data, seeded, tmp_path):
         assert res.returncode == 2 and len(lines) == 1 and why in lines[0], res.stderr
 
 
+
+def test_summary_prints_zero_accuracy_as_zero():
+    from dpn_gluon.train.cli import summary
+    line = summary({"arch": "dpn68", "classes": 4, "epochs": 1, "workers": 1, "loss": 0.0,
+                    "train_top1": 0.0, "top1": 0.0, "img_per_s": None, "checkpoint": "r-0001.params"})
+    assert "loss 0.0000, train top-1 0.0 %, val top-1 0.00 %, nan img/s" in line
+
+
 def test_linear_scaling_and_schedules():
     assert recipe.scaled_lr(1280) == pytest.approx(0.316)
     assert recipe.scaled_lr(256) == pytest.approx(0.316 / 5)
