@@ -276,6 +276,30 @@ def test_sweep_removes_only_dead_writers_temps(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(n for n, ours in names.items() if not ours)
 
 
+
+def test_sweep_keeps_the_temps_of_a_writer_whose_pid_means_nothing_here(tmp_path, monkeypatch):
+    """A writer in another pid namespace (a container sharing the folder) or on another host
+    has a pid that looks dead here: its temps and set-aside outputs must survive a sweep
+    while it runs (it holds their flock), and be swept once it has gone."""
+    monkeypatch.setattr(atomic, "_alive", lambda pid: False)
+    (tmp_path / "hub").mkdir()
+    (tmp_path / "hub" / "config.json").write_text("previous")
+    with atomic.Transaction() as tx:
+        with tx.file(tmp_path / "out.pth") as f:
+            f.write(b"new")
+        with tx.path(tmp_path / "hub", directory=True) as d:
+            (d / "config.json").write_text("new")
+        assert atomic.sweep(tmp_path) == [] and len(temps(tmp_path)) == 2
+        tx.commit()
+        assert atomic.sweep(tmp_path) == [] and len(temps(tmp_path)) == 1   # hub's .old
+    assert (tmp_path / "out.pth").read_bytes() == b"new"
+    assert (tmp_path / "hub" / "config.json").read_text() == "new" and temps(tmp_path) == []
+    # a killed writer's temp (no flock held any more) is still swept
+    stale = tmp_path / (".x.pth.%d.abcdefgh.part" % _dead_pid())
+    stale.write_bytes(b"x")
+    assert atomic.sweep(tmp_path) == [stale.name]
+
+
 def test_next_write_into_the_folder_sweeps(models, shm):
     out_dir = shm / "sweep"
     out_dir.mkdir()
