@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -271,8 +272,24 @@ def test_resume_from_an_edited_record_is_one_line(data, seeded, tmp_path):
 def test_summary_prints_zero_accuracy_as_zero():
     from dpn_gluon.train.cli import summary
     line = summary({"arch": "dpn68", "classes": 4, "epochs": 1, "workers": 1, "loss": 0.0,
-                    "train_top1": 0.0, "top1": 0.0, "img_per_s": None, "checkpoint": "r-0001.params"})
+                    "train_top1": 0.0, "top1": 0.0, "img_per_s": None,
+                    "checkpoint": "r-0001.params"})
     assert "loss 0.0000, train top-1 0.0 %, val top-1 0.00 %, nan img/s" in line
+
+
+
+def test_a_new_run_that_fails_in_its_first_epoch_leaves_nothing(data, seeded, tmp_path):
+    """No PREFIX.log, no half-written epoch, no folder it created: else the retry is refused
+    (PREFIX.log exists) and --resume has no epoch to continue."""
+    broken = tmp_path / "broken"
+    shutil.copytree(data[0], broken)
+    for image in broken.rglob("*.png"):
+        image.write_bytes(b"not an image")
+    res = run_cli(["--from", seeded, "--data", broken, "--out", tmp_path / "new" / "run",
+                   "--size", "32", "--batch-size", "4", "--epochs", "1", "--threads", "0", "-q"])
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "cannot decode" in lines[0], res.stderr
+    assert not (tmp_path / "new").exists()
 
 
 def test_linear_scaling_and_schedules():
