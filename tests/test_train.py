@@ -292,6 +292,23 @@ def test_a_new_run_that_fails_in_its_first_epoch_leaves_nothing(data, seeded, tm
     assert not (tmp_path / "new").exists()
 
 
+
+@pytest.mark.parametrize("out", ["w/run", "w/run.params", "w/run-0003.params", "w/run-symbol.json"])
+def test_out_names_the_prefix_as_dpn_convert_does(out):
+    from dpn_gluon.train.checkpoints import Run
+    run = Run(out)
+    assert (str(run.params(1)), str(run.symbol)) == ("w/run-0001.params", "w/run-symbol.json")
+
+
+def test_out_naming_a_folder_is_one_line(data, seeded, tmp_path):
+    (tmp_path / "runs").mkdir()
+    res = run_cli(["--from", seeded, "--data", data[0], "--out", tmp_path / "runs", "-q"])
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "is a folder" in lines[0], res.stderr
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "runs"]
+    assert not list((tmp_path / "runs").iterdir())
+
+
 def test_linear_scaling_and_schedules():
     assert recipe.scaled_lr(1280) == pytest.approx(0.316)
     assert recipe.scaled_lr(256) == pytest.approx(0.316 / 5)

@@ -24,6 +24,7 @@ import numpy as np
 from ..checkpoint import PARAMS_SUFFIX, SYMBOL_SUFFIX, write_checkpoint
 from ..convert import mxparams
 from ..convert.atomic import atomic_write
+from ..convert.outputs import mxnet_prefix
 from ..errors import DPNError
 from ..files import read_bounded
 
@@ -62,7 +63,9 @@ class Run:
     """The files of one ``--out PREFIX``."""
 
     def __init__(self, prefix):
-        self.prefix = Path(prefix)
+        # dpn-convert's rule for the authors' format: x-0003.params, x.params and
+        # x-symbol.json all name prefix x (not x-0003.params-0001.params)
+        self.prefix = mxnet_prefix(Path(prefix))
 
     def _path(self, suffix: str) -> Path:
         return Path(str(self.prefix) + suffix)

@@ -270,6 +270,9 @@ def check_outputs(run: Run, opts: Options) -> Optional[dict]:
     input folder (a curves PNG in a class folder would become a training image), none is a
     symbolic link or a folder; a new run replaces nothing."""
     from ..convert.outputs import Output, Plan
+    if Path(opts.out).is_dir():
+        raise DPNError("--out %s is a folder; give a PREFIX in it, such as %s"
+                       % (opts.out, Path(opts.out) / "dpn"))
     inputs = [Path(p) for p in (opts.data, opts.val_data, opts.start) if p is not None]
     inputs += [p.with_suffix(".idx") for p in inputs if p.suffix == ".rec"]
     Plan([Output(p, role="training output") for p in run.files(opts.epochs)], inputs,
