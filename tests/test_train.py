@@ -309,6 +309,22 @@ def test_out_naming_a_folder_is_one_line(data, seeded, tmp_path):
     assert not list((tmp_path / "runs").iterdir())
 
 
+
+def test_a_huge_label_in_a_list_is_one_line(data, seeded, tmp_path):
+    """One .lst line with label 999999999 asked for a 10^9-class classifier (6 TiB):
+    a MemoryError traceback, or on a smaller count an OOM kill."""
+    image = sorted((data[0] / CLASSES[0]).iterdir())[0]
+    lst = tmp_path / "huge.lst"
+    lst.write_text("0\t999999999\t%s\n1\t0\t%s\n" % (image, image))
+    for extra in ([], ["--classes", "100000000"]):
+        res = run_cli(["--from", seeded, "--data", lst if not extra else data[0],
+                       "--out", tmp_path / "run", "-q"] + extra)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1, res.stderr
+        assert "whole number from 1 to 1000000" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.lst"]
+
+
 def test_linear_scaling_and_schedules():
     assert recipe.scaled_lr(1280) == pytest.approx(0.316)
     assert recipe.scaled_lr(256) == pytest.approx(0.316 / 5)

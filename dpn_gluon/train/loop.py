@@ -60,7 +60,8 @@ def initial_tensors(opts: Options, train_classes: int):
     afresh (N(0, 0.01), zero bias, seeded) under the authors' name ``fc6``. ``--arch``: None
     (Gluon's initializers, seeded).
     """
-    classes = opts.classes or train_classes
+    classes = variants.check_classes(opts.classes or train_classes,
+                                     "--classes" if opts.classes else "the data's class count")
     if opts.arch is not None:
         arch, classes, classifier = variants.resolve(opts.arch, classes)
         return arch, classes, classifier, None
