@@ -336,6 +336,19 @@ def test_release_does_not_trust_an_edited_manifest(ckpts, tmp_path):
     assert (out / "dpn68.onnx").read_bytes() == b"the user's own export"
 
 
+
+def test_release_names_are_unique(tmp_path):
+    """a-0000.params and a-0001.params are entries a-0000 and a-0001; a-0000-0000.params
+    alone would be a-0000 too, and two entries would write the same outputs."""
+    from dpn_gluon.convert.release import find_checkpoints
+    for name in ("a-0000.params", "a-0001.params", "a-0000-0000.params", "b-0000.params"):
+        (tmp_path / name).write_bytes(b"")
+    names = [name for name, _ in find_checkpoints(tmp_path)]
+    assert names == ["a-0000", "a-0000-0000", "a-0001", "b-0000"]
+    (tmp_path / "a-0000-0000.params").unlink()
+    assert [name for name, _ in find_checkpoints(tmp_path)] == ["a-0000", "a-0001", "b"]
+
+
 # -- list and the command line --------------------------------------------------------
 
 def test_list_gives_the_published_table_of_the_readme():

@@ -65,7 +65,8 @@ class Release:
 
 
 def find_checkpoints(src_dir: Path) -> List[Tuple[str, Path]]:
-    """(name, path) of every ``PREFIX-NNNN.params`` file in ``src_dir``, sorted by name."""
+    """(name, path) of every ``PREFIX-NNNN.params`` file in ``src_dir``, sorted by name;
+    names are unique (the file names without ``.params`` where prefixes would collide)."""
     src_dir = Path(src_dir)
     if not src_dir.is_dir():
         raise DPNError("%s: not a folder" % src_dir)
@@ -80,6 +81,10 @@ def find_checkpoints(src_dir: Path) -> List[Tuple[str, Path]]:
             out.append((prefix if len(paths) == 1 else path.name[:-len(".params")], path))
     if not out:
         raise DPNError("%s: no PREFIX-NNNN.params checkpoint in the folder" % src_dir)
+    if len({name for name, _ in out}) < len(out):
+        # a-0000.params + a-0001.params are a-0000 and a-0001, as is a-0000-0000.params
+        # alone: two entries would share outputs; the file names themselves are unique
+        out = [(path.name[:-len(".params")], path) for _, path in out]
     return sorted(out)
 
 
