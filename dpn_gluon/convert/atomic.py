@@ -264,7 +264,7 @@ class Transaction:
         self._placed: List[Tuple[Path, Optional[Path], Tuple[int, int]]] = []  # final, aside, ours
         self._created: List[Path] = []
         self._swept = set()
-        self._claims: List[int] = []     # flocks on our temps and .old paths, until the end
+        self._claims = {}                # path -> fd holding its flock: our temps and .old paths
 
     def __enter__(self) -> "Transaction":
         return self
@@ -316,13 +316,19 @@ class Transaction:
     def _hold(self, path: Path) -> None:
         fd = _claim(path)
         if fd is not None:
-            self._claims.append(fd)
+            self._claims[str(path)] = fd
 
-    def _release(self) -> None:
-        claims, self._claims = self._claims, []
-        for fd in claims:
+    def _drop(self, path: Path) -> None:
+        """Let go of a temp once it is in place: a placed folder is locked by later commits
+        into it (:func:`_locked`), which our own flock on its inode would block."""
+        fd = self._claims.pop(str(path), None)
+        if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+    def _release(self) -> None:
+        for path in list(self._claims):
+            self._drop(path)
 
     @contextlib.contextmanager
     def file(self, final: Union[str, Path]) -> Iterator[BinaryIO]:
@@ -402,6 +408,7 @@ class Transaction:
             if aside is not None:
                 os.rename(aside, final)
             raise
+        self._drop(tmp)
         if moved_cwd:                       # -o . : the process stays in the output folder
             os.chdir(final)
         self._placed.append((final, aside, (st.st_dev, st.st_ino)))
