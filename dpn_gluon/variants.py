@@ -13,6 +13,7 @@ This module imports neither MXNet nor torch.
 """
 from __future__ import annotations
 
+import numbers
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple
@@ -202,6 +203,20 @@ def default_classifier(arch: str, classes: int) -> str:
     return ckpt.classifier if ckpt else "fc6"
 
 
+#: The largest class count anything here builds or reads (the 5k head has 4786): a count from
+#: a file or an argument beyond it is refused before a classifier of that size is allocated.
+MAX_CLASSES = 1_000_000
+
+
+def check_classes(classes, what: str = "classes") -> int:
+    """``classes`` as an int, refused (one line) unless a whole number in 1..MAX_CLASSES."""
+    if isinstance(classes, bool) or not isinstance(classes, numbers.Integral) \
+            or not 1 <= classes <= MAX_CLASSES:
+        raise CheckpointError("%s must be a whole number from 1 to %d, got %s"
+                              % (what, MAX_CLASSES, str(classes)[:40]))
+    return int(classes)
+
+
 def resolve(name: str, classes: Optional[int] = None,
             classifier: Optional[str] = None) -> Tuple[Arch, int, str]:
     """Architecture or checkpoint name -> (arch, classes, classifier name).
@@ -211,18 +226,17 @@ def resolve(name: str, classes: Optional[int] = None,
     """
     if name in CHECKPOINTS:
         ckpt = CHECKPOINTS[name]
-        arch, classes = ARCHS[ckpt.arch], classes or ckpt.classes
+        arch = ARCHS[ckpt.arch]
+        classes = check_classes(ckpt.classes if classes is None else classes)
         classifier = classifier or (ckpt.classifier if classes == ckpt.classes
                                     else default_classifier(ckpt.arch, classes))
     else:
         arch = get_arch(name)
-        classes = classes or 1000
+        classes = check_classes(1000 if classes is None else classes)
         classifier = classifier or default_classifier(name, classes)
     if classifier not in CLASSIFIERS:
         raise CheckpointError("unknown classifier name %r (choose from %s)"
                               % (classifier, ", ".join(CLASSIFIERS)))
-    if classes < 1:
-        raise CheckpointError("classes must be positive, got %d" % classes)
     return arch, classes, classifier
 
 

@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -113,6 +114,21 @@ def test_force_never_replaces_a_folder_of_other_files(models, shm):
     before = snapshot(hub)
     r = run(models / "x-0000.params", "--to", "timm", "-o", hub, "--force", "--no-check")
     assert_one_line_error(r, "photo.jpg", "refusing")
+    assert snapshot(hub) == before and temps(shm) == []
+
+
+
+@pytest.mark.parametrize("mine", [["README.md"], ["README.md", "config.json"], ["config.json"]])
+def test_force_never_replaces_a_folder_that_only_looks_like_a_timm_folder(models, shm, mine):
+    """A project folder holding just its README.md (or a config.json) is not an earlier
+    output: every timm folder this tool writes holds config.json and model.safetensors."""
+    hub = shm / ("look-alike-" + "-".join(n.split(".")[0] for n in mine))
+    hub.mkdir()
+    for name in mine:
+        (hub / name).write_text("the user's " + name)
+    before = snapshot(hub)
+    r = run(models / "x-0000.params", "--to", "timm", "-o", hub, "--force", "--no-check")
+    assert_one_line_error(r, "model.safetensors", "refusing")
     assert snapshot(hub) == before and temps(shm) == []
 
 
@@ -274,6 +290,43 @@ def test_sweep_removes_only_dead_writers_temps(tmp_path):
     removed = atomic.sweep(tmp_path)
     assert sorted(removed) == sorted(n for n, ours in names.items() if ours)
     assert sorted(os.listdir(tmp_path)) == sorted(n for n, ours in names.items() if not ours)
+
+
+
+
+def _write(path: Path) -> None:
+    with atomic.atomic_write(path, force=True) as f:
+        f.write(b"card")
+
+
+def test_sweep_keeps_the_temps_of_a_writer_whose_pid_means_nothing_here(tmp_path, monkeypatch):
+    """A writer in another pid namespace (a container sharing the folder) or on another host
+    has a pid that looks dead here: its temps and set-aside outputs must survive a sweep
+    while it runs (it holds their flock), and be swept once it has gone."""
+    monkeypatch.setattr(atomic, "_alive", lambda pid: False)
+    (tmp_path / "hub").mkdir()
+    (tmp_path / "hub" / "config.json").write_text("previous")
+    with atomic.Transaction() as tx:
+        with tx.file(tmp_path / "out.pth") as f:
+            f.write(b"new")
+        with tx.path(tmp_path / "hub", directory=True) as d:
+            (d / "config.json").write_text("new")
+        assert atomic.sweep(tmp_path) == [] and len(temps(tmp_path)) == 2
+        tx.commit()
+        assert atomic.sweep(tmp_path) == [] and len(temps(tmp_path)) == 1   # hub's .old
+        # a commit into the placed folder (the model card after the check) must not wait
+        # for a flock this transaction still holds on it
+        card = threading.Thread(target=_write, args=(tmp_path / "hub" / "README.md",),
+                                daemon=True)
+        card.start()
+        card.join(timeout=20)
+        assert not card.is_alive(), "deadlock: a commit into the placed folder blocked"
+    assert (tmp_path / "out.pth").read_bytes() == b"new"
+    assert (tmp_path / "hub" / "config.json").read_text() == "new" and temps(tmp_path) == []
+    # a killed writer's temp (no flock held any more) is still swept
+    stale = tmp_path / (".x.pth.%d.abcdefgh.part" % _dead_pid())
+    stale.write_bytes(b"x")
+    assert atomic.sweep(tmp_path) == [stale.name]
 
 
 def test_next_write_into_the_folder_sweeps(models, shm):

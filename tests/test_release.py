@@ -259,6 +259,96 @@ def test_release_refuses_outputs_it_did_not_write(ckpts, tmp_path):
     assert (out / "dpn68" / "mine.txt").read_text() == "keep me"
 
 
+
+def _one_line_refusal(res, *words):
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1, res.stderr
+    assert lines[0].startswith("dpn-convert: error: ") and all(w in lines[0] for w in words)
+
+
+def test_release_keeps_a_users_manifest_md(ckpts, tmp_path):
+    """MANIFEST.md in OUT_DIR that no release wrote: refused (nothing written), --force
+    replaces it; a symbolic link of that name is refused even with --force."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    (src / "dpn68-0000.params").write_bytes(ckpts["in1k"].read_bytes())
+    (out / "MANIFEST.md").write_text("my notes")
+    _one_line_refusal(run("release", src, "-o", out, "--no-check", "-q"), "MANIFEST.md",
+                      "--force")
+    assert sorted(p.name for p in out.iterdir()) == ["MANIFEST.md"]
+    assert (out / "MANIFEST.md").read_text() == "my notes"
+    (tmp_path / "notes.md").write_text("elsewhere")
+    (out / "MANIFEST.md").unlink()
+    (out / "MANIFEST.md").symlink_to(tmp_path / "notes.md")
+    _one_line_refusal(run("release", src, "-o", out, "--no-check", "--force"), "symbolic link")
+    assert (out / "MANIFEST.md").is_symlink() and (tmp_path / "notes.md").read_text() == "elsewhere"
+    (out / "MANIFEST.md").unlink()
+    (out / "MANIFEST.md").write_text("my notes")
+    assert run("release", src, "-o", out, "--no-check", "--force", "-q").exit_code == 0
+    assert "| dpn68 |" in (out / "MANIFEST.md").read_text()
+    # a rerun replaces the table it wrote; an edited table is the user's again
+    assert run("release", src, "-o", out, "--no-check", "-q").exit_code == 0
+    with open(out / "MANIFEST.md", "a") as f:
+        f.write("my addition\n")
+    _one_line_refusal(run("release", src, "-o", out, "--no-check", "-q"), "MANIFEST.md")
+    assert (out / "MANIFEST.md").read_text().endswith("my addition\n")
+
+
+def test_release_does_not_trust_an_edited_manifest(ckpts, tmp_path):
+    """A manifest that says an entry is done while its outputs are gone is redone; one naming
+    paths outside an entry's outputs is refused; a manifest entry does not make a user's file
+    of an output's name replaceable."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    (src / "dpn68-0000.params").write_bytes(ckpts["in1k"].read_bytes())
+    assert run("release", src, "-o", out, "--no-check", "-q").exit_code == 0
+    manifest = json.loads((out / "MANIFEST.json").read_text())
+    entry = manifest["entries"][0]
+
+    for f in sorted((out / "dpn68").iterdir()):
+        f.unlink()
+    (out / "dpn68").rmdir()
+    (out / "dpn68.onnx").unlink()
+    entry["outputs"] = {}
+    (out / "MANIFEST.json").write_text(json.dumps(manifest))
+    (out / "MANIFEST.md").unlink()
+    res = run("release", src, "-o", out, "--no-check")
+    assert res.exit_code == 0 and "unchanged" not in res.stderr, res.stderr
+    assert (out / "dpn68" / "model.safetensors").is_file() and (out / "dpn68.onnx").is_file()
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    manifest = json.loads((out / "MANIFEST.json").read_text())
+    manifest["entries"][0]["outputs"]["../victim.txt"] = _sha(victim)
+    (out / "MANIFEST.json").write_text(json.dumps(manifest))
+    _one_line_refusal(run("release", src, "-o", out, "--no-check", "-q"), "MANIFEST.json")
+    assert victim.read_text() == "keep"
+
+    del manifest["entries"][0]["outputs"]["../victim.txt"]
+    del manifest["entries"][0]["outputs"]["dpn68.onnx"]
+    manifest["entries"][0]["ok"] = False
+    (out / "MANIFEST.json").write_text(json.dumps(manifest))
+    (out / "MANIFEST.md").unlink()
+    (out / "dpn68.onnx").write_bytes(b"the user's own export")
+    res = run("release", src, "-o", out, "--no-check", "-q")
+    assert res.exit_code == 2 and "exists (use --force" in res.stderr, res.stderr
+    assert (out / "dpn68.onnx").read_bytes() == b"the user's own export"
+
+
+
+def test_release_names_are_unique(tmp_path):
+    """a-0000.params and a-0001.params are entries a-0000 and a-0001; a-0000-0000.params
+    alone would be a-0000 too, and two entries would write the same outputs."""
+    from dpn_gluon.convert.release import find_checkpoints
+    for name in ("a-0000.params", "a-0001.params", "a-0000-0000.params", "b-0000.params"):
+        (tmp_path / name).write_bytes(b"")
+    names = [name for name, _ in find_checkpoints(tmp_path)]
+    assert names == ["a-0000", "a-0000-0000", "a-0001", "b-0000"]
+    (tmp_path / "a-0000-0000.params").unlink()
+    assert [name for name, _ in find_checkpoints(tmp_path)] == ["a-0000", "a-0001", "b"]
+
+
 # -- list and the command line --------------------------------------------------------
 
 def test_list_gives_the_published_table_of_the_readme():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -210,6 +211,118 @@ def test_existing_run_is_refused(data, seeded, tmp_path):
     res = run_cli(["--from", seeded, "--data", data[0], "--out", tmp_path / "out" / "run"])
     assert res.returncode == 2 and "--resume" in res.stderr
     assert mine.read_bytes() == b"the user's"
+
+
+
+def _tree(folder: Path):
+    return sorted((str(p), p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+def test_outputs_never_land_in_the_data(data, seeded, tmp_path):
+    """--out inside --data or --val-data: refused before anything is written (a curves PNG in
+    a class folder would be trained on as an image of that class after --resume)."""
+    train, held_out = data
+    before = _tree(train), _tree(held_out)
+    quick = ["--from", seeded, "--data", train, "--val-data", held_out, "--size", "32",
+             "--batch-size", "4", "--epochs", "1", "--max-steps", "1", "--threads", "0", "-q"]
+    for out in (train / CLASSES[0] / "run", held_out / "run"):
+        res = run_cli(quick + ["--out", out])
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1, res.stderr
+        assert lines[0].startswith("dpn-train: error: ") and "inside the input folder" in lines[0]
+    assert (_tree(train), _tree(held_out)) == before
+
+
+
+EDITED_RECORDS = [
+    ([1], "not a JSON object"),
+    ({"epoch": "1", "recipe": {}, "history": []}, "epoch is not a count"),
+    ({"epoch": True, "recipe": {}, "history": []}, "epoch is not a count"),
+    ({"epoch": 1, "recipe": 5, "history": []}, "recipe is not an object"),
+    ({"epoch": 1, "recipe": {}, "history": None}, "history is not a list of 1"),
+    ({"epoch": 1, "recipe": {}, "history": [{"epoch": 1, "loss": "x", "train_top1": 1.0}]},
+     "history entry 1"),
+]
+
+
+@pytest.mark.parametrize("record,why", EDITED_RECORDS)
+def test_an_edited_run_record_is_one_line(record, why, tmp_path):
+    from dpn_gluon.errors import DPNError
+    from dpn_gluon.train.checkpoints import Run
+    (tmp_path / "run-train.json").write_text(json.dumps(record))
+    with pytest.raises(DPNError, match=why):
+        Run(tmp_path / "run").read_record()
+
+
+def test_resume_from_an_edited_record_is_one_line(data, seeded, tmp_path):
+    """Through the command: a record --resume cannot use is one line, no traceback; a
+    hand-written valid record is read (and then asks for more --epochs)."""
+    base = ["--from", seeded, "--data", data[0], "--out", tmp_path / "run", "--epochs", "1",
+            "--resume", "--threads", "0", "-q"]
+    for record, why in ((EDITED_RECORDS[0][0], "not a JSON object"),
+                        ({"epoch": 1, "recipe": {}, "history": [
+                            {"epoch": 1, "loss": 1.5, "train_top1": 25.0}]}, "raise --epochs")):
+        (tmp_path / "run-train.json").write_text(json.dumps(record))
+        res = run_cli(base)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and why in lines[0], res.stderr
+
+
+
+def test_summary_prints_zero_accuracy_as_zero():
+    from dpn_gluon.train.cli import summary
+    line = summary({"arch": "dpn68", "classes": 4, "epochs": 1, "workers": 1, "loss": 0.0,
+                    "train_top1": 0.0, "top1": 0.0, "img_per_s": None,
+                    "checkpoint": "r-0001.params"})
+    assert "loss 0.0000, train top-1 0.0 %, val top-1 0.00 %, nan img/s" in line
+
+
+
+def test_a_new_run_that_fails_in_its_first_epoch_leaves_nothing(data, seeded, tmp_path):
+    """No PREFIX.log, no half-written epoch, no folder it created: else the retry is refused
+    (PREFIX.log exists) and --resume has no epoch to continue."""
+    broken = tmp_path / "broken"
+    shutil.copytree(data[0], broken)
+    for image in broken.rglob("*.png"):
+        image.write_bytes(b"not an image")
+    res = run_cli(["--from", seeded, "--data", broken, "--out", tmp_path / "new" / "run",
+                   "--size", "32", "--batch-size", "4", "--epochs", "1", "--threads", "0", "-q"])
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "cannot decode" in lines[0], res.stderr
+    assert not (tmp_path / "new").exists()
+
+
+
+@pytest.mark.parametrize("out", ["w/run", "w/run.params", "w/run-0003.params", "w/run-symbol.json"])
+def test_out_names_the_prefix_as_dpn_convert_does(out):
+    from dpn_gluon.train.checkpoints import Run
+    run = Run(out)
+    assert (str(run.params(1)), str(run.symbol)) == ("w/run-0001.params", "w/run-symbol.json")
+
+
+def test_out_naming_a_folder_is_one_line(data, seeded, tmp_path):
+    (tmp_path / "runs").mkdir()
+    res = run_cli(["--from", seeded, "--data", data[0], "--out", tmp_path / "runs", "-q"])
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "is a folder" in lines[0], res.stderr
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "runs"]
+    assert not list((tmp_path / "runs").iterdir())
+
+
+
+def test_a_huge_label_in_a_list_is_one_line(data, seeded, tmp_path):
+    """One .lst line with label 999999999 asked for a 10^9-class classifier (6 TiB):
+    a MemoryError traceback, or on a smaller count an OOM kill."""
+    image = sorted((data[0] / CLASSES[0]).iterdir())[0]
+    lst = tmp_path / "huge.lst"
+    lst.write_text("0\t999999999\t%s\n1\t0\t%s\n" % (image, image))
+    for extra in ([], ["--classes", "100000000"]):
+        res = run_cli(["--from", seeded, "--data", lst if not extra else data[0],
+                       "--out", tmp_path / "run", "-q"] + extra)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1, res.stderr
+        assert "whole number from 1 to 1000000" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.lst"]
 
 
 def test_linear_scaling_and_schedules():

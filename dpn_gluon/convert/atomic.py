@@ -13,6 +13,9 @@ Interruption: :func:`handling_signals` turns SIGINT/SIGTERM/SIGHUP into :class:`
 (a BaseException), so the same cleanup runs as for any error; SIGKILL cannot be caught, and
 its leftovers are removed by the next transaction writing into that folder
 (:func:`sweep`: only names of our exact pattern, and only of writers no longer alive).
+A writer holds an exclusive ``flock`` on each of its temps and set-aside ``.old`` paths
+until it ends, so a writer whose pid means nothing here (another container's pid namespace,
+another host on a shared folder) still counts as alive: its temps are not swept.
 
 Failures to write (no space, quota, file too large, read-only, I/O error) are raised as
 one-line :class:`DPNError`\\ s naming the output, so the command-line tools exit 2. Outputs get
@@ -129,10 +132,43 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _claim(path: Union[str, Path]) -> Optional[int]:
+    """A descriptor holding an exclusive flock on ``path`` (our temp, our ``.old``), or None
+    where the file system has no such locks (best effort: the pid still names the writer)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _held(path: Union[str, Path]) -> bool:
+    """Whether a live writer anywhere holds ``path``'s flock (see :func:`_claim`)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as e:
+        return e.errno in (errno.EACCES, errno.EPERM)       # not ours to judge: keep it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
+
+
 def sweep(folder: Union[str, Path]) -> List[str]:
     """Remove the temporary files and ``.old`` folders of writers that are no longer alive
     (a SIGKILL, a power cut) from ``folder``; returns their names. Only names matching
-    :data:`TEMP_NAME` whose pid is not a running process are touched."""
+    :data:`TEMP_NAME` whose pid is not a running process and whose flock no writer holds
+    are touched."""
     removed = []
     try:
         names = os.listdir(folder)
@@ -140,9 +176,9 @@ def sweep(folder: Union[str, Path]) -> List[str]:
         return removed
     for name in names:
         m = TEMP_NAME.match(name)
-        if not m or _alive(int(m.group("pid"))):
-            continue
         path = os.path.join(folder, name)
+        if not m or _alive(int(m.group("pid"))) or _held(path):
+            continue
         with contextlib.suppress(OSError):
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)
@@ -228,6 +264,7 @@ class Transaction:
         self._placed: List[Tuple[Path, Optional[Path], Tuple[int, int]]] = []  # final, aside, ours
         self._created: List[Path] = []
         self._swept = set()
+        self._claims = {}                # path -> fd holding its flock: our temps and .old paths
 
     def __enter__(self) -> "Transaction":
         return self
@@ -273,7 +310,25 @@ class Transaction:
         except OSError as e:
             raise cannot_write(final, e) from e
         self._staged.append((tmp, final, directory))
+        self._hold(tmp)
         return tmp
+
+    def _hold(self, path: Path) -> None:
+        fd = _claim(path)
+        if fd is not None:
+            self._claims[str(path)] = fd
+
+    def _drop(self, path: Path) -> None:
+        """Let go of a temp once it is in place: a placed folder is locked by later commits
+        into it (:func:`_locked`), which our own flock on its inode would block."""
+        fd = self._claims.pop(str(path), None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _release(self) -> None:
+        for path in list(self._claims):
+            self._drop(path)
 
     @contextlib.contextmanager
     def file(self, final: Union[str, Path]) -> Iterator[BinaryIO]:
@@ -345,6 +400,7 @@ class Transaction:
             aside = final.with_name(".%s.%d.%s.old" % (
                 final.name, os.getpid(), Path(tmp).name.rsplit(".", 2)[-2]))
             os.rename(final, aside)
+            self._hold(aside)
         st = os.lstat(tmp)
         try:
             os.rename(tmp, final)
@@ -352,6 +408,7 @@ class Transaction:
             if aside is not None:
                 os.rename(aside, final)
             raise
+        self._drop(tmp)
         if moved_cwd:                       # -o . : the process stays in the output folder
             os.chdir(final)
         self._placed.append((final, aside, (st.st_dev, st.st_ino)))
@@ -372,6 +429,7 @@ class Transaction:
                 with contextlib.suppress(OSError):
                     os.rmdir(folder)
             self._created = []
+            self._release()
 
     @staticmethod
     def _unplace(final: Path, aside: Optional[Path], ours: Tuple[int, int]) -> None:
@@ -396,6 +454,7 @@ class Transaction:
                 if aside is not None:
                     _remove(aside)
             self._staged, self._placed, self._created = [], [], []
+            self._release()
 
 
 def _is_cwd(path: Path) -> bool:

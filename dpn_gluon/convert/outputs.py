@@ -5,8 +5,8 @@ folders, mxnet's pair, reports), checked for all of them before the first byte i
   (``--to torch -o x.safetensors``); an mxnet ``-o`` ending in ``.params`` / ``-0000.params`` /
   ``-symbol.json`` is taken as the prefix. Unknown suffixes are allowed.
 - Nothing the tool did not create is deleted or overwritten: ``--force`` replaces a regular
-  file, or a folder holding nothing but an earlier timm folder's files
-  (:data:`TIMM_FILES`); a symbolic link, a folder of other files, a file where a folder
+  file, an empty folder, or a folder holding nothing but an earlier timm folder's files
+  (:data:`TIMM_FILES`, at least config.json and model.safetensors); a symbolic link, a folder of other files, a file where a folder
   goes (or the reverse) are refused, naming what is in the way.
 - No output may be an input: same real path, same device and inode (hard links), an output
   folder containing an input, or an output inside an input folder; nor another output.
@@ -33,6 +33,8 @@ PathLike = Union[str, Path]
 
 #: What an earlier timm folder output may hold (README.md: the model card).
 TIMM_FILES = frozenset([TIMM_CONFIG, TIMM_WEIGHTS, "README.md"])
+#: What every timm folder output holds: a non-empty folder without both is not one.
+TIMM_WRITTEN = (TIMM_CONFIG, TIMM_WEIGHTS)
 
 #: The default suffix of each target (timm is a folder, mxnet a prefix).
 SUFFIX = {"torch": ".pth", "safetensors": ".safetensors", "gluon": ".params", "onnx": ".onnx",
@@ -217,6 +219,10 @@ def check_replaceable(o: Output, force: bool) -> None:
             raise DPNError("%s holds other files (%s%s): not an earlier timm folder, refusing "
                            "to replace it" % (path, ", ".join(foreign[:5]),
                                               ", ..." if len(foreign) > 5 else ""))
+        missing = sorted(set(TIMM_WRITTEN) - set(names))
+        if names and missing:       # a user's README.md (or config.json) alone is not ours
+            raise DPNError("%s holds %s but no %s: not an earlier timm folder, refusing to "
+                           "replace it" % (path, ", ".join(sorted(names)), " or ".join(missing)))
     elif stat.S_ISDIR(st.st_mode):
         raise DPNError("%s is a folder, not an output file" % path)
     elif not stat.S_ISREG(st.st_mode):

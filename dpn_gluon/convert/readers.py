@@ -53,8 +53,8 @@ _DTYPES = ("float16", "float32", "float64", "uint8", "int8", "int32", "int64", "
 MAX_CONFIG_BYTES = 1 << 20
 #: safetensors' own limit on the JSON header.
 MAX_SAFETENSORS_HEADER = 100_000_000
-#: The largest class count a metadata field may declare (the 5k head has 4786).
-MAX_CLASSES = 1_000_000
+#: The largest class count a metadata field may declare (the variant table's bound).
+MAX_CLASSES = variants.MAX_CLASSES
 #: The most tensors a checkpoint may hold: the largest DPN's, plus timm's BatchNorm counters,
 #: plus a margin so that a few extra keys still get a key-by-key mismatch report. A file
 #: declaring more is refused before its arrays are parsed.

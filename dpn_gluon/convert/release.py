@@ -6,12 +6,15 @@ timm folder with its model card) and ``OUT/NAME.onnx``, each through
 :func:`dpn_gluon.convert.pipeline.convert`, and records them in ``OUT/MANIFEST.json`` (and the
 same as tables in ``MANIFEST.md``), rewritten atomically after every checkpoint so that an
 interrupted release resumes: an entry that finished, whose input still has the recorded
-sha256 and whose outputs still hash as recorded, is skipped.
+sha256 and whose outputs (exactly ``NAME/`` 's files and ``NAME.onnx``) still hash as recorded,
+is skipped. A manifest whose entries name any other path is not one a release wrote.
 
 A bad checkpoint is recorded with its one-line error and the others still convert. The
 outcome (:attr:`Release.exit_code`): 0 every entry ok, 1 a parity check failed, 2 some input
 was bad (2 wins over 1). Outputs this release did not create (not in its manifest) are
-refused unless ``force``.
+refused unless ``force``; so are a MANIFEST.json that does not read as a manifest and a
+MANIFEST.md that is not the table of that manifest (a user's file of that name), through the
+rules of :mod:`.outputs`.
 
 MANIFEST.json must stay readable by later releases (the resume reads it): a ``version``, and
 ``entries``, a list of objects with ``name``, ``source``, ``source_sha256``, ``arch``,
@@ -22,11 +25,12 @@ MANIFEST.json must stay readable by later releases (the resume reads it): a ``ve
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from .. import labels as class_labels
 from .. import variants
@@ -34,6 +38,7 @@ from ..errors import DPNError
 from ..files import read_bounded
 from .atomic import atomic_write
 from .formats import read, sha256_of
+from .outputs import TIMM_FILES, Output, Plan
 from .pipeline import ConversionResult, convert
 
 MANIFEST_JSON, MANIFEST_MD = "MANIFEST.json", "MANIFEST.md"
@@ -60,7 +65,8 @@ class Release:
 
 
 def find_checkpoints(src_dir: Path) -> List[Tuple[str, Path]]:
-    """(name, path) of every ``PREFIX-NNNN.params`` file in ``src_dir``, sorted by name."""
+    """(name, path) of every ``PREFIX-NNNN.params`` file in ``src_dir``, sorted by name;
+    names are unique (the file names without ``.params`` where prefixes would collide)."""
     src_dir = Path(src_dir)
     if not src_dir.is_dir():
         raise DPNError("%s: not a folder" % src_dir)
@@ -75,19 +81,31 @@ def find_checkpoints(src_dir: Path) -> List[Tuple[str, Path]]:
             out.append((prefix if len(paths) == 1 else path.name[:-len(".params")], path))
     if not out:
         raise DPNError("%s: no PREFIX-NNNN.params checkpoint in the folder" % src_dir)
+    if len({name for name, _ in out}) < len(out):
+        # a-0000.params + a-0001.params are a-0000 and a-0001, as is a-0000-0000.params
+        # alone: two entries would share outputs; the file names themselves are unique
+        out = [(path.name[:-len(".params")], path) for _, path in out]
     return sorted(out)
 
 
-def load_manifest(out: Path) -> Dict[str, dict]:
-    """The entries of an earlier release into ``out`` by name ({} when there is none)."""
+def entry_files(name: str) -> Set[str]:
+    """The outputs of one entry, relative to OUT_DIR: what its manifest entry may record."""
+    return {"%s/%s" % (name, f) for f in TIMM_FILES} | {name + ".onnx"}
+
+
+def load_manifest(out: Path) -> Optional[Dict[str, dict]]:
+    """The entries of an earlier release into ``out`` by name (None when there is none)."""
     path = Path(out) / MANIFEST_JSON
-    if not path.exists():
-        return {}
+    if not os.path.lexists(path):
+        return None
     try:
         data = json.loads(read_bounded(path, MAX_MANIFEST_BYTES, "manifest").decode("utf-8"))
         entries = {e["name"]: e for e in data["entries"]}
-        if not all(isinstance(e.get("outputs"), dict) for e in entries.values()):
-            raise TypeError("outputs")
+        for name, e in entries.items():
+            if not isinstance(name, str) or not isinstance(e.get("outputs"), dict):
+                raise TypeError("outputs")
+            if not set(e["outputs"]) <= entry_files(name):     # an edited manifest
+                raise ValueError("outputs")
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise DPNError("%s: not a manifest dpn-convert release wrote (%s); choose another "
                        "OUT_DIR" % (path, type(e).__name__)) from None
@@ -95,19 +113,43 @@ def load_manifest(out: Path) -> Dict[str, dict]:
 
 
 def unchanged(entry: Optional[dict], source_sha256: str, out: Path) -> bool:
-    """A finished entry for the same input whose outputs still hash as recorded."""
-    if not entry or not entry.get("ok") or entry.get("source_sha256") != source_sha256:
+    """A finished entry for the same input whose outputs (all of them) still hash as recorded."""
+    if not entry or not entry.get("ok") or entry.get("source_sha256") != source_sha256 \
+            or set(entry["outputs"]) != entry_files(entry["name"]):
         return False
     return all((out / rel).is_file() and sha256_of(out / rel) == digest
                for rel, digest in entry["outputs"].items())
 
 
-def output_hashes(out: Path, name: str) -> Dict[str, str]:
-    """Path relative to ``out`` -> sha256 of every file of one entry."""
-    folder = out / name
-    files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
-    files.append(out / (name + ".onnx"))
-    return {str(p.relative_to(out)): sha256_of(p) for p in files if p.is_file()}
+def ours(entry: Optional[dict], out: Path, name: str) -> bool:
+    """Whether every output of ``name`` now in ``out`` is one the earlier release recorded
+    (so its to replace): a file of that name it never wrote is the user's."""
+    if entry is None:
+        return False
+    return all(rel in entry["outputs"] for rel in entry_files(name)
+               if os.path.lexists(out / rel))
+
+
+def check_manifest_outputs(out: Path, done: Optional[Dict[str, dict]], inputs: List[Path],
+                           force: bool) -> None:
+    """Refuse to replace a MANIFEST.json / MANIFEST.md no release wrote (see the module
+    docstring): the JSON is ours when it read as a manifest, the table when its bytes are
+    that manifest's table."""
+    table = out / MANIFEST_MD
+    table_ours = done is not None and table.is_file() and not table.is_symlink() \
+        and table.stat().st_size <= MAX_MANIFEST_BYTES \
+        and table.read_bytes() == manifest_markdown(list(done.values())).encode("utf-8")
+    for path, mine in ((out / MANIFEST_JSON, done is not None), (table, table_ours)):
+        Plan([Output(path, role="release manifest")], inputs, force or mine)
+
+
+def output_hashes(out: Path, results: List[ConversionResult]) -> Dict[str, str]:
+    """Path relative to ``out`` -> sha256 of every file these conversions wrote."""
+    files = []
+    for written in (Path(p) for r in results for p in r.outputs):
+        files += sorted(p for p in written.iterdir() if p.is_file()) if written.is_dir() \
+            else [written]
+    return {p.relative_to(out).as_posix(): sha256_of(p) for p in files if p.is_file()}
 
 
 def worst_parity(results: List[ConversionResult]) -> Optional[float]:
@@ -127,9 +169,11 @@ def release(src_dir, out, check: bool = True, force: bool = False,
     out = Path(out)
     found = find_checkpoints(Path(src_dir))
     user_labels = class_labels.read_file(labels_file) if labels_file is not None else None
+    done = load_manifest(out) if out.is_dir() else None
+    check_manifest_outputs(out, done, [path for _, path in found], force)
+    done = done or {}
     if not out.exists():
         out.mkdir(parents=True)
-    done = load_manifest(out)
     result = Release(out)
     kept = {name: e for name, e in done.items() if name not in {n for n, _ in found}}
     bar = tqdm(total=len(found), desc="release", unit="ckpt", file=sys.stderr,
@@ -170,24 +214,30 @@ def _one(name, path, out, previous, check, force, license, labels_file, user_lab
     entry = {"name": name, "source": path.name, "source_sha256": None, "arch": None,
              "classes": None, "classifier": None, "outputs": {}, "worst_parity": None,
              "checked": check, "ok": False, "error": None}
+    results: List[ConversionResult] = []
     try:
         entry["source_sha256"] = sha256_of(path)
         if unchanged(previous, entry["source_sha256"], out):
             return None
-        ours = previous is not None      # outputs this release wrote before: ours to replace
+        mine = ours(previous, out, name)     # outputs an earlier release wrote: ours to replace
         weights = read(path, hash_source=False)
         entry.update(arch=weights.arch.name, classes=weights.classes,
                      classifier=weights.classifier)
         names = labels_file if user_labels is not None and len(user_labels) == weights.classes \
             else None
-        results = [convert(path, "timm", out=out / name, force=force or ours, check=check,
-                           labels=names, license=license),
-                   convert(path, "onnx", out=out / (name + ".onnx"), force=force or ours,
-                           check=check)]
+        results.append(convert(path, "timm", out=out / name, force=force or mine,
+                               check=check, labels=names, license=license))
+        results.append(convert(path, "onnx", out=out / (name + ".onnx"), force=force or mine,
+                               check=check))
     except DPNError as e:
         entry["error"] = " ".join(str(e).split())
+        # still ours to replace next time: what an earlier release or this one wrote
+        entry["outputs"] = {rel: digest for rel, digest in (previous or {}).get("outputs",
+                                                                                {}).items()
+                            if os.path.lexists(out / rel)}
+        entry["outputs"].update(output_hashes(out, results))
         return entry
-    entry["outputs"] = output_hashes(out, name)
+    entry["outputs"] = output_hashes(out, results)
     entry["worst_parity"] = worst_parity(results)
     entry["ok"] = all(r.ok for r in results)
     return entry

@@ -24,6 +24,7 @@ import numpy as np
 from ..checkpoint import PARAMS_SUFFIX, SYMBOL_SUFFIX, write_checkpoint
 from ..convert import mxparams
 from ..convert.atomic import atomic_write
+from ..convert.outputs import mxnet_prefix
 from ..errors import DPNError
 from ..files import read_bounded
 
@@ -34,11 +35,37 @@ CURVES_SUFFIX = "-curves.png"
 _OURS = re.compile(r"-(\d{4}\.(params|states)|symbol\.json|train\.json|curves\.png)\Z")
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _record_problem(record) -> Optional[str]:
+    """What makes ``record`` unlike the PREFIX-train.json a run writes (what --resume reads:
+    ``epoch``, ``recipe``, one ``history`` entry per epoch), or None."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    if not _is_count(record.get("epoch")):
+        return "epoch is not a count of epochs"
+    if not isinstance(record.get("recipe"), dict):
+        return "recipe is not an object"
+    history = record.get("history")
+    if not isinstance(history, list) or len(history) != record["epoch"]:
+        return "history is not a list of %d epoch(s)" % record["epoch"]
+    for number, entry in enumerate(history, 1):
+        if not isinstance(entry, dict) or entry.get("epoch") != number or not all(
+                isinstance(entry.get(k), (int, float)) and not isinstance(entry.get(k), bool)
+                for k in ("loss", "train_top1")):
+            return "history entry %d is not epoch %d's loss and accuracy" % (number, number)
+    return None
+
+
 class Run:
     """The files of one ``--out PREFIX``."""
 
     def __init__(self, prefix):
-        self.prefix = Path(prefix)
+        # dpn-convert's rule for the authors' format: x-0003.params, x.params and
+        # x-symbol.json all name prefix x (not x-0003.params-0001.params)
+        self.prefix = mxnet_prefix(Path(prefix))
 
     def _path(self, suffix: str) -> Path:
         return Path(str(self.prefix) + suffix)
@@ -64,6 +91,11 @@ class Run:
     @property
     def curves(self) -> Path:
         return self._path(CURVES_SUFFIX)
+
+    def files(self, epochs: int) -> List[Path]:
+        """Every file a run of ``epochs`` epochs writes at this prefix."""
+        return [self.symbol, self.record, self.log, self.curves] + [
+            f(epoch) for epoch in range(1, epochs + 1) for f in (self.params, self.states)]
 
     def existing(self) -> List[Path]:
         """Files of a run already at this prefix (what a new run would overwrite)."""
@@ -95,9 +127,13 @@ class Run:
         if not self.record.exists():
             return None
         try:
-            return json.loads(read_bounded(self.record, 1 << 24, "run record"))
+            record = json.loads(read_bounded(self.record, 1 << 24, "run record"))
         except ValueError as err:
             raise DPNError("%s: not a dpn-train run record: %s" % (self.record, err)) from None
+        problem = _record_problem(record)
+        if problem:
+            raise DPNError("%s: not a dpn-train run record: %s" % (self.record, problem))
+        return record
 
     def write_record(self, record: dict) -> None:
         with atomic_write(self.record, force=True) as f:

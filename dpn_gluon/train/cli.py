@@ -120,12 +120,19 @@ def main(start, arch, classes, data, val_data, val_mean_max, size, epochs, batch
     if as_json:
         click.echo(json.dumps(record))
     else:
-        click.echo("trained %s (%d classes) for %d epoch(s) on %d worker(s): loss %.4f, "
-                   "train top-1 %.1f %%%s, %.1f img/s; last checkpoint %s" % (
-                       record["arch"], record["classes"], record["epochs"], record["workers"],
-                       record["loss"] or float("nan"), record["train_top1"] or float("nan"),
-                       "" if record["top1"] is None else ", val top-1 %.2f %%" % record["top1"],
-                       record["img_per_s"] or float("nan"), record["checkpoint"]))
+        click.echo(summary(record))
+
+
+def summary(record: dict) -> str:
+    """The line printed after training (0.0 is a value; only a missing one reads nan)."""
+    def number(key):
+        return float("nan") if record[key] is None else record[key]
+    return ("trained %s (%d classes) for %d epoch(s) on %d worker(s): loss %.4f, "
+            "train top-1 %.1f %%%s, %.1f img/s; last checkpoint %s" % (
+                record["arch"], record["classes"], record["epochs"], record["workers"],
+                number("loss"), number("train_top1"),
+                "" if record["top1"] is None else ", val top-1 %.2f %%" % record["top1"],
+                number("img_per_s"), record["checkpoint"]))
 
 
 def _precheck(opts: Options) -> None:

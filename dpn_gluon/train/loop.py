@@ -18,11 +18,13 @@ import signal
 import sys
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
 
 from .. import variants
+from ..convert.atomic import Transaction
 from ..errors import DPNError
 from . import recipe
 from .checkpoints import Run
@@ -58,7 +60,8 @@ def initial_tensors(opts: Options, train_classes: int):
     afresh (N(0, 0.01), zero bias, seeded) under the authors' name ``fc6``. ``--arch``: None
     (Gluon's initializers, seeded).
     """
-    classes = opts.classes or train_classes
+    classes = variants.check_classes(opts.classes or train_classes,
+                                     "--classes" if opts.classes else "the data's class count")
     if opts.arch is not None:
         arch, classes, classifier = variants.resolve(opts.arch, classes)
         return arch, classes, classifier, None
@@ -191,47 +194,66 @@ def train(opts: Options, argv_line: str = "") -> dict:
               "batch_size": opts.batch_size, "base_lr": opts.base_lr, "epochs": first_epoch,
               "loss": None, "train_top1": None, "top1": None, "img_per_s": None,
               "checkpoint": str(run.params(first_epoch)) if first_epoch else None}
+    folders = Transaction()
     if lead:
-        run.prefix.parent.mkdir(parents=True, exist_ok=True)
-        run.append_log("%s start%s: %s" % (_now(), " (resume at epoch %d)" % first_epoch
-                                           if first_epoch else "", argv_line))
-    for epoch in range(first_epoch, opts.epochs):
-        mx.random.seed(epoch_seed(opts.seed, epoch))
-        seen, loss_sum, correct = 0, 0.0, 0
-        bar = tqdm(total=steps * opts.batch_size, unit="img", file=sys.stderr,
-                   disable=not (lead and opts.progress), dynamic_ncols=True,
-                   desc="epoch %d/%d" % (epoch + 1, opts.epochs))
-        start = time.perf_counter()
-        for step, (data, label) in enumerate(loader.epoch(epoch, limit=steps)):
-            trainer.set_learning_rate(recipe.lr_at(epoch * steps + step, steps, opts.epochs,
-                                                   opts.base_lr, opts.lr_schedule,
-                                                   opts.warmup_epochs))
-            step_loss, step_correct = train_step(net, trainer, loss_fn, data, label, ctx,
-                                                 opts.batch_size)
-            loss_sum, correct = loss_sum + step_loss, correct + step_correct
-            seen += len(label)
-            rate = seen * workers / (time.perf_counter() - start)
-            bar.update(len(label) * workers)
-            bar.set_postfix(loss="%.4f" % (loss_sum / seen), top1="%.1f%%" % (100 * correct / seen),
-                            img_s="%.1f" % rate)
-        bar.close()
-        seconds = time.perf_counter() - start
-        entry = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen),
-                 "train_top1": 100.0 * correct / max(1, seen),
-                 "img_per_s": seen * workers / seconds if seconds else None,
-                 "lr": trainer.learning_rate}
+        folders.make_folders(run.prefix.parent)
+    try:
         if lead:
-            if val is not None:
-                entry.update(_validate(net, val, opts, arch, classes, classifier, ctx))
-            history.append(entry)
-            path = _save(run, epoch + 1, net, trainer, opts, history, arch, classes, classifier)
-            run.append_log("%s epoch %d: %s" % (_now(), epoch + 1, " ".join(
-                "%s=%s" % (k, _fmt(v)) for k, v in entry.items() if k != "epoch")))
-            report.curves(run.curves, history)
-            record["checkpoint"] = str(path)
-        record.update(epochs=epoch + 1, loss=entry["loss"], train_top1=entry["train_top1"],
-                      img_per_s=entry["img_per_s"], top1=entry.get("top1"))
+            run.append_log("%s start%s: %s" % (_now(), " (resume at epoch %d)" % first_epoch
+                                               if first_epoch else "", argv_line))
+        for epoch in range(first_epoch, opts.epochs):
+            mx.random.seed(epoch_seed(opts.seed, epoch))
+            seen, loss_sum, correct = 0, 0.0, 0
+            bar = tqdm(total=steps * opts.batch_size, unit="img", file=sys.stderr,
+                       disable=not (lead and opts.progress), dynamic_ncols=True,
+                       desc="epoch %d/%d" % (epoch + 1, opts.epochs))
+            start = time.perf_counter()
+            for step, (data, label) in enumerate(loader.epoch(epoch, limit=steps)):
+                trainer.set_learning_rate(recipe.lr_at(epoch * steps + step, steps, opts.epochs,
+                                                       opts.base_lr, opts.lr_schedule,
+                                                       opts.warmup_epochs))
+                step_loss, step_correct = train_step(net, trainer, loss_fn, data, label, ctx,
+                                                     opts.batch_size)
+                loss_sum, correct = loss_sum + step_loss, correct + step_correct
+                seen += len(label)
+                rate = seen * workers / (time.perf_counter() - start)
+                bar.update(len(label) * workers)
+                bar.set_postfix(loss="%.4f" % (loss_sum / seen),
+                                top1="%.1f%%" % (100 * correct / seen), img_s="%.1f" % rate)
+            bar.close()
+            seconds = time.perf_counter() - start
+            entry = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen),
+                     "train_top1": 100.0 * correct / max(1, seen),
+                     "img_per_s": seen * workers / seconds if seconds else None,
+                     "lr": trainer.learning_rate}
+            if lead:
+                if val is not None:
+                    entry.update(_validate(net, val, opts, arch, classes, classifier, ctx))
+                history.append(entry)
+                path = _save(run, epoch + 1, net, trainer, opts, history, arch, classes,
+                             classifier)
+                run.append_log("%s epoch %d: %s" % (_now(), epoch + 1, " ".join(
+                    "%s=%s" % (k, _fmt(v)) for k, v in entry.items() if k != "epoch")))
+                report.curves(run.curves, history)
+                record["checkpoint"] = str(path)
+            record.update(epochs=epoch + 1, loss=entry["loss"], train_top1=entry["train_top1"],
+                          img_per_s=entry["img_per_s"], top1=entry.get("top1"))
+    except BaseException:
+        if lead and previous is None and not run.record.exists():
+            _remove_unfinished(run, opts.epochs)       # a new run with no complete epoch
+            folders.rollback()
+        raise
+    folders.finish()
     return record
+
+
+def _remove_unfinished(run: Run, epochs: int) -> None:
+    """A new run that failed before its first complete epoch leaves nothing: its files did
+    not exist before it (:func:`check_outputs`), so they are its own; else a retry is refused
+    (``PREFIX.log exists``) and ``--resume`` has no epoch to continue."""
+    for path in run.files(epochs):
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
 
 
 def _fmt(v) -> str:
@@ -243,14 +265,24 @@ def _now() -> str:
 
 
 def check_outputs(run: Run, opts: Options) -> Optional[dict]:
-    """The run record to resume from (with ``--resume``), or None for a new run."""
+    """The run record to resume from (with ``--resume``), or None for a new run.
+
+    The run's files follow :mod:`dpn_gluon.convert.outputs`: none is an input or inside an
+    input folder (a curves PNG in a class folder would become a training image), none is a
+    symbolic link or a folder; a new run replaces nothing."""
+    from ..convert.outputs import Output, Plan
+    if Path(opts.out).is_dir():
+        raise DPNError("--out %s is a folder; give a PREFIX in it, such as %s"
+                       % (opts.out, Path(opts.out) / "dpn"))
+    inputs = [Path(p) for p in (opts.data, opts.val_data, opts.start) if p is not None]
+    inputs += [p.with_suffix(".idx") for p in inputs if p.suffix == ".rec"]
+    Plan([Output(p, role="training output") for p in run.files(opts.epochs)], inputs,
+         force=True)
     if not opts.resume:
         found = run.existing()
         if found:
             raise DPNError("%s exists (a previous run at --out %s; use --resume to continue it, "
                            "or another --out)" % (found[0], opts.out))
-        if run.prefix.parent.exists() and not run.prefix.parent.is_dir():
-            raise DPNError("%s is not a folder" % run.prefix.parent)
         return None
     previous = run.read_record()
     if previous is None or not previous.get("epoch"):
