@@ -315,3 +315,21 @@ def test_synset_folders_are_labelled_by_synset_for_1000_classes(tmp_path, jpegs)
     # 2 of 6 images are in n15075141: top-1 only if it is class 999 (sorted folders: 2).
     # Classes 1 and 0 rank 2nd and 3rd (all others tie below), so top-5 is always right.
     assert rec["top1_error"] == 100.0 * 4 / 6 and rec["top5_error"] == 0.0
+
+
+def test_decoding_workers_do_not_inherit_the_commands_signal_handlers():
+    """The commands' SIGTERM/SIGHUP handlers unwind for the parent's cleanup; a pool worker
+    that ran them could die holding the task queue's lock, and Pool.terminate() would then
+    wait forever (seen: dpn-evaluate hung in the full suite). Workers get the defaults."""
+    import signal
+    from dpn_gluon.convert.atomic import handling_signals
+    from dpn_gluon.evaluate import data
+    with handling_signals():
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+        try:
+            data._init_worker(32, "authors")
+            assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        finally:
+            data._WORKER_ARGS = None

@@ -90,6 +90,16 @@ def handling_signals(exiting: bool = False) -> Iterator[None]:
             signal.signal(s, signal.SIG_IGN if exiting else handler)
 
 
+def worker_signals() -> None:
+    """For a forked worker process (image decoding pools): the default SIGTERM/SIGHUP, and
+    SIGINT ignored. The parent's handlers raise :class:`Interrupted` to run the parent's
+    cleanup; in a worker that would unwind at any point, a queue's lock held (and the pool's
+    terminate() then waits forever). Ctrl-C goes to the parent, which stops the pool."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
     """Hold SIGINT/SIGTERM/SIGHUP back (they arrive after the block): a commit or a rollback

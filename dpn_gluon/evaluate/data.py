@@ -32,6 +32,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..convert.atomic import worker_signals
 from ..convert.readers import MAX_CLASSES
 from ..errors import DPNError
 from ..files import open_regular
@@ -293,6 +294,7 @@ _START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else
 
 def _init_worker(crop: int, protocol: str) -> None:
     global _WORKER_ARGS
+    worker_signals()
     _WORKER_ARGS = (crop, protocol)
 
 

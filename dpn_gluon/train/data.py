@@ -15,12 +15,12 @@
 from __future__ import annotations
 
 import multiprocessing
-import signal
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import numpy as np
 
+from ..convert.atomic import worker_signals
 from ..errors import DPNError
 from ..evaluate.data import Dataset, read_source
 from ..evaluate.preprocess import ImageError, load_image, normalize
@@ -106,8 +106,7 @@ def _init(*args) -> None:
 
 def _init_process(*args) -> None:
     """A decoding process: killed quietly by the pool, leaves Ctrl-C to the trainer."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker_signals()
     _init(*args)
 
 
