@@ -86,13 +86,19 @@ def test_metadata_labels_refused_unless_one_name_per_class(value):
     assert labels.from_metadata({"labels": json.dumps(["a", "b", "c"])}, 3, "x") == ["a", "b", "c"]
 
 
-def test_convert_refuses_a_wrong_labels_file_before_writing(seeded_checkpoint, tmp_path):
-    src = seeded_checkpoint("dpn68", symbol=False)
+def convert_with_labels(src, tmp_path, text, target, out):
+    """dpn-convert SRC --to TARGET -o OUT --labels names.txt (TEXT), without the check."""
     names = tmp_path / "names.txt"
-    names.write_text("a\nb\n", encoding="utf-8")
-    out = tmp_path / "hub"
-    res = CliRunner().invoke(cli.main, [str(src), "--to", "timm", "-o", str(out), "--no-check",
+    names.write_text(text, encoding="utf-8")
+    res = CliRunner().invoke(cli.main, [str(src), "--to", target, "-o", str(out), "--no-check",
                                         "--labels", str(names)])
+    return res, names
+
+
+def test_convert_refuses_a_wrong_labels_file_before_writing(seeded_checkpoint, tmp_path):
+    out = tmp_path / "hub"
+    res, names = convert_with_labels(seeded_checkpoint("dpn68", symbol=False), tmp_path,
+                                     "a\nb\n", "timm", out)
     assert res.exit_code == 2, res.stderr
     assert res.stderr.strip().splitlines() == [
         "dpn-convert: error: %s: 2 names, but the checkpoint has 1000 classes" % names]
@@ -102,12 +108,9 @@ def test_convert_refuses_a_wrong_labels_file_before_writing(seeded_checkpoint, t
 def test_labels_reach_the_onnx_metadata(seeded_checkpoint, tmp_path):
     pytest.importorskip("onnx")
     import onnx
-    src = seeded_checkpoint("dpn68", classes=3, symbol=False)
-    names = tmp_path / "names.txt"
-    names.write_text("zebra\nyak\nxerus\n", encoding="utf-8")
     out = tmp_path / "m.onnx"
-    res = CliRunner().invoke(cli.main, [str(src), "--to", "onnx", "-o", str(out), "--no-check",
-                                        "--labels", str(names)])
+    res, _ = convert_with_labels(seeded_checkpoint("dpn68", classes=3, symbol=False), tmp_path,
+                                 "zebra\nyak\nxerus\n", "onnx", out)
     assert res.exit_code == 0, res.stderr
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(props["labels"]) == ["zebra", "yak", "xerus"]
