@@ -4,7 +4,7 @@
                            checkpoint="dpn92-0000.params")     # or .pth, .safetensors, timm folder
 
 returns the PyTorch DPN with timm's state_dict layout (dpn_gluon/convert/torch_dpn.py), in eval
-mode, with the weights of any checkpoint ``dpn-convert`` reads (dpn_gluon.convert.formats.read;
+mode, with the weights of any checkpoint ``dpn-convert`` reads (dpn_gluon.formats.canonical.read;
 a file of another architecture is refused). Without ``checkpoint`` the model is uninitialized.
 ``mean_max=True`` gives the authors' test head (use it at 320 x 320); ``classes`` sets the
 class count of an uninitialized model. The model's ``labels`` attribute holds the class names
@@ -21,12 +21,12 @@ dependencies = ["torch"]
 
 def _entry(arch: str):
     def load(checkpoint=None, mean_max: bool = False, classes=None):
-        from dpn_gluon.convert import torch_dpn
+        from dpn_gluon import torch_dpn
         if checkpoint is None:
             model = torch_dpn.build_model(arch, classes, mean_max=mean_max)
             model.labels = None
             return model
-        from dpn_gluon.convert.formats import read
+        from dpn_gluon.formats.canonical import read
         weights = read(checkpoint, arch=arch, hash_source=False)
         with _warnings.catch_warnings():
             # the tensors are read-only views of the file; load_state_dict copies them

@@ -11,7 +11,7 @@ setup(
     license="Apache-2.0",
     packages=find_packages(include=["dpn_gluon", "dpn_gluon.*"]),
     # data/places365_categories.txt: CSAILVision/places365 (MIT licence; data/README.md)
-    package_data={"dpn_gluon": ["evaluate/*.txt", "evaluate/*.json", "data/*.txt", "data/*.md"]},
+    package_data={"dpn_gluon": ["data/*.txt", "data/*.md"]},
     python_requires=">=3.9",
     # The converter needs no MXNet and no torch: conversions to and from the original
     # format, safetensors and timm folders run on numpy alone.

@@ -18,7 +18,7 @@ def convert(src: str, dst: str) -> None:
     import torch
 
     from dpn_gluon import variants
-    from dpn_gluon.convert import names
+    from dpn_gluon.formats import names
 
     loaded = mx.nd.load(src)
     canonical = OrderedDict((k.split(":", 1)[1], v.asnumpy()) for k, v in loaded.items())

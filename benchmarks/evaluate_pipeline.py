@@ -6,7 +6,7 @@
 Both decode JPEGs of ImageNet's typical size (500x375) from a folder, short-side resize,
 center crop and normalize to float32 NCHW batches, with the same number of worker processes:
 
-- ``ours authors``   :func:`dpn_gluon.evaluate.data.iter_batches`, the authors' protocol
+- ``ours authors``   :func:`dpn_gluon.data.datasets.iter_batches`, the authors' protocol
   (OpenCV's bicubic via cv2, or the numpy kernel when cv2 is absent);
 - ``ours authors numpy``  the same with the numpy kernel (cv2 hidden);
 - ``ours timm``      the same loader, timm's protocol (PIL bicubic);
@@ -51,8 +51,8 @@ def write_images(folder: Path, n: int, seed: int = 0):
 
 
 def run_ours(folder, size, protocol, workers, batch, numpy_kernel=False):
-    from dpn_gluon.evaluate import preprocess
-    from dpn_gluon.evaluate.data import iter_batches, open_dataset
+    from dpn_gluon.data import preprocess
+    from dpn_gluon.data.datasets import iter_batches, open_dataset
     ds = open_dataset(folder)
     if numpy_kernel:
         preprocess._cv2.cache_clear()

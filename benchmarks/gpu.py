@@ -45,7 +45,7 @@ def measure(archs=None, dtypes=DTYPES, batches=BATCHES, repeats=10, warmup=3, ou
               file=out)
         return {}
     from dpn_gluon.checkpoint import seeded_tensors
-    from dpn_gluon.convert import torch_dpn
+    from dpn_gluon import torch_dpn
     device = torch.cuda.get_device_name(0)
     torch.backends.cudnn.benchmark = True
     rows = []

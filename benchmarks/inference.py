@@ -65,7 +65,7 @@ def _module(name, tensors, batch):
 
 def _torch(name, tensors, batch, threads):
     import torch
-    from dpn_gluon.convert import torch_dpn
+    from dpn_gluon import torch_dpn
     torch.set_num_threads(threads)
     net = torch_dpn.from_canonical(tensors).eval()
 
@@ -77,7 +77,7 @@ def _torch(name, tensors, batch, threads):
 
 def _ort(name, tensors, batch, threads, tmp):
     import onnxruntime as ort
-    from dpn_gluon.convert.onnx_export import export_onnx
+    from dpn_gluon.onnx_graph import export_onnx
     path = os.path.join(tmp, name + ".onnx")
     if not os.path.exists(path):    # one export serves every batch size (batch is dynamic)
         export_onnx(tensors, path)

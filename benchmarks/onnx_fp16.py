@@ -1,12 +1,12 @@
 """``python -m benchmarks.onnx_fp16``: the error bound of ``dpn-convert --to onnx --fp16``.
 
 For seeded checkpoints of every architecture, the float16 ONNX model and the float32 one
-(the same tensors, :func:`dpn_gluon.convert.onnx_export.build_onnx`) run in onnxruntime's
+(the same tensors, :func:`dpn_gluon.onnx_graph.build_onnx`) run in onnxruntime's
 CPU provider on the seeded batch of the post-write check
 (:func:`dpn_gluon.convert.parity.seeded_batch`); the float32 model is the reference. Per
 architecture and input size: max relative difference of the logits (max |a - b| / max
 |ref|), the worst tap and its difference, and top-1 agreement. The worst tap over all rows,
-rounded up, is :data:`dpn_gluon.convert.onnx_export.FP16_RTOL` (docs/onnx.md).
+rounded up, is :data:`dpn_gluon.onnx_graph.FP16_RTOL` (docs/onnx.md).
 
     python -m benchmarks.onnx_fp16 [--arch dpn68 ...] [--size 64 224] [--batch 8] [--mean-max]
                                    [--json]
@@ -33,7 +33,7 @@ def run_taps(model, x: np.ndarray) -> dict:
 
 def measure(name: str, sizes, batch: int, seed: int = 0, mean_max: bool = False):
     from dpn_gluon.checkpoint import seeded_tensors
-    from dpn_gluon.convert.onnx_export import build_onnx
+    from dpn_gluon.onnx_graph import build_onnx
     from dpn_gluon.convert.parity import seeded_batch
 
     arch, classes, classifier = variants.resolve(name)

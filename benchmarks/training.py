@@ -8,7 +8,7 @@ not image decoding:
 
 - ``gluon``: :func:`dpn_gluon.train.loop.train_step` on the hybridized Gluon DPN, exactly
   what ``dpn-train`` runs per step (one CPU context, no kvstore);
-- ``torch``: :mod:`dpn_gluon.convert.torch_dpn`, which has timm's exact module tree and
+- ``torch``: :mod:`dpn_gluon.torch_dpn`, which has timm's exact module tree and
   state_dict layout (timm itself cannot be imported here: it needs torchvision, which has no
   CPU build on these machines), ``model.train()``, ``torch.optim.SGD``.
 
@@ -57,7 +57,7 @@ def run_gluon(arch, batch, size, steps, classes):
 def run_torch(arch, batch, size, steps, classes):
     import torch
     from dpn_gluon.checkpoint import seeded_tensors
-    from dpn_gluon.convert.torch_dpn import from_canonical
+    from dpn_gluon.torch_dpn import from_canonical
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count())))
     model = from_canonical(seeded_tensors(arch, classes=classes)).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)

@@ -3,7 +3,7 @@
 Reads and writes what ``mx.model.save_checkpoint`` writes for the released DPNs: one
 NDArray file whose keys are ``arg:<name>`` for weights, gammas, betas and the classifier,
 and ``aux:<name>`` for the BatchNorm moving statistics, named as in
-:func:`dpn_gluon.variants.tensor_spec`. Numpy only (:mod:`dpn_gluon.convert.mxparams`);
+:func:`dpn_gluon.variants.tensor_spec`. Numpy only (:mod:`dpn_gluon.formats.mxparams`);
 MXNet is imported only to write the optional ``-symbol.json``.
 
 Also the seeded checkpoints the tests and the demo run on: deterministic weights for any
@@ -20,8 +20,8 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from . import variants
-from .convert import mxparams, readers
-from .convert.atomic import atomic_write, check_writable
+from .formats import mxparams, readers
+from .safeio.atomic import atomic_write, check_writable
 from .errors import CheckpointError, DPNError
 from .files import require_regular
 

@@ -59,7 +59,7 @@ class OneLineErrors:
     prog = "dpn"
 
     def main(self, args=None, prog_name=None, **extra):
-        from .convert.atomic import Interrupted, handling_signals
+        from .safeio.atomic import Interrupted, handling_signals
         extra.pop("standalone_mode", None)
         try:
             # SIGINT/SIGTERM/SIGHUP unwind (temps and half-done commits undone); args is None

@@ -25,7 +25,7 @@ from .errors import CheckpointError, DPNError
 from .files import read_bounded
 
 _HERE = Path(__file__).parent
-IMAGENET_FILE = _HERE / "evaluate" / "imagenet_classes.txt"
+IMAGENET_FILE = _HERE / "data" / "imagenet_classes.txt"
 #: CSAILVision/places365 categories_places365.txt (MIT licence; see data/README.md).
 PLACES365_FILE = _HERE / "data" / "places365_categories.txt"
 

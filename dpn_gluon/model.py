@@ -5,13 +5,13 @@ hybridized, on any input of at least 32x32, and must stay compatible with two na
 
 - **Parameter names** (``collect_params()`` keys, and the names ``export()`` writes) are the
   authors' checkpoint names with Gluon's ``running_mean``/``running_var`` for
-  ``moving_mean``/``moving_var`` (:func:`dpn_gluon.convert.names.gluon_param_name`). The
+  ``moving_mean``/``moving_var`` (:func:`dpn_gluon.formats.names.gluon_param_name`). The
   model's prefix is empty and each block's prefix is a piece of the authors' layer name, so
   ``conv2_x__1_`` + ``c1x1-a`` + ``__bn__bn_`` + ``gamma`` is the authors'
   ``conv2_x__1_c1x1-a__bn__bn_gamma``.
 - **Structural names** (``save_parameters()``) follow timm's module tree
   (``features.conv2_1.c1x1_a.bn.gamma``): the ``gluon`` scheme of
-  :mod:`dpn_gluon.convert.names`.
+  :mod:`dpn_gluon.formats.names`.
 
 Numerics (docs/reference/original-dpn.md, sections 3, 4 and 10): BatchNorm epsilon 1e-3
 (MXNet's symbol default, which the checkpoints were trained with; Gluon's own 1e-5 is
@@ -253,7 +253,7 @@ def set_canonical(net: DPN, tensors, ctx=None) -> DPN:
     shapes are not exactly the network's.
     """
     import mxnet as mx
-    from .convert.names import gluon_param_name
+    from .formats.names import gluon_param_name
     params = net.collect_params()
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     spec = variants.tensor_spec(net.arch, net.classes, net.classifier_name)

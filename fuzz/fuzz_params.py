@@ -1,4 +1,4 @@
-"""Fuzz target for the MXNet ``.params`` reader (dpn_gluon.convert.mxparams.loads).
+"""Fuzz target for the MXNet ``.params`` reader (dpn_gluon.formats.mxparams.loads).
 
 Property: any input either parses (every array's bytes lie inside the input) or raises
 CheckpointError with a one-line message; never another exception, a crash or a hang. The
@@ -19,7 +19,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from dpn_gluon.convert import mxparams
+    from dpn_gluon.formats import mxparams
     from dpn_gluon.errors import CheckpointError
 
 

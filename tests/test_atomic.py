@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from helpers import immutable
-from dpn_gluon.convert import atomic
-from dpn_gluon.convert.atomic import OutputExists, atomic_write, check_writable
+from dpn_gluon.safeio import atomic
+from dpn_gluon.safeio.atomic import OutputExists, atomic_write, check_writable
 from dpn_gluon.errors import DPNError
 
 OLD = b"previous output\n" * 64
@@ -147,7 +147,7 @@ def test_other_errors_inside_block_pass_through(target):
 CHILD = textwrap.dedent("""
     import json, os, resource, signal, sys
     from pathlib import Path
-    from dpn_gluon.convert.atomic import atomic_write
+    from dpn_gluon.safeio.atomic import atomic_write
     target = Path(sys.argv[1])
     if sys.argv[2] == "fsize":
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)      # write() then fails with EFBIG

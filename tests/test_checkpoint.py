@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from dpn_gluon import checkpoint, variants
-from dpn_gluon.convert import mxparams
-from dpn_gluon.convert.atomic import OutputExists
+from dpn_gluon.formats import mxparams
+from dpn_gluon.safeio.atomic import OutputExists
 from dpn_gluon.errors import CheckpointError, KeyMismatch
 
 

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from dpn_gluon.convert import check as check_mod
-from dpn_gluon.convert import mxparams
+from dpn_gluon.formats import mxparams
 from dpn_gluon.convert.cli import main
 from test_convert_formats import fast_folder, seeded_params, write_seeded
 
@@ -228,7 +228,7 @@ def test_demo_round_trip(scratch):
 
 def test_to_onnx_through_the_hook(src, scratch):
     onnx = pytest.importorskip("onnx")
-    pytest.importorskip("dpn_gluon.convert.onnx_export")
+    pytest.importorskip("dpn_gluon.onnx_graph")
     r = run(src, "--to", "onnx", "-o", scratch / "m.onnx", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["outputs"] == [str(scratch / "m.onnx")]

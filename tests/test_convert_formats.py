@@ -19,7 +19,7 @@ import pytest
 
 from dpn_gluon import variants
 from dpn_gluon.checkpoint import seeded_tensors
-from dpn_gluon.convert import formats, mxparams
+from dpn_gluon.formats import canonical as formats, mxparams
 from dpn_gluon.convert.pipeline import convert
 from dpn_gluon.errors import CheckpointError, KeyMismatch
 
@@ -373,7 +373,7 @@ def _parity_modules():
     pytest.importorskip("mxnet")
     pytest.importorskip("torch")
     pytest.importorskip("dpn_gluon.symbols")
-    pytest.importorskip("dpn_gluon.convert.torch_dpn")
+    pytest.importorskip("dpn_gluon.torch_dpn")
     return pytest.importorskip("dpn_gluon.checkpoint")
 
 
@@ -397,7 +397,7 @@ def test_torch_model_matches_mxnet_graph(name, scratch):
 def test_numeric_check_catches_a_wrong_model(scratch, monkeypatch):
     """Negative control: a PyTorch model with BN gamma/beta swapped must fail the check."""
     checkpoint = _parity_modules()
-    from dpn_gluon.convert import torch_dpn
+    from dpn_gluon import torch_dpn
     real = torch_dpn.from_canonical
 
     def swapped(tensors, *args, **kwargs):
@@ -439,7 +439,7 @@ def test_pth_loads_strict_into_the_timm_layout_model(name, scratch):
     """--to torch for non-1000-class rows loads with strict=True into a DPN built with
     timm's module tree (timm itself cannot be imported here; its keys are checked above)."""
     torch = pytest.importorskip("torch")
-    torch_dpn = pytest.importorskip("dpn_gluon.convert.torch_dpn")
+    torch_dpn = pytest.importorskip("dpn_gluon.torch_dpn")
     path, arrays = write_seeded(scratch, name, np.float32, bits=False)
     res = convert(path, "torch", out=scratch / "m.pth", numeric=False)
     model = torch_dpn.build_model(res.arch, classes=res.classes)

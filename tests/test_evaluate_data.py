@@ -17,10 +17,10 @@ from PIL import Image
 
 from dpn_gluon.errors import DPNError
 from dpn_gluon.evaluate import cli, evaluate
-from dpn_gluon.evaluate import data as evdata
+from dpn_gluon.data import datasets as evdata
 from dpn_gluon.evaluate.metrics import TopKError, label_rank
-from dpn_gluon.evaluate.preprocess import preprocess
-from dpn_gluon.evaluate.runtimes import Runtime, parse_devices
+from dpn_gluon.data.preprocess import preprocess
+from dpn_gluon.runtimes import Runtime, parse_devices
 
 #: Rank of each sample's label among its logits: 3 top-1 hits, 6 top-5 hits of 8.
 TARGET_RANKS = [0, 3, 0, 9, 4, 1, 6, 0]
@@ -194,7 +194,7 @@ def fake_runtime(monkeypatch):
         made["rt"] = LinearRuntime(32, classes=made.get("classes", 10))
         return made["rt"]
 
-    monkeypatch.setattr("dpn_gluon.evaluate.runtimes.load_runtime", load)
+    monkeypatch.setattr("dpn_gluon.runtimes.load_runtime", load)
     return made
 
 
@@ -322,8 +322,8 @@ def test_decoding_workers_do_not_inherit_the_commands_signal_handlers():
     that ran them could die holding the task queue's lock, and Pool.terminate() would then
     wait forever (seen: dpn-evaluate hung in the full suite). Workers get the defaults."""
     import signal
-    from dpn_gluon.convert.atomic import handling_signals
-    from dpn_gluon.evaluate import data
+    from dpn_gluon.safeio.atomic import handling_signals
+    from dpn_gluon.data import datasets as data
     with handling_signals():
         assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
         try:

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from dpn_gluon.convert.readers import MAX_CLASSES
+from dpn_gluon.formats.readers import MAX_CLASSES
 from dpn_gluon.errors import DPNError
-from dpn_gluon.evaluate import data as evdata
+from dpn_gluon.data import datasets as evdata
 
 from test_evaluate_hostile import record, write_rec
 

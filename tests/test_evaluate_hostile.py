@@ -21,9 +21,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dpn_gluon.errors import DPNError
-from dpn_gluon.evaluate import cli, images
-from dpn_gluon.evaluate import data as evdata
-from dpn_gluon.evaluate import preprocess as pp
+from dpn_gluon.evaluate import cli
+from dpn_gluon.data import images
+from dpn_gluon.data import datasets as evdata
+from dpn_gluon.data import preprocess as pp
 
 from test_evaluate_data import LinearRuntime, make_jpegs
 
@@ -74,7 +75,7 @@ def test_fifo_checkpoint_is_refused_not_waited_for(fifo, good):
 
 def test_fifo_and_device_images_are_reported_and_the_others_predicted(monkeypatch, fifo, good,
                                                                      tmp_path):
-    monkeypatch.setattr("dpn_gluon.evaluate.runtimes.load_runtime",
+    monkeypatch.setattr("dpn_gluon.runtimes.load_runtime",
                         lambda *a, **k: LinearRuntime(32, classes=1000))
     ckpt = tmp_path / "x-0000.params"
     ckpt.write_bytes(b"stand-in")

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from dpn_gluon.evaluate import cli
-from dpn_gluon.evaluate.preprocess import preprocess
+from dpn_gluon.data.preprocess import preprocess
 
 from test_evaluate_data import (expected_errors, labels_at_ranks, make_jpegs,
                                 write_layouts)
@@ -115,7 +115,7 @@ def test_runtimes_report_the_same_errors(tmp_path, checkpoint, jpegs, size, mean
 
 def test_gluon_splits_batches_over_several_contexts(checkpoint, jpegs):
     """--device cpu:0,1,2: split_and_load over three MXNet contexts, same logits, any batch."""
-    from dpn_gluon.evaluate.runtimes import load_runtime
+    from dpn_gluon.runtimes import load_runtime
     batch = np.stack([preprocess(b, 64, "authors") for b in jpegs[:5]])
     one = load_runtime("gluon", checkpoint, "cpu")
     three = load_runtime("gluon", checkpoint, "cpu:0,1,2")

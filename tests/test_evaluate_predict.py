@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from dpn_gluon.evaluate import class_names, cli, imagenet_synsets
-from dpn_gluon.evaluate.preprocess import preprocess
+from dpn_gluon.data.preprocess import preprocess
 
 from test_evaluate_data import LinearRuntime, make_jpegs
 
@@ -46,7 +46,7 @@ def images(tmp_path):
 @pytest.mark.parametrize("classes", [1000, 4786])
 def test_predict_names_and_probabilities(monkeypatch, images, classes):
     rt = LinearRuntime(32, classes=classes, seed=3)
-    monkeypatch.setattr("dpn_gluon.evaluate.runtimes.load_runtime", lambda *a, **k: rt)
+    monkeypatch.setattr("dpn_gluon.runtimes.load_runtime", lambda *a, **k: rt)
     ckpt = images[0].with_name("x-0000.params")
     ckpt.write_bytes(b"stand-in")
     args = [str(ckpt)] + [str(p) for p in images] + ["--size", "32", "--top", "3"]
@@ -75,7 +75,7 @@ def test_predict_names_and_probabilities(monkeypatch, images, classes):
 
 
 def test_predict_bad_image_exit_2(monkeypatch, tmp_path):
-    monkeypatch.setattr("dpn_gluon.evaluate.runtimes.load_runtime",
+    monkeypatch.setattr("dpn_gluon.runtimes.load_runtime",
                         lambda *a, **k: LinearRuntime(32, classes=1000))
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")

@@ -1,4 +1,4 @@
-"""dpn_gluon.evaluate.preprocess against independent implementations.
+"""dpn_gluon.data.preprocess against independent implementations.
 
 - ``authors``: MXNet's own ``mx.image.imdecode`` / ``resize_short(interp=2)`` / ``center_crop``
   (the OpenCV 3.x bundled in MXNet 1.9.1, cv::resize INTER_CUBIC), pixel for pixel within 1
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpn_gluon.evaluate import preprocess as pp
+from dpn_gluon.data import preprocess as pp
 from dpn_gluon.variants import MEAN_RGB, SCALE
 
 SHAPES = [(300, 400), (200, 150), (375, 500), (40, 70), (224, 224), (33, 47)]

@@ -39,7 +39,8 @@ from click.testing import CliRunner
 
 from helpers import immutable  # noqa: E402
 from dpn_gluon import variants
-from dpn_gluon.convert import atomic, formats, mxparams
+from dpn_gluon.safeio import atomic
+from dpn_gluon.formats import canonical as formats, mxparams
 from dpn_gluon.convert.cli import main
 from test_convert_formats import fast_folder, seeded_params
 from test_hostile_params import VALID, _one, _set

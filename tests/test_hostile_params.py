@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dpn_gluon.convert import mxparams
+from dpn_gluon.formats import mxparams
 from dpn_gluon.errors import CheckpointError
 
 CORPUS = Path(__file__).resolve().parent.parent / "fuzz" / "corpus" / "params"

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from dpn_gluon import checkpoint, variants
-from dpn_gluon.convert import formats, mxparams, readers, sanity
+from dpn_gluon.formats import canonical as formats, mxparams, readers, sanity
 from dpn_gluon.errors import CheckpointError, DPNError
 from test_hostile_params import V2, _array, _file, _mutate, _mutations
 

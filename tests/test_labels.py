@@ -129,7 +129,7 @@ def test_predict_names(monkeypatch, tmp_path, classes, carried, user, first):
     from test_evaluate_data import LinearRuntime, make_jpegs
     rt = LinearRuntime(32, classes=classes, seed=3)
     rt.labels = carried
-    monkeypatch.setattr("dpn_gluon.evaluate.runtimes.load_runtime", lambda *a, **k: rt)
+    monkeypatch.setattr("dpn_gluon.runtimes.load_runtime", lambda *a, **k: rt)
     image = tmp_path / "photo.jpg"
     image.write_bytes(make_jpegs(1)[0])
     ckpt = tmp_path / "x-0000.params"
@@ -160,7 +160,7 @@ def test_evaluate_labels_order_the_class_folders(monkeypatch, tmp_path):
     from test_evaluate_data import (LinearRuntime, expected_errors, labels_at_ranks, make_jpegs,
                                     reference)
     rt = LinearRuntime(32, classes=10)
-    monkeypatch.setattr("dpn_gluon.evaluate.runtimes.load_runtime", lambda *a, **k: rt)
+    monkeypatch.setattr("dpn_gluon.runtimes.load_runtime", lambda *a, **k: rt)
     jpegs = make_jpegs()
     logits = reference(jpegs, 32, "authors", rt)
     truth = labels_at_ranks(logits)

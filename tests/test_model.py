@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dpn_gluon import variants
-from dpn_gluon.convert import mxparams, names
+from dpn_gluon.formats import mxparams, names
 
 mx = pytest.importorskip("mxnet")
 from dpn_gluon import model, symbols  # noqa: E402

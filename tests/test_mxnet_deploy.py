@@ -16,9 +16,9 @@ mx = pytest.importorskip("mxnet")
 pytest.importorskip("dpn_gluon.symbols")
 
 from dpn_gluon import load_checkpoint  # noqa: E402
-from dpn_gluon.convert import formats  # noqa: E402
+from dpn_gluon.formats import canonical as formats  # noqa: E402
 from dpn_gluon.convert.pipeline import convert  # noqa: E402
-from dpn_gluon.evaluate.runtimes import load_runtime  # noqa: E402
+from dpn_gluon.runtimes import load_runtime  # noqa: E402
 
 TOL = 1e-5
 

@@ -1,7 +1,7 @@
 """The pure-numpy .params codec against MXNet 1.9.1's own reader and writer.
 
 Files written by ``mx.nd.save`` read back identically (values, dtype, shape, key order);
-files written by :mod:`dpn_gluon.convert.mxparams` are byte-identical to ``mx.nd.save``'s
+files written by :mod:`dpn_gluon.formats.mxparams` are byte-identical to ``mx.nd.save``'s
 and load with ``mx.nd.load``; hand-built V1 and pre-V1 (legacy) arrays, laid out as
 ndarray.cc's ``LegacyLoad`` reads them, give what ``mx.nd.load`` gives.
 """
@@ -11,7 +11,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from dpn_gluon.convert import mxparams
+from dpn_gluon.formats import mxparams
 from dpn_gluon.errors import CheckpointError
 
 mx = pytest.importorskip("mxnet")

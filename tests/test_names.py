@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dpn_gluon import variants
-from dpn_gluon.convert import names
+from dpn_gluon.formats import names
 from dpn_gluon.errors import KeyMismatch
 
 #: timm 1.0.31's keys and shapes, recorded (docs/reference/README.md).

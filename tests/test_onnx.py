@@ -14,8 +14,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from dpn_gluon import variants  # noqa: E402
-from dpn_gluon.convert import onnx_export  # noqa: E402
-from dpn_gluon.convert.atomic import OutputExists  # noqa: E402
+from dpn_gluon import onnx_graph as onnx_export  # noqa: E402
+from dpn_gluon.safeio.atomic import OutputExists  # noqa: E402
 from dpn_gluon.errors import KeyMismatch  # noqa: E402
 from helpers import batch, mxnet_taps, rel, weights as tensors  # noqa: E402
 

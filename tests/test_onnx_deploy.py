@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 
 import dpn_gluon  # noqa: E402
 from dpn_gluon import variants  # noqa: E402
-from dpn_gluon.convert import onnx_export  # noqa: E402
+from dpn_gluon import onnx_graph as onnx_export  # noqa: E402
 from dpn_gluon.convert.check import RTOL, numeric_parity  # noqa: E402
 from dpn_gluon.convert.parity import seeded_batch  # noqa: E402
 from dpn_gluon.errors import DPNError  # noqa: E402
@@ -102,7 +102,7 @@ def test_fp16_within_its_bound_of_mxnet(fp16_file):
 
 def test_check_uses_the_fp16_bound(fp16_file, seeded_checkpoint):
     pytest.importorskip("mxnet")
-    from dpn_gluon.convert import formats
+    from dpn_gluon.formats import canonical as formats
     weights = formats.read(seeded_checkpoint("dpn68"))
     report, why = numeric_parity(weights, onnx_file=fp16_file)
     assert why is None and report.passed and report.tolerance == onnx_export.FP16_RTOL

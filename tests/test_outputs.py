@@ -1,4 +1,4 @@
-"""Where outputs go (dpn_gluon.convert.outputs) and how they land (atomic.Transaction).
+"""Where outputs go (dpn_gluon.safeio.outputs) and how they land (atomic.Transaction).
 
 Each class of the data-safety review has tests beyond its first example:
 data loss (``--force`` into a folder of user files, ``-o`` = the input's folder for every
@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from dpn_gluon.convert import atomic, outputs, writers
+from dpn_gluon.safeio import atomic, outputs
+from dpn_gluon.formats import writers
 from dpn_gluon.convert.cli import main
 from test_convert_formats import fast_folder, write_seeded
 

@@ -21,7 +21,8 @@ from dpn_gluon.convert.cli import main
 pytest.importorskip("mxnet")
 torch = pytest.importorskip("torch")
 
-from dpn_gluon.convert import parity, torch_dpn  # noqa: E402
+from dpn_gluon.convert import parity
+from dpn_gluon import torch_dpn  # noqa: E402
 from dpn_gluon.convert.parity import layer_parity  # noqa: E402
 from test_convert_formats import fast_folder  # noqa: E402
 

@@ -100,7 +100,7 @@ def test_timm_config_names_schema_and_the_authors_preprocessing(folders, ckpts, 
     names = cfg["label_names"]
     assert len(names) == len(set(names)) == classes
     if which == "in1k":
-        lines = (ROOT / "dpn_gluon/evaluate/imagenet_classes.txt").read_text().splitlines()
+        lines = (ROOT / "dpn_gluon/data/imagenet_classes.txt").read_text().splitlines()
         assert names == [line.split(" ", 1)[0] for line in lines]
         assert cfg["label_descriptions"][names[0]] == "tench, Tinca tinca"
     elif which == "in5k":
@@ -121,7 +121,7 @@ def test_timm_config_names_schema_and_the_authors_preprocessing(folders, ckpts, 
 
 
 def test_predict_and_evaluate_read_the_names_a_folder_carries(folders):
-    from dpn_gluon.evaluate.runtimes import read_model
+    from dpn_gluon.runtimes import read_model
     assert read_model(folders["in5k"][0])[4] == ["class_%04d" % i for i in range(4786)]
 
 
@@ -169,7 +169,7 @@ def test_check_prints_one_summary_line_not_the_table(folders):
 
 def test_torch_hub_equals_the_converted_model(folders, ckpts, tmp_path):
     torch = pytest.importorskip("torch")
-    from dpn_gluon.convert.torch_dpn import from_canonical
+    from dpn_gluon.torch_dpn import from_canonical
     want = from_canonical(checkpoint.seeded_tensors("dpn68", 0))
     pth = tmp_path / "in1k.pth"
     assert run(ckpts["in1k"], "--to", "torch", "-o", pth, "--no-check").exit_code == 0

@@ -1,11 +1,11 @@
-"""dpn_gluon.convert.sanity: NaN/Inf and BatchNorm variances <= 0, named, chunked, no copies."""
+"""dpn_gluon.formats.sanity: NaN/Inf and BatchNorm variances <= 0, named, chunked, no copies."""
 import tracemalloc
 from collections import OrderedDict
 
 import numpy as np
 import pytest
 
-from dpn_gluon.convert import mxparams, sanity
+from dpn_gluon.formats import mxparams, sanity
 from dpn_gluon.errors import CheckpointError
 
 

@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from dpn_gluon import variants  # noqa: E402
-from dpn_gluon.convert import torch_dpn  # noqa: E402
+from dpn_gluon import torch_dpn  # noqa: E402
 from dpn_gluon.errors import CheckpointError, KeyMismatch  # noqa: E402
 from dpn_gluon.checkpoint import seeded_tensors  # noqa: E402
 from helpers import batch, mxnet_taps, rel, weights as tensors  # noqa: E402

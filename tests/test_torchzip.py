@@ -1,10 +1,10 @@
-"""dpn_gluon.convert.torchzip (torch-free .pth writer) read back by torch's own loader."""
+"""dpn_gluon.formats.torchzip (torch-free .pth writer) read back by torch's own loader."""
 from collections import OrderedDict
 
 import numpy as np
 import pytest
 
-from dpn_gluon.convert.torchzip import write_state_dict
+from dpn_gluon.formats.torchzip import write_state_dict
 
 torch = pytest.importorskip("torch")
 
@@ -88,7 +88,7 @@ def test_convert_to_torch_without_check_does_not_import_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, str(src), str(out)], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, check=True, env=env)
     assert json.loads(proc.stdout.strip().splitlines()[-1]) is False
-    from dpn_gluon.convert import torch_dpn
+    from dpn_gluon import torch_dpn
     _, _, _, tensors = read_checkpoint(src)
     model = torch_dpn.build_model("dpn68")
     model.load_state_dict(torch.load(out, weights_only=True, mmap=True), strict=True)
@@ -99,7 +99,7 @@ def test_convert_to_torch_without_check_does_not_import_torch(tmp_path):
 
 # -- reading without torch: torch's own files are the reference ----------------------------
 
-from dpn_gluon.convert.torchzip import read_state_dict  # noqa: E402
+from dpn_gluon.formats.torchzip import read_state_dict  # noqa: E402
 from dpn_gluon.errors import CheckpointError  # noqa: E402
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from dpn_gluon import write_seeded_checkpoint
-from dpn_gluon.convert import mxparams
+from dpn_gluon.formats import mxparams
 from dpn_gluon.train import recipe
 from train_patterns import CLASSES, write_folder
 

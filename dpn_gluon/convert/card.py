@@ -15,7 +15,7 @@ from typing import List, Optional
 
 from .. import variants
 from ..errors import DPNError
-from .atomic import atomic_write
+from ..safeio.atomic import atomic_write
 
 CARD = "README.md"
 #: cypw/DPNs states no licence: the Hub's "other", and the card says so.

@@ -10,7 +10,7 @@ Two parts:
 2. **Numerical**, when MXNet and torch are both importable: the per-layer parity report
    (:func:`dpn_gluon.convert.parity.layer_parity`): a fixed seeded batch runs through the
    authors' MXNet graph (:mod:`dpn_gluon.symbols`) and through the PyTorch DPN
-   (:mod:`dpn_gluon.convert.torch_dpn`) built from the written weights, compared at every
+   (:mod:`dpn_gluon.torch_dpn`) built from the written weights, compared at every
    tap (stem, each block's residual and dense paths, final BN-ReLU, logits); the summary
    keeps the max relative logit difference and top-5 agreement. Without MXNet the report
    says so and the exact comparison stands alone.
@@ -30,8 +30,8 @@ import numpy as np
 from .. import variants
 from ..deps import importable
 from ..errors import DPNError
-from . import formats, names
-from .onnx_export import FP16_RTOL
+from ..formats import canonical as formats, names
+from ..onnx_graph import FP16_RTOL
 
 if TYPE_CHECKING:
     from .parity import ParityReport
@@ -259,7 +259,7 @@ def numeric_parity(weights: "formats.Weights", batch: int = 2, size: int = 64, s
         what = " and ".join({"mxnet": "MXNet"}.get(m, m) for m in missing)
         return None, ("%s %s not installed: numerical check skipped (the written tensors were "
                       "compared exactly with the source)" % (what, "is" if len(missing) == 1 else "are"))
-    absent = [m for m in ("dpn_gluon.symbols", "dpn_gluon.convert.torch_dpn") if not importable(m)]
+    absent = [m for m in ("dpn_gluon.symbols", "dpn_gluon.torch_dpn") if not importable(m)]
     if absent and not onnx_file:
         return None, "numerical check skipped: %s not available" % ", ".join(absent)
     try:

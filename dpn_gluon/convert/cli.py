@@ -33,8 +33,8 @@ import click
 from .. import variants
 from ..cliutil import OneLineGroup, labels_option, quiet_stderr, version_option
 from ..errors import CheckpointError, DPNError
-from .formats import TARGETS
-from .onnx_export import DEFAULT_OPSET, OPSETS
+from ..formats.canonical import TARGETS
+from ..onnx_graph import DEFAULT_OPSET, OPSETS
 from .parity import DEVICES, DTYPES, MX_DEVICES, RUNTIMES
 
 PROG = "dpn-convert"
@@ -237,8 +237,8 @@ def check_command(reference, candidate, runtime, device, mx_device, dtype, size,
     models part. Exit 0 every tap within the tolerance (and, for float16/bfloat16, the same
     top-1 class on every image), 1 otherwise, 2 bad input.
     """
-    from .formats import read
-    from .outputs import report_plan
+    from ..formats.canonical import read
+    from ..safeio.outputs import report_plan
     from .parity import OnnxModel, layer_parity, read_onnx
     plan = report_plan(report, _inputs(reference, candidate), force) if report else None
     ref = read(reference, hash_source=False)
@@ -357,7 +357,7 @@ def release_command(src_dir, out, check, force, labels_file, license_, as_json, 
 
 def _inputs(*paths: Path):
     """The files a check reads, as the reader resolves them (a PREFIX names PREFIX-0000.params)."""
-    from .formats import resolve_source
+    from ..formats.canonical import resolve_source
     found = []
     for path in paths:
         found.append(path)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import variants
 from ..checkpoint import write_seeded_checkpoint
-from . import mxparams
+from ..formats import mxparams
 from .check import same_bits
 from .pipeline import convert
 

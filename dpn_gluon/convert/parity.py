@@ -6,9 +6,9 @@ The same batch (seeded, or real images with the authors' preprocessing) goes thr
   (:func:`~dpn_gluon.symbols.tap_symbol`), run by MXNet in float32 on the CPU, or on an MXNet
   GPU where the installed build has kernels for the card (MXNet 1.9.1 has none for Hopper,
   sm_90: docs/reference/mxnet-1.9.md section 2.2; then it says so and uses the CPU);
-- the **candidate**: the timm-layout PyTorch DPN (:mod:`dpn_gluon.convert.torch_dpn`, on
+- the **candidate**: the timm-layout PyTorch DPN (:mod:`dpn_gluon.torch_dpn`, on
   cpu/cuda in float32, float16 or bfloat16), or the ONNX graph of
-  :mod:`dpn_gluon.convert.onnx_export` with every tap as an output, run by onnxruntime
+  :mod:`dpn_gluon.onnx_graph` with every tap as an output, run by onnxruntime
   (CPU, or the CUDA provider); or an ONNX file dpn-convert wrote, run as written with its
   tap nodes added as outputs (:func:`read_onnx`).
 
@@ -47,7 +47,7 @@ import numpy as np
 from .. import variants
 from ..deps import require, require_choice
 from ..errors import DPNError
-from .onnx_export import FP16_RTOL     # a constant: onnx itself is imported only to run
+from ..onnx_graph import FP16_RTOL  # a constant: onnx itself is imported only to run
 
 RUNTIMES = ("torch", "onnx")
 DEVICES = ("cpu", "cuda")
@@ -162,7 +162,7 @@ class ParityReport:
 
     def write(self, path: Union[str, Path], force: bool = True) -> Path:
         """:meth:`render` into ``path``, atomically."""
-        from .atomic import atomic_write
+        from ..safeio.atomic import atomic_write
         data = self.render(path)
         with atomic_write(path, force) as f:
             f.write(data)
@@ -248,9 +248,9 @@ def seeded_batch(batch: int = 2, size: int = 64, seed: int = 0) -> np.ndarray:
 
 def load_images(paths: Sequence[Union[str, Path]], size: int) -> np.ndarray:
     """Images -> (N, 3, size, size) float32 with the authors' preprocessing
-    (:func:`dpn_gluon.evaluate.preprocess.preprocess`, protocol ``authors``: bicubic resize
+    (:func:`dpn_gluon.data.preprocess.preprocess`, protocol ``authors``: bicubic resize
     of the short side to ``size``, 100 % center crop, ``(pixel - MEAN_RGB) * SCALE``)."""
-    from ..evaluate.preprocess import preprocess
+    from ..data.preprocess import preprocess
     return np.ascontiguousarray(np.stack([preprocess(p, size, "authors") for p in paths]),
                                 dtype=np.float32)
 
@@ -324,7 +324,7 @@ def torch_taps(arch: variants.Arch, classes: int, classifier: str, tensors, x: n
     """Every tap of the timm-layout PyTorch DPN, on ``device`` in ``dtype``."""
     require_runtime("torch")
     import torch
-    from . import torch_dpn
+    from .. import torch_dpn
     if device == "cuda" and not torch.cuda.is_available():
         raise DPNError("--device cuda: torch sees no CUDA device (torch %s)" % torch.__version__)
     with warnings.catch_warnings():
@@ -346,7 +346,7 @@ def torch_taps(arch: variants.Arch, classes: int, classifier: str, tensors, x: n
 
 @dataclass
 class OnnxModel:
-    """An ONNX file written by :mod:`dpn_gluon.convert.onnx_export`, to be run as it is."""
+    """An ONNX file written by :mod:`dpn_gluon.onnx_graph`, to be run as it is."""
 
     path: Path
     arch: variants.Arch
@@ -389,7 +389,7 @@ def onnx_taps(arch: variants.Arch, classes: int, classifier: str, tensors, x: np
     require_runtime("onnx")
     import onnx
     import onnxruntime as ort
-    from .onnx_export import export_onnx
+    from ..onnx_graph import export_onnx
     providers = ["CPUExecutionProvider"]
     if device == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -456,7 +456,7 @@ def layer_parity(reference: WeightsLike, candidate: WeightsLike, runtime: str = 
                  tolerance: Optional[float] = None, mx_device: str = "cpu",
                  mean_max: bool = False, log=None, progress=None) -> ParityReport:
     """Run ``reference`` in the authors' MXNet graph and ``candidate`` in ``runtime``; compare
-    every tap. Both are :class:`~dpn_gluon.convert.formats.Weights` or canonical tensors of
+    every tap. Both are :class:`~dpn_gluon.formats.canonical.Weights` or canonical tensors of
     the same architecture and class count; with ``runtime='onnx'`` the candidate may also be
     an ONNX file dpn-convert wrote (:func:`read_onnx`), run as it is.
 

@@ -17,8 +17,9 @@ from typing import List, Mapping, Optional, Union
 
 from .. import deps, labels as class_labels
 from ..errors import DPNError
-from . import card, formats, sanity, writers
-from .outputs import conversion_plan
+from . import card
+from ..formats import canonical as formats, sanity, writers
+from ..safeio.outputs import conversion_plan
 from .check import CheckReport, importable, check_written
 
 PathLike = Union[str, Path]
@@ -61,7 +62,7 @@ def convert(src: PathLike, to: str, out: Optional[PathLike] = None, arch: Option
             onnx_options: Optional[Mapping] = None,
             labels: Optional[PathLike] = None, license: Optional[str] = None,
             progress: bool = False, report: Optional[PathLike] = None) -> ConversionResult:
-    """Convert the checkpoint at ``src`` to format ``to``; see :mod:`dpn_gluon.convert.formats`.
+    """Convert the checkpoint at ``src`` to format ``to``; see :mod:`dpn_gluon.formats.canonical`.
 
     ``out`` is the output path (for ``mxnet``, the prefix), or a folder for the default
     name. ``device`` and ``tolerance`` go to the check's per-layer parity

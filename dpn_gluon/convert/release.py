@@ -36,9 +36,9 @@ from .. import labels as class_labels
 from .. import variants
 from ..errors import DPNError
 from ..files import read_bounded
-from .atomic import atomic_write
-from .formats import read, sha256_of
-from .outputs import TIMM_FILES, Output, Plan
+from ..safeio.atomic import atomic_write
+from ..formats.canonical import read, sha256_of
+from ..safeio.outputs import TIMM_FILES, Output, Plan
 from .pipeline import ConversionResult, convert
 
 MANIFEST_JSON, MANIFEST_MD = "MANIFEST.json", "MANIFEST.md"

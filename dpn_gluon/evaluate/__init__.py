@@ -1,7 +1,7 @@
 """Evaluation under the authors' ImageNet protocol (and timm's): the library behind the CLIs.
 
-:func:`evaluate` runs a :class:`~dpn_gluon.evaluate.runtimes.Runtime` over a labelled
-:class:`~dpn_gluon.evaluate.data.Dataset` and returns top-1/top-5 error, throughput and the
+:func:`evaluate` runs a :class:`~dpn_gluon.runtimes.Runtime` over a labelled
+:class:`~dpn_gluon.data.datasets.Dataset` and returns top-1/top-5 error, throughput and the
 exact settings; :func:`predict` gives the top classes of single images. ``dpn-evaluate`` and
 ``dpn-predict`` (:mod:`dpn_gluon.evaluate.cli`) are thin commands over these two.
 
@@ -17,9 +17,9 @@ import numpy as np
 
 from .. import labels
 from ..errors import DPNError
-from .data import Dataset, iter_batches, open_dataset
+from ..data.datasets import Dataset, iter_batches, open_dataset
 from .metrics import TopKError
-from .preprocess import PROTOCOLS, authors_resize_backend, preprocess as preprocess_image, resize_size
+from ..data.preprocess import PROTOCOLS, authors_resize_backend, preprocess as preprocess_image, resize_size
 
 __all__ = ["evaluate", "predict", "classify", "settings", "class_names", "open_dataset", "PROTOCOLS"]
 

@@ -16,8 +16,8 @@ import numpy as np
 from .. import labels
 from ..cliutil import OneLineCommand, labels_option, version_option
 from ..errors import DPNError
-from .preprocess import PROTOCOLS, authors_resize_backend
-from .runtimes import RUNTIMES
+from ..data.preprocess import PROTOCOLS, authors_resize_backend
+from ..runtimes import RUNTIMES
 
 
 def _error(prog: str, message) -> None:
@@ -92,8 +92,8 @@ def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, dev
     --size 320 and --size 320 --mean-max (docs/evaluate.md lists the published numbers).
     """
     from . import evaluate, settings
-    from .data import open_dataset
-    from .runtimes import load_runtime
+    from ..data.datasets import open_dataset
+    from ..runtimes import load_runtime
     settings(size, protocol, mean_max)
     names = labels.read_file(labels_file) if labels_file is not None else None
     if not quiet:
@@ -148,8 +148,8 @@ def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, dev
     an option) was bad.
     """
     from . import classify, settings
-    from .preprocess import preprocess
-    from .runtimes import load_runtime
+    from ..data.preprocess import preprocess
+    from ..runtimes import load_runtime
     settings(size, protocol, mean_max)
     if not quiet:
         _note_resize("dpn-predict", protocol)

@@ -8,7 +8,7 @@ augmenter and record parser do it (``src/io/image_aug_default.cc``, ``iter_image
    ~ U(3/4, 4/3), width and height swapped with probability 1/2; a uniformly placed box that
    fits is kept, else a centred square of the short side;
 2. bicubic resize of the box to ``size x size`` (OpenCV's kernel, from
-   :func:`dpn_gluon.evaluate.preprocess.cv_bicubic_resize_crop`);
+   :func:`dpn_gluon.data.preprocess.cv_bicubic_resize_crop`);
 3. random HSL: OpenCV's 8-bit HLS (H 0-180, L and S 0-255); integer shifts
    ``int(r * 2b - b)`` (truncated towards zero), ``r = (u1 + 4 u2) / 5`` of two uniforms
    (MXNet's "approximation of gaussian" that makes extremes rare; measured in the tests),
@@ -26,7 +26,7 @@ from typing import Tuple
 
 import numpy as np
 
-from ..evaluate.preprocess import cv_bicubic_resize_crop, resize_crop
+from ..data.preprocess import cv_bicubic_resize_crop, resize_crop
 from .recipe import AREA, ASPECT, RANDOM_H, RANDOM_L, RANDOM_S
 
 ATTEMPTS = 10

@@ -22,9 +22,9 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ..checkpoint import PARAMS_SUFFIX, SYMBOL_SUFFIX, write_checkpoint
-from ..convert import mxparams
-from ..convert.atomic import atomic_write
-from ..convert.outputs import mxnet_prefix
+from ..formats import mxparams
+from ..safeio.atomic import atomic_write
+from ..safeio.outputs import mxnet_prefix
 from ..errors import DPNError
 from ..files import read_bounded
 
@@ -109,7 +109,7 @@ class Run:
         return sorted(found)
 
     def temporaries(self) -> List[Path]:
-        """Temporary files :mod:`dpn_gluon.convert.atomic` left for this run's outputs
+        """Temporary files :mod:`dpn_gluon.safeio.atomic` left for this run's outputs
         (``.NAME.XXXXXXXX.part``; only a killed process leaves them)."""
         folder, stem = self.prefix.parent, "." + self.prefix.name
         if not folder.is_dir():

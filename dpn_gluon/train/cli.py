@@ -137,7 +137,7 @@ def summary(record: dict) -> str:
 
 def _precheck(opts: Options) -> None:
     """The launcher's checks of the inputs, so a bad one is one line before any process starts."""
-    from ..evaluate.data import open_dataset
+    from ..data.datasets import open_dataset
     from .checkpoints import Run
     from .loop import check_outputs
     check_outputs(Run(opts.out), opts)
@@ -145,7 +145,7 @@ def _precheck(opts: Options) -> None:
     if opts.val_data is not None:
         open_dataset(opts.val_data)
     if opts.start is not None:
-        from ..evaluate.runtimes import read_model
+        from ..runtimes import read_model
         read_model(opts.start)
 
 

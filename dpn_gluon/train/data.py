@@ -1,6 +1,6 @@
 """Training batches for one worker: its shard of each global batch, augmented, per-epoch seeded.
 
-- Class folders and ``.lst`` lists (indexed by :func:`dpn_gluon.evaluate.data.open_dataset`):
+- Class folders and ``.lst`` lists (indexed by :func:`dpn_gluon.data.datasets.open_dataset`):
   epoch ``e`` shuffles the whole set with a generator seeded from ``(seed, e)``; global batch
   ``s`` is ``perm[s*B:(s+1)*B]`` and worker ``r`` of ``n`` takes slice ``r`` of ``n`` equal
   slices of it, so the workers of one step together see exactly the single-process batch.
@@ -20,10 +20,10 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from ..convert.atomic import worker_signals
+from ..safeio.atomic import worker_signals
 from ..errors import DPNError
-from ..evaluate.data import Dataset, read_source
-from ..evaluate.preprocess import ImageError, load_image, normalize
+from ..data.datasets import Dataset, read_source
+from ..data.preprocess import ImageError, load_image, normalize
 from . import augment
 
 _START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"

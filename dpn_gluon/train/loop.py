@@ -24,7 +24,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from .. import variants
-from ..convert.atomic import Transaction
+from ..safeio.atomic import Transaction
 from ..errors import DPNError
 from . import recipe
 from .checkpoints import Run
@@ -47,7 +47,7 @@ def raise_interrupted(signum, frame):
 
 def canonical(net) -> "OrderedDict[str, np.ndarray]":
     """The network's tensors by the authors' names, in the variant table's order."""
-    from ..convert.names import gluon_param_name
+    from ..formats.names import gluon_param_name
     params = net.collect_params()
     spec = variants.tensor_spec(net.arch, net.classes, net.classifier_name)
     return OrderedDict((k, params[gluon_param_name(k)].data().asnumpy()) for k in spec)
@@ -65,7 +65,7 @@ def initial_tensors(opts: Options, train_classes: int):
     if opts.arch is not None:
         arch, classes, classifier = variants.resolve(opts.arch, classes)
         return arch, classes, classifier, None
-    from ..evaluate.runtimes import read_model
+    from ..runtimes import read_model
     arch, ck_classes, classifier, tensors, _ = read_model(opts.start)
     if classes == ck_classes:
         return arch, classes, classifier, OrderedDict(tensors)
@@ -105,7 +105,7 @@ def _batchnorms(block):
 
 def momentum_states(trainer) -> Dict[str, np.ndarray]:
     """SGD's momentum buffer of every trained parameter, by the authors' name."""
-    from ..convert.names import canonical_from_gluon_param
+    from ..formats.names import canonical_from_gluon_param
     states = trainer._updaters[0].states
     return {canonical_from_gluon_param(p.name): states[i].asnumpy()
             for i, p in enumerate(trainer._params) if states.get(i) is not None}
@@ -113,7 +113,7 @@ def momentum_states(trainer) -> Dict[str, np.ndarray]:
 
 def set_momentum_states(trainer, saved: Dict[str, np.ndarray]) -> None:
     import mxnet as mx
-    from ..convert.names import canonical_from_gluon_param
+    from ..formats.names import canonical_from_gluon_param
     for updater in trainer._updaters:
         for i, p in enumerate(trainer._params):
             value = saved.get(canonical_from_gluon_param(p.name))
@@ -153,7 +153,7 @@ def train(opts: Options, argv_line: str = "") -> dict:
     import mxnet as mx
     from mxnet import gluon
     from tqdm import tqdm
-    from ..evaluate.data import open_dataset
+    from ..data.datasets import open_dataset
     from . import report
 
     run = Run(opts.out)
@@ -267,10 +267,10 @@ def _now() -> str:
 def check_outputs(run: Run, opts: Options) -> Optional[dict]:
     """The run record to resume from (with ``--resume``), or None for a new run.
 
-    The run's files follow :mod:`dpn_gluon.convert.outputs`: none is an input or inside an
+    The run's files follow :mod:`dpn_gluon.safeio.outputs`: none is an input or inside an
     input folder (a curves PNG in a class folder would become a training image), none is a
     symbolic link or a folder; a new run replaces nothing."""
-    from ..convert.outputs import Output, Plan
+    from ..safeio.outputs import Output, Plan
     if Path(opts.out).is_dir():
         raise DPNError("--out %s is a folder; give a PREFIX in it, such as %s"
                        % (opts.out, Path(opts.out) / "dpn"))
@@ -316,7 +316,7 @@ def _validate(net, val, opts: Options, arch, classes, classifier, ctx) -> dict:
     """Top-1 / top-5 (%) on ``--val-data`` under the authors' test protocol (dpn-evaluate's)."""
     import mxnet as mx
     from ..evaluate import evaluate
-    from ..evaluate.runtimes import Runtime
+    from ..runtimes import Runtime
     from ..model import DPN, set_canonical
     test_net = set_canonical(DPN(arch, classes, classifier, mean_max=opts.val_mean_max),
                              canonical(net), ctx[0])

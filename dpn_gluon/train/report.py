@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import List
 
-from ..convert.atomic import atomic_path
+from ..safeio.atomic import atomic_path
 from ..deps import MissingDependency, require
 
 _warned = False

@@ -23,11 +23,10 @@ import numpy as np
 from .. import labels as class_labels
 from ..errors import DPNError
 from . import mxparams
-from .atomic import Transaction
-from .formats import (CROP_PCT, INPUT_SIZE, INTERPOLATION, MEAN, STD, TARGETS, TEST_INPUT_SIZE,
-                      Weights, rename_for)
-from .outputs import TIMM_CONFIG, TIMM_WEIGHTS, conversion_plan, target_path
-from .outputs import output_files  # noqa: F401  (importable from formats and here, as before)
+from ..safeio.atomic import Transaction
+from .canonical import CROP_PCT, INPUT_SIZE, INTERPOLATION, MEAN, STD, TARGETS, TEST_INPUT_SIZE, Weights, rename_for
+from ..safeio.outputs import TIMM_CONFIG, TIMM_WEIGHTS, conversion_plan, target_path
+from ..safeio.outputs import output_files  # noqa: F401  (importable from formats and here, as before)
 
 default_output = target_path        # the earlier name
 
@@ -196,7 +195,7 @@ def _write_timm(weights: Weights, files: List[Path], tx: Transaction, log):
         (tmp / TIMM_CONFIG).write_text(json.dumps(timm_config(weights), indent=2) + "\n",
                                        encoding="utf-8")
         # the Hub's model card; the conversion rewrites it with the check's summary
-        from .card import CARD, model_card
+        from ..convert.card import CARD, model_card
         (tmp / CARD).write_text(model_card(weights), encoding="utf-8")
 
 
@@ -235,7 +234,7 @@ def _write_onnx(weights: Weights, files: List[Path], tx: Transaction, log,
                 mean_max: bool = False, fp16: bool = False, opset: Optional[int] = None):
     from ..deps import require
     require("onnx", "--to onnx")
-    from .onnx_export import DEFAULT_OPSET, export_onnx
+    from ..onnx_graph import DEFAULT_OPSET, export_onnx
     out, = files
     with tx.path(out) as tmp:      # export_onnx replaces the (empty) temp atomically itself
         try:

@@ -27,7 +27,7 @@ from typing import Iterable, List, Optional, Sequence, Union
 from .. import deps
 from ..errors import DPNError
 from .atomic import OutputExists, Transaction
-from .readers import TIMM_CONFIG, TIMM_WEIGHTS
+from ..formats.readers import TIMM_CONFIG, TIMM_WEIGHTS
 
 PathLike = Union[str, Path]
 

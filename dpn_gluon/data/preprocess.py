@@ -19,7 +19,7 @@ tests/test_evaluate_preprocess.py): cv2 4.x with its SIMD kernels off differs by
 in a few pixels per image (< 0.01 %), the numpy kernel by 1 level in ~4 % of pixels. ``timm`` resizes with PIL's ``Image.BICUBIC`` (a = -0.5, antialiased), as timm's
 transforms. PIL's and OpenCV's kernels differ by up to ~15 gray levels when shrinking a
 detailed image, so using either for both would shift one protocol's accuracy. Decoding is
-:mod:`dpn_gluon.evaluate.images` (PIL) for both. Every runtime (Gluon, PyTorch, ONNX) gets
+:mod:`dpn_gluon.data.images` (PIL) for both. Every runtime (Gluon, PyTorch, ONNX) gets
 its arrays from this one module, so they see identical inputs.
 
 Memory: no resized image has more than :data:`MAX_RESIZED_PIXELS` (an aspect ratio of

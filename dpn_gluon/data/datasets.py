@@ -9,13 +9,13 @@
 - **record**: a ``.rec`` file with its ``.idx`` (``key\\toffset`` lines), as written by
   ``mx.recordio.MXIndexedRecordIO`` / ``pack_img``. The records are read here without MXNet
   (magic, length, ``IRHeader`` 'IfQQ', the encoded image) and the image bytes are decoded by
-  the same :func:`~dpn_gluon.evaluate.preprocess.preprocess` as files are.
+  the same :func:`~dpn_gluon.data.preprocess.preprocess` as files are.
 
 :func:`open_dataset` detects which one a path is. :func:`iter_batches` decodes and resizes in
 worker processes (forked where the platform can, as MXNet's own DataLoader does: the
 workers touch only numpy and Pillow) and yields float32 NCHW batches in dataset order.
 Unreadable images are skipped and counted, or raise
-:class:`~dpn_gluon.evaluate.preprocess.ImageError` when ``strict``.
+:class:`~dpn_gluon.data.preprocess.ImageError` when ``strict``.
 
 This module imports neither MXNet nor torch.
 """
@@ -32,8 +32,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..convert.atomic import worker_signals
-from ..convert.readers import MAX_CLASSES
+from ..safeio.atomic import worker_signals
+from ..formats.readers import MAX_CLASSES
 from ..errors import DPNError
 from ..files import open_regular
 from .images import MAX_IMAGE_BYTES
@@ -274,7 +274,7 @@ def read_record(f, rec, offset: int, size: int, with_image: bool = True):
 
 
 def read_source(source: Source):
-    """What :func:`~dpn_gluon.evaluate.images.load_image` decodes for one sample: a path,
+    """What :func:`~dpn_gluon.data.images.load_image` decodes for one sample: a path,
     or the image bytes of one record."""
     if isinstance(source, str):
         return source

@@ -1,16 +1,16 @@
 """Where dpn-evaluate and dpn-predict run a checkpoint: MXNet Gluon, PyTorch or ONNX Runtime.
 
 :func:`load_runtime` returns a :class:`Runtime`: a callable from a float32 NCHW numpy batch
-(already preprocessed by :mod:`dpn_gluon.evaluate.preprocess`, the same for every runtime) to
+(already preprocessed by :mod:`dpn_gluon.data.preprocess`, the same for every runtime) to
 float32 logits ``(n, classes)``. Every runtime starts from :func:`read_model`, the one place
 that reads a checkpoint (any format dpn-convert reads) into canonical tensors.
 
 - ``gluon``: the Gluon DPN of :mod:`dpn_gluon.model` (as :func:`dpn_gluon.load_checkpoint`),
   hybridized; several MXNet devices split each
   batch with ``mx.gluon.utils.split_and_load`` (data parallel over one machine's GPUs).
-- ``torch``: :func:`dpn_gluon.convert.torch_dpn.from_canonical` (timm's layout), eval mode,
+- ``torch``: :func:`dpn_gluon.torch_dpn.from_canonical` (timm's layout), eval mode,
   ``torch.inference_mode``; one device.
-- ``onnx``: :func:`dpn_gluon.convert.onnx_export.export_onnx` to a temporary file, then an
+- ``onnx``: :func:`dpn_gluon.onnx_graph.export_onnx` to a temporary file, then an
   ``onnxruntime.InferenceSession`` (CUDA provider on a GPU device when available).
 
 MXNet, torch and onnxruntime are imported only by the runtime that needs them; a missing one
@@ -27,9 +27,9 @@ from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
-from ..deps import require_choice
-from ..errors import DPNError
-from ..files import require_regular
+from .deps import require_choice
+from .errors import DPNError
+from .files import require_regular
 
 RUNTIMES = ("gluon", "torch", "onnx")
 #: What each runtime imports (checked in this order).
@@ -58,9 +58,9 @@ def read_model(path):
 
     The authors' ``PREFIX-0000.params`` (or ``PREFIX``), a Gluon ``.params``, a PyTorch
     ``.pth`` (timm's keys), ``.safetensors`` or a timm folder: detected from the content by
-    :func:`dpn_gluon.convert.formats.read`, validated against the variant table.
+    :func:`dpn_gluon.formats.canonical.read`, validated against the variant table.
     """
-    from ..convert.formats import read, resolve_source
+    from .formats.canonical import read, resolve_source
     source = resolve_source(path)
     if not source.is_dir():       # a FIFO or a device would block or read without end
         require_regular(source, "checkpoint file")
@@ -108,7 +108,7 @@ def require_runtime(kind: str) -> None:
 
 def _gluon(checkpoint, model, dev_kind, ids, mean_max):
     import mxnet as mx
-    from ..model import DPN, fold_batchnorm, set_canonical
+    from .model import DPN, fold_batchnorm, set_canonical
     arch, classes, classifier, tensors = model
     if dev_kind == "gpu":
         if mx.context.num_gpus() < len(ids) or max(ids) >= mx.context.num_gpus():
@@ -136,7 +136,7 @@ def _gluon(checkpoint, model, dev_kind, ids, mean_max):
 
 def _torch(checkpoint, model, dev_kind, ids, mean_max):
     import torch
-    from ..convert.torch_dpn import from_canonical
+    from .torch_dpn import from_canonical
     if dev_kind == "gpu":
         if len(ids) != 1:
             raise DPNError("the torch runtime uses one device; use --device cuda:N")
@@ -162,7 +162,7 @@ def _torch(checkpoint, model, dev_kind, ids, mean_max):
 
 def _onnx(checkpoint, model, dev_kind, ids, mean_max):
     import onnxruntime as ort
-    from ..convert.onnx_export import export_onnx
+    from .onnx_graph import export_onnx
     providers = ["CPUExecutionProvider"]
     if len(ids) > 1:
         raise DPNError("the onnx runtime uses one device; use --device cpu or cuda:N")

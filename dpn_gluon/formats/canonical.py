@@ -22,7 +22,7 @@ Formats, and what they must stay compatible with:
   classifier name, source file and sha256, the authors' normalization);
 - ``timm``: a folder with ``config.json`` + ``model.safetensors``, as timm's
   ``push_to_hf_hub`` writes and ``timm.create_model('local-dir:PATH')`` reads;
-- ``onnx`` (target only): delegated to :mod:`dpn_gluon.convert.onnx_export`.
+- ``onnx`` (target only): delegated to :mod:`dpn_gluon.onnx_graph`.
 
 Hostile input: every reader is bounded by the file's size before it allocates (a lying
 header, a zip bomb, a storage declared larger than the file), runs no code from the file,
@@ -49,8 +49,7 @@ from .. import labels as class_labels, variants
 from ..errors import CheckpointError, DPNError, KeyMismatch
 from ..files import open_regular
 from . import names
-from .readers import (TIMM_CONFIG, TIMM_WEIGHTS, _arch_name, detect,  # noqa: F401 (re-exported)
-                      parse_count, read_raw, resolve_source)
+from .readers import TIMM_CONFIG, TIMM_WEIGHTS, _arch_name, detect, parse_count, read_raw, resolve_source
 
 FORMATS = ("mxnet", "gluon", "torch", "safetensors", "timm")
 TARGETS = FORMATS + ("onnx",)

@@ -26,9 +26,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import variants
-from ..errors import CheckpointError, KeyMismatch
-from . import names
+from . import variants
+from .errors import CheckpointError, KeyMismatch
+from .formats import names
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
