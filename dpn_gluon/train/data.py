@@ -50,6 +50,12 @@ class _Batches:
         self.shard, self.seed, self.augmented, self.threads = shard, seed, augmented, threads
         self.local = batch_size // shard.parts
 
+    def start(self) -> None:
+        """Start what the loader keeps for the whole run (nothing here)."""
+
+    def close(self) -> None:
+        """Stop what :meth:`start` started."""
+
 
 class FileBatches(_Batches):
     """Augmented batches of a folder or ``.lst`` data set for one worker (see module doc)."""
@@ -59,6 +65,7 @@ class FileBatches(_Batches):
         if len(dataset) < self.batch_size:
             raise DPNError("%s: %d images, fewer than one batch of %d"
                            % (dataset.path, len(dataset), self.batch_size))
+        self._pool = None
 
     @property
     def steps(self) -> int:
@@ -72,28 +79,43 @@ class FileBatches(_Batches):
         tasks = []
         for step in range(skip, last):
             start = step * self.batch_size + self.shard.rank * self.local
-            tasks.extend((pos, int(perm[pos])) for pos in range(start, start + self.local))
-        args = (self.dataset, self.size, self.seed, epoch, self.augmented)
+            tasks.extend((epoch, pos, int(perm[pos])) for pos in range(start, start + self.local))
         if self.threads > 0:
-            ctx = multiprocessing.get_context(_START_METHOD)
-            pool = ctx.Pool(self.threads, initializer=_init_process, initargs=args)
-            results = pool.imap(_sample, tasks, chunksize=max(1, self.local // self.threads))
+            results = self._processes().imap(_sample, tasks,
+                                             chunksize=max(1, self.local // self.threads))
         else:
-            pool = None
-            _init(*args)
+            _init(*self._args())
             results = map(_sample, tasks)
-        try:
-            arrays, labels = [], []
-            for array, label in results:
-                arrays.append(array)
-                labels.append(label)
-                if len(arrays) == self.local:
-                    yield normalize(np.stack(arrays)), np.asarray(labels, np.int64)
-                    arrays, labels = [], []
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
+        arrays, labels = [], []
+        for array, label in results:
+            arrays.append(array)
+            labels.append(label)
+            if len(arrays) == self.local:
+                yield normalize(np.stack(arrays)), np.asarray(labels, np.int64)
+                arrays, labels = [], []
+
+    def _args(self):
+        return self.dataset, self.size, self.seed, self.augmented
+
+    def _processes(self):
+        """The decoding processes, started once for the whole run: forked each epoch, they
+        were copies of a trainer that had grown by then, and each copy's pages diverged."""
+        if self._pool is None:
+            ctx = multiprocessing.get_context(_START_METHOD)
+            self._pool = ctx.Pool(self.threads, initializer=_init_process,
+                                  initargs=self._args())
+        return self._pool
+
+    def start(self) -> None:
+        """Start the decoding processes now, while the trainer is small (before the net)."""
+        if self.threads > 0:
+            self._processes()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
 
 
 _ARGS = None
@@ -111,8 +133,8 @@ def _init_process(*args) -> None:
 
 
 def _sample(task):
-    pos, index = task
-    dataset, size, seed, epoch, augmented = _ARGS
+    epoch, pos, index = task
+    dataset, size, seed, augmented = _ARGS
     try:
         img = load_image(read_source(dataset.sources[index]), dataset.name(index))
     except OSError as err:

@@ -177,6 +177,7 @@ def train(opts: Options, argv_line: str = "") -> dict:
     loader = batches(dataset, opts.size, opts.batch_size, Shard(rank, workers), opts.seed,
                      opts.augment, opts.threads)
     steps = loader.steps if opts.max_steps is None else min(loader.steps, opts.max_steps)
+    loader.start()
     first_epoch, history, states = 0, [], None
     if previous is not None:
         first_epoch, history = previous["epoch"], previous["history"]
@@ -195,10 +196,10 @@ def train(opts: Options, argv_line: str = "") -> dict:
               "loss": None, "train_top1": None, "top1": None, "img_per_s": None,
               "checkpoint": str(run.params(first_epoch)) if first_epoch else None}
     folders = Transaction()
-    if lead:
-        folders.make_folders(run.prefix.parent)
+    validator = Validator(val, opts, arch, classes, classifier, ctx) if lead and val else None
     try:
         if lead:
+            folders.make_folders(run.prefix.parent)
             run.append_log("%s start%s: %s" % (_now(), " (resume at epoch %d)" % first_epoch
                                                if first_epoch else "", argv_line))
         for epoch in range(first_epoch, opts.epochs):
@@ -227,8 +228,8 @@ def train(opts: Options, argv_line: str = "") -> dict:
                      "img_per_s": seen * workers / seconds if seconds else None,
                      "lr": trainer.learning_rate}
             if lead:
-                if val is not None:
-                    entry.update(_validate(net, val, opts, arch, classes, classifier, ctx))
+                if validator is not None:
+                    entry.update(validator(net))
                 history.append(entry)
                 path = _save(run, epoch + 1, net, trainer, opts, history, arch, classes,
                              classifier)
@@ -243,6 +244,8 @@ def train(opts: Options, argv_line: str = "") -> dict:
             _remove_unfinished(run, opts.epochs)       # a new run with no complete epoch
             folders.rollback()
         raise
+    finally:
+        loader.close()
     folders.finish()
     return record
 
@@ -312,21 +315,34 @@ def _save(run: Run, epoch: int, net, trainer, opts: Options, history, arch, clas
     return path
 
 
-def _validate(net, val, opts: Options, arch, classes, classifier, ctx) -> dict:
-    """Top-1 / top-5 (%) on ``--val-data`` under the authors' test protocol (dpn-evaluate's)."""
-    import mxnet as mx
-    from ..evaluate import evaluate
-    from ..runtimes import Runtime
-    from ..model import DPN, set_canonical
-    test_net = set_canonical(DPN(arch, classes, classifier, mean_max=opts.val_mean_max),
-                             canonical(net), ctx[0])
-    test_net.hybridize()
+class Validator:
+    """Top-1 / top-5 (%) on ``--val-data`` under the authors' test protocol (dpn-evaluate's).
 
-    def forward(batch):
-        return test_net(mx.nd.array(batch, ctx=ctx[0])).asnumpy()
+    One test network for the whole run, given the trained weights before each pass: a new
+    hybridized network per epoch left MXNet a new graph and new buffers every epoch."""
 
-    runtime = Runtime("gluon", arch.name, classes, classifier, [str(ctx[0])], forward)
-    res = evaluate(runtime, val, opts.size, "authors", opts.val_mean_max,
-                   batch_size=max(1, opts.batch_size // len(ctx)), workers=0, progress=False)
-    return {"top1": 100.0 - res["top1_error"], "top5": 100.0 - res["top5_error"],
-            "val_images": res["images"]}
+    def __init__(self, val, opts: Options, arch, classes, classifier, ctx):
+        from ..model import DPN
+        self.val, self.opts, self.ctx = val, opts, ctx
+        self.net = DPN(arch, classes, classifier, mean_max=opts.val_mean_max)
+        self.net.initialize(ctx=ctx[0])
+        self.net.hybridize()
+
+    def __call__(self, net) -> dict:
+        import mxnet as mx
+        from ..evaluate import evaluate
+        from ..runtimes import Runtime
+        from ..model import set_canonical
+        set_canonical(self.net, canonical(net), self.ctx[0])
+        test_net, ctx = self.net, self.ctx[0]
+
+        def forward(batch):
+            return test_net(mx.nd.array(batch, ctx=ctx)).asnumpy()
+
+        runtime = Runtime("gluon", test_net.arch.name, test_net.classes,
+                          test_net.classifier_name, [str(ctx)], forward)
+        res = evaluate(runtime, self.val, self.opts.size, "authors", self.opts.val_mean_max,
+                       batch_size=max(1, self.opts.batch_size // len(self.ctx)), workers=0,
+                       progress=False)
+        return {"top1": 100.0 - res["top1_error"], "top5": 100.0 - res["top5_error"],
+                "val_images": res["images"]}
