@@ -359,7 +359,7 @@ def test_convert_check_without_torch_is_one_line(seeded_checkpoint):
 def test_authors_protocol_without_opencv_notes_and_runs_numpy(tmp_path, good):
     pytest.importorskip("cv2")
     script = ("import sys; sys.modules['cv2'] = None; import numpy as np; "
-              "from dpn_gluon.evaluate import preprocess as pp; "
+              "from dpn_gluon.data import preprocess as pp; "
               "np.save(sys.argv[1], pp.preprocess(sys.argv[2], 224)); "
               "print(pp.authors_resize_backend())")
     proc = subprocess.run([sys.executable, "-c", script, tmp_path / "x.npy", good], cwd=ROOT,

@@ -56,7 +56,7 @@ def test_predict_names_and_probabilities(monkeypatch, images, classes):
     logits = rt(np.stack([preprocess(p, 32, "authors") for p in images])).astype(np.float64)
     prob = np.exp(logits - logits.max(1, keepdims=True))
     prob /= prob.sum(1, keepdims=True)
-    lines = (Path(cli.__file__).with_name("imagenet_classes.txt")
+    lines = ((Path(cli.__file__).parents[1] / "data" / "imagenet_classes.txt")
              .read_text(encoding="utf-8").splitlines())
     for p, row, pred in zip(images, prob, out):
         top = np.argsort(-row)[:3]
