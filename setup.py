@@ -1,6 +1,12 @@
 """dpn-gluon: Dual Path Networks in MXNet Gluon, and a converter for the authors' checkpoints."""
 from setuptools import find_packages, setup
 
+# MXNet 1.9.1 is the last release; it imports only with numpy 1.23.2-1.23.5, on Python <= 3.11.
+# Every extra carries that ceiling there too, so that installing extras one after another
+# (".[mxnet]", later ".[torch,onnx]") can never upgrade numpy past it. On Python 3.12+, where
+# MXNet does not run, the other extras take any numpy.
+MXNET_NUMPY = "numpy>=1.23.2,<1.24; python_version < '3.12'"
+
 setup(
     name="dpn-gluon",
     version="0.1.0",
@@ -17,16 +23,16 @@ setup(
     # format, safetensors and timm folders run on numpy alone.
     install_requires=["numpy>=1.23.2", "click>=8.0", "tqdm>=4.60", "safetensors>=0.4", "Pillow>=9.0"],
     extras_require={
-        # MXNet 1.9.1 is the last release; it imports only with numpy 1.23.2-1.23.5 (Python <= 3.11).
         "mxnet": ["mxnet==1.9.1", "numpy>=1.23.2,<1.24"],
         # Pin torch yourself first (e.g. torch==2.13.0 for the CPU build) to avoid the CUDA wheels.
-        "torch": ["torch>=2.1"],
-        "onnx": ["onnx>=1.16", "onnxruntime>=1.17"],
-        "report": ["matplotlib>=3.5"],
+        "torch": ["torch>=2.1", MXNET_NUMPY],
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.17", MXNET_NUMPY],
+        "report": ["matplotlib>=3.5", MXNET_NUMPY],
         # the authors' bicubic resize (dpn-evaluate/dpn-predict --protocol authors); 4.12+ needs numpy 2
-        "opencv": ["opencv-python-headless>=4.5,<4.12"],
+        "opencv": ["opencv-python-headless>=4.5,<4.12", MXNET_NUMPY],
         # huggingface_hub: the model card's metadata is parsed as the Hub does
-        "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.5", "huggingface_hub>=0.20"],
+        "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.5", "huggingface_hub>=0.20",
+                 "ruff>=0.6", MXNET_NUMPY],
         # long fuzz runs by hand (fuzz/fuzz_params.py); CI fuzzes with hypothesis
         "fuzz": ["atheris>=2.3"],
     },
