@@ -20,10 +20,10 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from . import variants
-from .formats import mxparams, readers
-from .safeio.atomic import atomic_write, check_writable
 from .errors import CheckpointError, DPNError
 from .files import require_regular
+from .formats import mxparams, readers
+from .safeio.atomic import atomic_write, check_writable
 
 PathLike = Union[str, Path]
 
@@ -39,7 +39,7 @@ def params_path(path: PathLike, epoch: int = 0) -> Path:
         raise CheckpointError("%s: is a folder, not a checkpoint" % path)
     if path.name.endswith(SYMBOL_SUFFIX):
         found = path.with_name(path.name[: -len(SYMBOL_SUFFIX)] + PARAMS_SUFFIX % epoch)
-    elif path.exists():
+    elif path.exists() or path.name.endswith(".params"):     # a .params file is named whole
         found = path
     else:
         found = path.with_name(path.name + PARAMS_SUFFIX % epoch)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import sys
 from pathlib import Path
 
@@ -35,6 +36,17 @@ def version_option(prog: str):
     """``--version``: ``PROG, dpn-gluon VERSION`` on stdout, exit 0."""
     return click.version_option(version(), "--version", prog_name=prog,
                                 message="%(prog)s, " + DISTRIBUTION + " %(version)s")
+
+
+class Number(click.FloatRange):
+    """A float flag within its bounds, and finite: click's own range lets NaN through (it
+    compares false with every bound), and Inf where a side is open."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail("%r is not a finite number" % (value,), param, ctx)
+        return number
 
 
 def labels_option(fn):

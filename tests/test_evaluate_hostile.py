@@ -7,7 +7,6 @@ own ``convert``, the bounded timm resize against PIL's full resize then crop. FI
 ``/dev/zero`` are real; a test that would hang is stopped by an alarm.
 """
 import io
-import math
 import os
 import signal
 import struct
@@ -19,14 +18,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from test_evaluate_data import LinearRuntime, make_jpegs
 
+from dpn_gluon.data import datasets as evdata
+from dpn_gluon.data import images
+from dpn_gluon.data import preprocess as pp
 from dpn_gluon.errors import DPNError
 from dpn_gluon.evaluate import cli
-from dpn_gluon.data import images
-from dpn_gluon.data import datasets as evdata
-from dpn_gluon.data import preprocess as pp
-
-from test_evaluate_data import LinearRuntime, make_jpegs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -356,7 +354,8 @@ def test_convert_check_without_torch_is_one_line(seeded_checkpoint):
     assert 'pip install "dpn-gluon[torch]"; or use --runtime onnx' in err
 
 
-def test_authors_protocol_without_opencv_notes_and_runs_numpy(tmp_path, good):
+def test_authors_protocol_without_opencv_notes_and_runs_numpy(tmp_path, good,
+                                                              seeded_checkpoint):
     pytest.importorskip("cv2")
     script = ("import sys; sys.modules['cv2'] = None; import numpy as np; "
               "from dpn_gluon.data import preprocess as pp; "
@@ -369,8 +368,24 @@ def test_authors_protocol_without_opencv_notes_and_runs_numpy(tmp_path, good):
     numpy_path = np.load(tmp_path / "x.npy")
     with_cv2 = pp.preprocess(good, 224)
     assert np.abs(numpy_path - with_cv2).max() <= 1.01 * pp.SCALE
-    code, _, err = run_hiding("cv2", PREDICT, "dpn-predict", tmp_path / "none", good)
-    assert err.startswith("dpn-predict: note: opencv-python-headless is not installed")
+    ckpt = seeded_checkpoint("dpn68", symbol=False)
+    code, _, err = run_hiding("cv2", PREDICT, "dpn-predict", ckpt, good, "--size", "32")
+    assert code == 0 and err.startswith("dpn-predict: note: opencv-python-headless is not "
+                                        "installed") and len(err.splitlines()) == 1, err
+    # a refusal stays one line without OpenCV too: the note comes only once inputs are fine
+    fifo = tmp_path / "fifo-0000.params"
+    os.mkfifo(fifo)
+    (tmp_path / "val.lst").write_text("0\t1\t%s\n" % good)
+    for hide, entry, prog, args in [
+            ("cv2", PREDICT, "dpn-predict", [tmp_path / "none", good]),
+            ("cv2", PREDICT, "dpn-predict", [fifo, good]),
+            ("cv2,mxnet", PREDICT, "dpn-predict", [ckpt, good]),
+            ("cv2", EVALUATE, "dpn-evaluate", [fifo, "--data", tmp_path / "val.lst"]),
+            ("cv2,mxnet", EVALUATE, "dpn-evaluate", [ckpt, "--data", tmp_path / "val.lst"]),
+            ("cv2", EVALUATE, "dpn-evaluate", [ckpt, "--data", tmp_path / "no.lst"])]:
+        code, out, err = run_hiding(hide, entry, prog, *args)
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, (args, err)
+        assert err.startswith("%s: error: " % prog), err
 
 
 def test_forked_workers_resize_after_the_parent_did(tmp_path):

@@ -21,10 +21,11 @@ from dpn_gluon.convert.cli import main
 pytest.importorskip("mxnet")
 torch = pytest.importorskip("torch")
 
+from test_convert_formats import fast_folder
+
+from dpn_gluon import torch_dpn
 from dpn_gluon.convert import parity
-from dpn_gluon import torch_dpn  # noqa: E402
-from dpn_gluon.convert.parity import layer_parity  # noqa: E402
-from test_convert_formats import fast_folder  # noqa: E402
+from dpn_gluon.convert.parity import layer_parity
 
 ARCHS = list(variants.ARCHS)
 HAS_CUDA = torch.cuda.is_available()
@@ -372,3 +373,15 @@ def test_written_onnx_file_checked_as_it_is(dpn68_files, folder):
 
     r = run("check", src, out, "--runtime", "torch")
     assert r.exit_code == 2 and "--runtime onnx only" in r.stderr
+
+
+def test_parity_script_without_a_gpu_is_one_line():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "dpn_gluon.convert.parity", "--device", "cuda",
+                           "--dtype", "float32"], capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and proc.stdout == "" and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("python -m dpn_gluon.convert.parity: error: --device cuda")

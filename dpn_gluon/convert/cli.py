@@ -31,7 +31,7 @@ from pathlib import Path
 import click
 
 from .. import variants
-from ..cliutil import OneLineGroup, labels_option, quiet_stderr, version_option
+from ..cliutil import Number, OneLineGroup, labels_option, quiet_stderr, version_option
 from ..errors import CheckpointError, DPNError
 from ..formats.canonical import TARGETS
 from ..onnx_graph import DEFAULT_OPSET, OPSETS
@@ -116,7 +116,7 @@ def main(ctx):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON record on stdout.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Where the check runs the PyTorch DPN (MXNet runs on the CPU).")
-@click.option("--tolerance", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--tolerance", type=Number(0, min_open=True), default=None,
               help="Max relative difference per tap for the check (default 1e-5).")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also draw the check's per-layer errors: FILE.png, .svg or .html.")
@@ -218,7 +218,7 @@ def _require_cuda():
                    "(pixel - (124, 117, 104)) * 0.0167.")
 @click.option("--mean-max", is_flag=True,
               help="Compare the authors' mean-max test head instead of global average pooling.")
-@click.option("--tolerance", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--tolerance", type=Number(0, min_open=True), default=None,
               help="Max relative difference per tap, max|a-b|/max|a| (default: 1e-5 for "
                    "float32; the measured bounds for float16 and bfloat16).")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,

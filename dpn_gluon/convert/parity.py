@@ -324,6 +324,7 @@ def torch_taps(arch: variants.Arch, classes: int, classifier: str, tensors, x: n
     """Every tap of the timm-layout PyTorch DPN, on ``device`` in ``dtype``."""
     require_runtime("torch")
     import torch
+
     from .. import torch_dpn
     if device == "cuda" and not torch.cuda.is_available():
         raise DPNError("--device cuda: torch sees no CUDA device (torch %s)" % torch.__version__)
@@ -389,6 +390,7 @@ def onnx_taps(arch: variants.Arch, classes: int, classifier: str, tensors, x: np
     require_runtime("onnx")
     import onnx
     import onnxruntime as ort
+
     from ..onnx_graph import export_onnx
     providers = ["CPUExecutionProvider"]
     if device == "cuda":
@@ -581,7 +583,11 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="one JSON record instead of Markdown")
     a = p.parse_args(argv)
     archs = list(variants.ARCHS) if a.all else (a.arch or ["dpn68"])
-    rows = _measure(archs, a.dtype, a.runtime, a.batch, a.size, a.seed, a.device)
+    try:
+        rows = _measure(archs, a.dtype, a.runtime, a.batch, a.size, a.seed, a.device)
+    except DPNError as e:        # --device cuda without a GPU, a missing runtime: one line
+        print("%s: error: %s" % (p.prog, " ".join(str(e).split())), file=sys.stderr)
+        return 2
     import mxnet
     import torch
     env = dict(machine=platform.machine(), cpu=platform.processor() or platform.machine(),

@@ -36,8 +36,8 @@ from .. import labels as class_labels
 from .. import variants
 from ..errors import DPNError
 from ..files import read_bounded
-from ..safeio.atomic import atomic_write
 from ..formats.canonical import read, sha256_of
+from ..safeio.atomic import atomic_write
 from ..safeio.outputs import TIMM_FILES, Output, Plan
 from .pipeline import ConversionResult, convert
 
@@ -106,7 +106,7 @@ def load_manifest(out: Path) -> Optional[Dict[str, dict]]:
                 raise TypeError("outputs")
             if not set(e["outputs"]) <= entry_files(name):     # an edited manifest
                 raise ValueError("outputs")
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise DPNError("%s: not a manifest dpn-convert release wrote (%s); choose another "
                        "OUT_DIR" % (path, type(e).__name__)) from None
     return entries

@@ -15,8 +15,8 @@ import numpy as np
 
 from .. import labels
 from ..cliutil import OneLineCommand, labels_option, version_option
-from ..errors import DPNError
 from ..data.preprocess import PROTOCOLS, authors_resize_backend
+from ..errors import DPNError
 from ..runtimes import RUNTIMES
 
 
@@ -80,7 +80,9 @@ def _json_safe(value):
               help="Evaluate N images evenly spaced over the set (a quick check).")
 @click.option("--strict", is_flag=True,
               help="Fail on an unreadable image instead of skipping it with a warning.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="Nothing on stderr on success: no bar, no notes (the report still goes to "
+                   "stdout).")
 def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, device, as_json,
                   labels_file, batch_size, workers, limit, strict, quiet):
     """Top-1 / top-5 error (%) of CHECKPOINT on a labelled image set.
@@ -91,15 +93,15 @@ def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, dev
     Reproduces the authors' single-crop table with --protocol authors at --size 224,
     --size 320 and --size 320 --mean-max (docs/evaluate.md lists the published numbers).
     """
-    from . import evaluate, settings
     from ..data.datasets import open_dataset
     from ..runtimes import load_runtime
+    from . import evaluate, settings
     settings(size, protocol, mean_max)
     names = labels.read_file(labels_file) if labels_file is not None else None
-    if not quiet:
-        _note_resize("dpn-evaluate", protocol)
     dataset = open_dataset(data, root).subset(limit)
     rt = load_runtime(runtime, checkpoint, device, mean_max)
+    if not quiet:               # only once every input is accepted: a refusal is one line
+        _note_resize("dpn-evaluate", protocol)
     record = evaluate(rt, dataset, size, protocol, mean_max, batch_size, workers, strict,
                       progress=not quiet, class_names=names)
     record["checkpoint"] = str(checkpoint)
@@ -147,18 +149,17 @@ def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, dev
     still predicted. Exit 0: every image predicted; 2: some image (or the checkpoint, or
     an option) was bad.
     """
-    from . import classify, settings
     from ..data.preprocess import preprocess
     from ..runtimes import load_runtime
+    from . import classify, settings
     settings(size, protocol, mean_max)
-    if not quiet:
-        _note_resize("dpn-predict", protocol)
     user = labels.read_file(labels_file) if labels_file is not None else None
     rt = load_runtime(runtime, checkpoint, device, mean_max)
     names = labels.for_checkpoint(rt.labels, rt.classes, None) if user is None else user
     if user is not None:
         labels.check_count(user, rt.classes, str(labels_file))
-    if not quiet:
+    if not quiet:               # only once every input is accepted: a refusal is one line
+        _note_resize("dpn-predict", protocol)
         if names is None:
             click.echo("dpn-predict: no class names for these %d classes: printing indices "
                        "(pass --labels FILE, one name per line)" % rt.classes, err=True)

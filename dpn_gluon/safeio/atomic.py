@@ -63,8 +63,17 @@ _WRITE_ERRNOS = frozenset([errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS,
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-#: Our temporary names, and nothing else: ``.NAME.<pid>.<8 of [a-z0-9_]>.part`` or ``.old``.
-TEMP_NAME = re.compile(r"^\..*\.(?P<pid>[1-9][0-9]{0,9})\.[a-z0-9_]{8}\.(?:part|old)$", re.S)
+#: Our temporary names, and nothing else: ``.NAME.<pid>.<8 of [a-z0-9_]>.part`` or ``.old``
+#: (NAME: the output it stands for; pid: its writer). The one rule: sweep() and dpn-train's
+#: launcher both read names through it.
+TEMP_NAME = re.compile(
+    r"^\.(?P<target>.+)\.(?P<pid>[1-9][0-9]{0,9})\.[a-z0-9_]{8}\.(?:part|old)$", re.S)
+
+
+def temp_owner(name: str) -> Optional[Tuple[str, int]]:
+    """``(output name, writer pid)`` for one of our temporary names, else None."""
+    m = TEMP_NAME.match(name)
+    return (m.group("target"), int(m.group("pid"))) if m else None
 
 
 def _on_signal(signum, frame):
@@ -214,11 +223,6 @@ def check_writable(path: Union[str, Path], force: bool = False, directory: bool 
     if not os.access(folder, os.W_OK):
         raise DPNError("output folder %s is not writable" % folder)
     return path
-
-
-def check_writable_folder(path: Union[str, Path], force: bool = False) -> Path:
-    """:func:`check_writable` for an output that is a folder (a timm folder)."""
-    return check_writable(path, force, directory=True)
 
 
 def _umask() -> int:

@@ -17,16 +17,16 @@ import json
 import re
 from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Mapping, Optional
 
 import numpy as np
 
 from ..checkpoint import PARAMS_SUFFIX, SYMBOL_SUFFIX, write_checkpoint
-from ..formats import mxparams
-from ..safeio.atomic import atomic_write
-from ..safeio.outputs import mxnet_prefix
 from ..errors import DPNError
 from ..files import read_bounded
+from ..formats import mxparams
+from ..safeio.atomic import atomic_write, temp_owner
+from ..safeio.outputs import mxnet_prefix
 
 STATES_SUFFIX = "-%04d.states"
 RUN_SUFFIX = "-train.json"
@@ -108,17 +108,19 @@ class Run:
             found.append(self.log)
         return sorted(found)
 
-    def temporaries(self) -> List[Path]:
-        """Temporary files :mod:`dpn_gluon.safeio.atomic` left for this run's outputs
-        (``.NAME.XXXXXXXX.part``; only a killed process leaves them)."""
-        folder, stem = self.prefix.parent, "." + self.prefix.name
+    def temporaries(self, writers: Optional[Iterable[int]] = None) -> List[Path]:
+        """Temporary files :mod:`dpn_gluon.safeio.atomic` left for this run's outputs (named by
+        its one rule, :func:`~dpn_gluon.safeio.atomic.temp_owner`; only a killed writer leaves
+        them), those of the processes ``writers`` only when given."""
+        folder, stem = self.prefix.parent, self.prefix.name
         if not folder.is_dir():
             return []
+        writers = None if writers is None else set(writers)
         found = []
         for p in folder.iterdir():
-            target, dot, rest = p.name[len(stem):].rpartition(".part")[0].rpartition(".")
-            if p.name.startswith(stem) and p.name.endswith(".part") and dot \
-                    and _OURS.fullmatch(target or "x"):
+            owner = temp_owner(p.name)
+            if owner and owner[0].startswith(stem) and _OURS.fullmatch(owner[0][len(stem):]) \
+                    and (writers is None or owner[1] in writers):
                 found.append(p)
         return sorted(found)
 
@@ -128,8 +130,9 @@ class Run:
             return None
         try:
             record = json.loads(read_bounded(self.record, 1 << 24, "run record"))
-        except ValueError as err:
-            raise DPNError("%s: not a dpn-train run record: %s" % (self.record, err)) from None
+        except (ValueError, RecursionError) as err:     # RecursionError: nested too deep
+            raise DPNError("%s: not a dpn-train run record: %s"
+                           % (self.record, str(err).splitlines()[0][:160])) from None
         problem = _record_problem(record)
         if problem:
             raise DPNError("%s: not a dpn-train run record: %s" % (self.record, problem))
@@ -152,14 +155,32 @@ class Run:
             mxparams.write(f, OrderedDict(("mom:" + k, v) for k, v in states.items()))
         return write_checkpoint(self.prefix, tensors, force=True, epoch=epoch)
 
-    def load_states(self, epoch: int) -> Dict[str, np.ndarray]:
+    def load_states(self, epoch: int, weights: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Epoch ``epoch``'s momentum buffers, each checked against the weight it belongs to
+        (``weights``: that epoch's tensors): the same shape, float32 like every weight here,
+        finite. Anything else is refused in one line before training starts."""
         path = self.states(epoch)
         if not path.is_file():
             raise DPNError("%s: missing, cannot resume epoch %d" % (path, epoch))
         raw = mxparams.load(path)
         if not isinstance(raw, dict) or not all(k.startswith("mom:") for k in raw):
             raise DPNError("%s: not dpn-train optimizer states" % path)
-        return {k[4:]: np.array(v) for k, v in raw.items()}
+        states = {k[4:]: v for k, v in raw.items()}
+        for name, value in states.items():
+            weight = weights.get(name)
+            if weight is None:
+                problem = "names no weight of the network"
+            elif value.shape != weight.shape:
+                problem = "has shape %s, its weight %s" % (value.shape, weight.shape)
+            elif value.dtype != np.float32:
+                problem = "is %s, not float32" % value.dtype
+            elif not np.isfinite(value).all():
+                problem = "holds NaN or Inf"
+            else:
+                continue
+            raise DPNError("%s: not dpn-train optimizer states: mom:%s %s"
+                           % (path, name[:80], problem))
+        return {k: np.array(v) for k, v in states.items()}
 
     def append_log(self, line: str) -> None:
         with open(self.log, "a", encoding="utf-8") as f:

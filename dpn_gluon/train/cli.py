@@ -15,9 +15,10 @@ from pathlib import Path
 
 import click
 
-from .. import list_models
-from ..cliutil import OneLineCommand, version_option
+from ..cliutil import Number, OneLineCommand, version_option
 from ..errors import DPNError
+from ..safeio.atomic import Interrupted
+from ..variants import ARCHS
 from . import recipe
 from .options import KVSTORES, Options, check, worker_args
 
@@ -29,7 +30,7 @@ PROG = "dpn-train"
 @version_option(PROG)
 @click.option("--from", "start", metavar="CKPT",
               help="Fine-tune this checkpoint (any format dpn-convert reads).")
-@click.option("--arch", type=click.Choice(list_models()),
+@click.option("--arch", type=click.Choice(list(ARCHS)),
               help="Train this architecture from scratch.")
 @click.option("--classes", type=int, help="Classes (default: the data's). A count other than "
                                           "the checkpoint's draws a new classifier named fc6.")
@@ -44,16 +45,18 @@ PROG = "dpn-train"
               show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=recipe.DEFAULT_BATCH,
               show_default=True, help="Global batch: over all devices and workers.")
-@click.option("--lr", type=click.FloatRange(min=0.0), default=None,
-              help="Base learning rate [default: 0.316 * batch-size / 1280, the authors' "
-                   "rate scaled linearly].")
-@click.option("--wd", type=click.FloatRange(min=0.0), default=recipe.DEFAULT_WD, show_default=True,
-              help="Weight decay (on weights and gammas, as MXNet's Module).")
-@click.option("--momentum", type=click.FloatRange(0.0, 1.0), default=recipe.DEFAULT_MOMENTUM,
+# Upper bounds: a rate of 10 (30x the authors' largest) or a decay of 1 already destroys the
+# weights in one step; larger ones only overflow inside MXNet's optimizer.
+@click.option("--lr", type=Number(0.0, 10.0), default=None,
+              help="Base learning rate, 0 to 10 [default: 0.316 * batch-size / 1280, the "
+                   "authors' rate scaled linearly].")
+@click.option("--wd", type=Number(0.0, 1.0), default=recipe.DEFAULT_WD, show_default=True,
+              help="Weight decay, 0 to 1 (on weights and gammas, as MXNet's Module).")
+@click.option("--momentum", type=Number(0.0, 1.0), default=recipe.DEFAULT_MOMENTUM,
               show_default=True)
 @click.option("--lr-schedule", type=click.Choice(recipe.SCHEDULES), default="cosine",
               show_default=True, help="step: /10 at 1/3, 2/3 and 8/9 of training.")
-@click.option("--warmup-epochs", type=click.FloatRange(min=0.0), default=0.0, show_default=True)
+@click.option("--warmup-epochs", type=Number(min=0.0), default=0.0, show_default=True)
 @click.option("--freeze-bn", is_flag=True, help="Keep BatchNorm statistics fixed (small batches).")
 @click.option("--devices", default="cpu", show_default=True, help="cpu, cpu:0,1 or gpu:0,1,...")
 @click.option("--kvstore", type=click.Choice(KVSTORES), default=None,
@@ -68,7 +71,9 @@ PROG = "dpn-train"
 @click.option("--threads", type=click.IntRange(min=0), default=4, show_default=True,
               help="Image decoding processes (0: in the training process).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON summary record on stdout.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--quiet", "-q", is_flag=True,
+              help="Nothing on stderr on success: no bar, no epoch lines (the summary still "
+                   "goes to stdout).")
 @click.option("--no-augment", is_flag=True, hidden=True,
               help="Centre crops instead of the recipe (tests: exact gradients).")
 @click.option("--max-steps", type=click.IntRange(min=1), hidden=True,
@@ -104,13 +109,12 @@ def main(start, arch, classes, data, val_data, val_mean_max, size, epochs, batch
         if opts.distributed and "DMLC_ROLE" not in os.environ:
             raise DPNError("--kvstore %s needs --workers N, or the DMLC_* environment of "
                            "MXNet's parameter server (docs/train.md)" % opts.kvstore)
-        from .loop import Interrupted, raise_interrupted, train
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, raise_interrupted)
+        from .loop import train
+        # SIGINT/SIGTERM/SIGHUP raise Interrupted through OneLineCommand's one handler
         record = train(opts, " ".join(shlex.quote(a) for a in [PROG] + sys.argv[1:]))
     except Interrupted as sig:
-        click.echo("%s: stopped by %s; the last complete checkpoint is kept" % (PROG, sig),
-                   err=True)
+        click.echo("%s: stopped by %s; the last complete checkpoint is kept"
+                   % (PROG, signal.Signals(sig.signum).name), err=True)
         if opts.distributed:    # skip the kvstore's exit barrier: the peers may be gone
             sys.stderr.flush()
             os._exit(128 + sig.signum)

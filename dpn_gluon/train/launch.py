@@ -44,7 +44,8 @@ def launch(worker_argv: List[str], workers: int, out: Path) -> int:
     """Run the job; returns the exit status (the first failing worker's, else 0).
 
     ``out`` is the run's ``--out PREFIX``: a worker killed while writing leaves a temporary
-    ``.PREFIX-*.part`` file there, which is removed once every process has ended."""
+    file for one of the run's outputs there, which is removed once every process has ended
+    (those of this run's workers only: the pid in the name says whose it is)."""
     port = free_port()
     service = [sys.executable, "-c", "import mxnet"]
     procs, pool = [], []
@@ -88,12 +89,12 @@ def launch(worker_argv: List[str], workers: int, out: Path) -> int:
             p.wait()
         for s, handler in old.items():
             signal.signal(s, handler)
-        _remove_temporaries(out)
+        _remove_temporaries(out, [p.pid for p in pool])
 
 
-def _remove_temporaries(out: Path) -> None:
+def _remove_temporaries(out: Path, writers: List[int]) -> None:
     from .checkpoints import Run
-    for tmp in Run(out).temporaries():
+    for tmp in Run(out).temporaries(writers):
         with contextlib.suppress(OSError):
             tmp.unlink()
 

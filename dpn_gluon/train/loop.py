@@ -14,7 +14,6 @@ an uninterrupted one does.
 """
 from __future__ import annotations
 
-import signal
 import sys
 import time
 from collections import OrderedDict
@@ -24,25 +23,12 @@ from typing import Dict, Optional
 import numpy as np
 
 from .. import variants
-from ..safeio.atomic import Transaction
 from ..errors import DPNError
+from ..safeio.atomic import Transaction
 from . import recipe
 from .checkpoints import Run
 from .data import Shard, batches, epoch_seed
 from .options import Options, parse_devices
-
-
-class Interrupted(BaseException):
-    """SIGINT/SIGTERM: stop; the last complete checkpoint stays, temporary files go."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def raise_interrupted(signum, frame):
-    """The SIGINT/SIGTERM handler of a training process."""
-    raise Interrupted(signum)
 
 
 def canonical(net) -> "OrderedDict[str, np.ndarray]":
@@ -78,6 +64,7 @@ def initial_tensors(opts: Options, train_classes: int):
 
 def build_net(arch, classes, classifier, tensors, ctx, seed: int, freeze_bn: bool):
     import mxnet as mx
+
     from ..model import DPN, set_canonical
     net = DPN(arch, classes, classifier)
     if freeze_bn:
@@ -113,6 +100,7 @@ def momentum_states(trainer) -> Dict[str, np.ndarray]:
 
 def set_momentum_states(trainer, saved: Dict[str, np.ndarray]) -> None:
     import mxnet as mx
+
     from ..formats.names import canonical_from_gluon_param
     for updater in trainer._updaters:
         for i, p in enumerate(trainer._params):
@@ -135,7 +123,7 @@ def train_step(net, trainer, loss_fn, data: np.ndarray, label: np.ndarray, ctx,
         losses = [loss_fn(o, y) for o, y in zip(outs, ys)]
     autograd.backward(losses)
     trainer.step(global_batch)
-    loss = sum(float(l.sum().asscalar()) for l in losses)
+    loss = sum(float(part.sum().asscalar()) for part in losses)
     correct = sum(int((o.argmax(axis=1) == y).sum().asscalar()) for o, y in zip(outs, ys))
     return loss, correct
 
@@ -153,6 +141,7 @@ def train(opts: Options, argv_line: str = "") -> dict:
     import mxnet as mx
     from mxnet import gluon
     from tqdm import tqdm
+
     from ..data.datasets import open_dataset
     from . import report
 
@@ -182,7 +171,7 @@ def train(opts: Options, argv_line: str = "") -> dict:
     if previous is not None:
         first_epoch, history = previous["epoch"], previous["history"]
         tensors = OrderedDict(_read_epoch(run, first_epoch))
-        states = run.load_states(first_epoch)
+        states = run.load_states(first_epoch, tensors)
     net = build_net(arch, classes, classifier, tensors, ctx, opts.seed, opts.freeze_bn)
     trainer = make_trainer(net, opts.base_lr, opts.momentum, opts.wd, kv)
     if states is not None:
@@ -197,6 +186,7 @@ def train(opts: Options, argv_line: str = "") -> dict:
               "checkpoint": str(run.params(first_epoch)) if first_epoch else None}
     folders = Transaction()
     validator = Validator(val, opts, arch, classes, classifier, ctx) if lead and val else None
+    bar = None
     try:
         if lead:
             folders.make_folders(run.prefix.parent)
@@ -205,8 +195,11 @@ def train(opts: Options, argv_line: str = "") -> dict:
         for epoch in range(first_epoch, opts.epochs):
             mx.random.seed(epoch_seed(opts.seed, epoch))
             seen, loss_sum, correct = 0, 0.0, 0
+            # the bar only on a terminal: in a log file its \r frames are noise; the epoch
+            # line below goes to both
             bar = tqdm(total=steps * opts.batch_size, unit="img", file=sys.stderr,
-                       disable=not (lead and opts.progress), dynamic_ncols=True,
+                       disable=not (lead and opts.progress and sys.stderr.isatty()),
+                       dynamic_ncols=True,
                        desc="epoch %d/%d" % (epoch + 1, opts.epochs))
             start = time.perf_counter()
             for step, (data, label) in enumerate(loader.epoch(epoch, limit=steps)):
@@ -237,9 +230,13 @@ def train(opts: Options, argv_line: str = "") -> dict:
                     "%s=%s" % (k, _fmt(v)) for k, v in entry.items() if k != "epoch")))
                 report.curves(run.curves, history)
                 record["checkpoint"] = str(path)
+                if opts.progress:
+                    tqdm.write(epoch_line(entry, opts.epochs), file=sys.stderr)
             record.update(epochs=epoch + 1, loss=entry["loss"], train_top1=entry["train_top1"],
                           img_per_s=entry["img_per_s"], top1=entry.get("top1"))
     except BaseException:
+        if bar is not None:
+            bar.close()          # ends the bar's line: a message after it starts on its own
         if lead and previous is None and not run.record.exists():
             _remove_unfinished(run, opts.epochs)       # a new run with no complete epoch
             folders.rollback()
@@ -257,6 +254,14 @@ def _remove_unfinished(run: Run, epochs: int) -> None:
     for path in run.files(epochs):
         if path.is_file() and not path.is_symlink():
             path.unlink()
+
+
+def epoch_line(entry: dict, epochs: int) -> str:
+    """What the lead worker prints after each epoch (on stderr, beside the bar)."""
+    val = "" if entry.get("top1") is None else ", val top-1 %.2f %%" % entry["top1"]
+    return "epoch %d/%d: loss %.4f, train top-1 %.1f %%%s, %.1f img/s" % (
+        entry["epoch"], epochs, entry["loss"], entry["train_top1"], val,
+        entry["img_per_s"] or float("nan"))
 
 
 def _fmt(v) -> str:
@@ -330,9 +335,10 @@ class Validator:
 
     def __call__(self, net) -> dict:
         import mxnet as mx
+
         from ..evaluate import evaluate
-        from ..runtimes import Runtime
         from ..model import set_canonical
+        from ..runtimes import Runtime
         set_canonical(self.net, canonical(net), self.ctx[0])
         test_net, ctx = self.net, self.ctx[0]
 
