@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PINS := "torch==2.13.0" "mxnet==1.9.1" "numpy>=1.23.2,<1.24"
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-gpu bench venv clean
+.PHONY: demo test lint test-gpu bench venv clean
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: setup.py
@@ -22,6 +22,10 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# ruff.toml: pyflakes, pycodestyle errors, import order (CI runs it before the tests)
+lint: venv
+	$(VENV)/bin/ruff check .
 
 test-gpu: venv
 	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)

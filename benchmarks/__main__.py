@@ -29,8 +29,8 @@ def machine() -> dict:
             "python": platform.python_version()}
     try:
         out = subprocess.run(["lscpu"], stdout=subprocess.PIPE, text=True).stdout
-        info["cpu"] = next((l.split(":", 1)[1].strip() for l in out.splitlines()
-                            if l.startswith("Model name")), "?")
+        info["cpu"] = next((line.split(":", 1)[1].strip() for line in out.splitlines()
+                            if line.startswith("Model name")), "?")
     except OSError:
         info["cpu"] = platform.processor() or "?"
     code = ("import json, importlib\nv = {}\n"

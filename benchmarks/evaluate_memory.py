@@ -102,7 +102,7 @@ def measure(argv, cwd: Path):
     proc = subprocess.run(["/usr/bin/time", "-v", "timeout", "120", sys.executable, "-c", code]
                           + argv[1:], cwd=cwd, env=env, capture_output=True, text=True)
     peak = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
-    lines = [l for l in proc.stderr.splitlines() if l.startswith(argv[0])]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith(argv[0])]
     status = re.search(r"Exit status: (\d+)", proc.stderr)
     return int(status.group(1)) if status else proc.returncode, peak / 1024, (lines or ["-"])[0]
 

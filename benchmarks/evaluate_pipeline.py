@@ -21,7 +21,6 @@ warm-up pass, so the page cache holds the files); the median images/s is reporte
 range. Run by hand; never a test assertion.
 """
 import argparse
-import io
 import os
 import platform
 import sys

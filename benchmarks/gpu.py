@@ -44,8 +44,8 @@ def measure(archs=None, dtypes=DTYPES, batches=BATCHES, repeats=10, warmup=3, ou
         print("gpu: no GPU: torch.cuda.is_available() is False; skipping the GPU benchmark",
               file=out)
         return {}
-    from dpn_gluon.checkpoint import seeded_tensors
     from dpn_gluon import torch_dpn
+    from dpn_gluon.checkpoint import seeded_tensors
     device = torch.cuda.get_device_name(0)
     torch.backends.cudnn.benchmark = True
     rows = []

@@ -30,6 +30,7 @@ SIZE = 224
 
 def _gluon(name, tensors, batch, mode):
     import mxnet as mx
+
     from dpn_gluon import model
     net = model.get_model(name)
     model.set_canonical(net, tensors)
@@ -49,6 +50,7 @@ def _gluon(name, tensors, batch, mode):
 
 def _module(name, tensors, batch):
     import mxnet as mx
+
     from dpn_gluon import symbols, variants
     sym = symbols.get_symbol(name, head="global")
     mod = mx.mod.Module(sym, data_names=["data"], label_names=None, context=mx.cpu())
@@ -65,6 +67,7 @@ def _module(name, tensors, batch):
 
 def _torch(name, tensors, batch, threads):
     import torch
+
     from dpn_gluon import torch_dpn
     torch.set_num_threads(threads)
     net = torch_dpn.from_canonical(tensors).eval()
@@ -77,6 +80,7 @@ def _torch(name, tensors, batch, threads):
 
 def _ort(name, tensors, batch, threads, tmp):
     import onnxruntime as ort
+
     from dpn_gluon.onnx_graph import export_onnx
     path = os.path.join(tmp, name + ".onnx")
     if not os.path.exists(path):    # one export serves every batch size (batch is dynamic)

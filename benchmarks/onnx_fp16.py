@@ -33,8 +33,8 @@ def run_taps(model, x: np.ndarray) -> dict:
 
 def measure(name: str, sizes, batch: int, seed: int = 0, mean_max: bool = False):
     from dpn_gluon.checkpoint import seeded_tensors
-    from dpn_gluon.onnx_graph import build_onnx
     from dpn_gluon.convert.parity import seeded_batch
+    from dpn_gluon.onnx_graph import build_onnx
 
     arch, classes, classifier = variants.resolve(name)
     tensors = seeded_tensors(name, seed=0)

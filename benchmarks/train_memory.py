@@ -107,6 +107,7 @@ def prepare(root: Path, images: int, val_images: int):
     """(train folder, validation folder, seeded dpn68 checkpoint) under ``root``."""
     sys.path.insert(0, str(ROOT / "tests"))
     from train_patterns import write_folder
+
     from dpn_gluon import write_seeded_checkpoint
     train = write_folder(root / "train", max(1, images // 4), seed=0)
     val = write_folder(root / "val", max(1, val_images // 4), seed=1)

@@ -35,9 +35,10 @@ def _batch(batch, size, classes, seed=0):
 def run_gluon(arch, batch, size, steps, classes):
     import mxnet as mx
     from mxnet import gluon
+
+    from dpn_gluon import variants
     from dpn_gluon.checkpoint import seeded_tensors
     from dpn_gluon.train.loop import build_net, make_trainer, train_step
-    from dpn_gluon import variants
     arch_, classes, classifier = variants.resolve(arch, classes)
     ctx = [mx.cpu()]
     net = build_net(arch_, classes, classifier, seeded_tensors(arch, classes=classes), ctx,
@@ -56,6 +57,7 @@ def run_gluon(arch, batch, size, steps, classes):
 
 def run_torch(arch, batch, size, steps, classes):
     import torch
+
     from dpn_gluon.checkpoint import seeded_tensors
     from dpn_gluon.torch_dpn import from_canonical
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count())))

@@ -11,8 +11,8 @@ Importing this package does not import MXNet or torch; the functions that need M
 """
 from .errors import CheckpointError, DPNError, KeyMismatch
 from .variants import ARCHS, CHECKPOINTS
+from .version import __version__ as __version__  # the public dpn_gluon.__version__
 
-__version__ = "0.1.0"
 __all__ = ["list_models", "list_checkpoints", "get_model", "load_checkpoint",
            "write_seeded_checkpoint", "DPNError", "CheckpointError", "KeyMismatch"]
 

@@ -253,6 +253,7 @@ def set_canonical(net: DPN, tensors, ctx=None) -> DPN:
     shapes are not exactly the network's.
     """
     import mxnet as mx
+
     from .formats.names import gluon_param_name
     params = net.collect_params()
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}

@@ -40,9 +40,10 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from . import __version__, variants
+from . import variants
 from .errors import CheckpointError, DPNError
 from .safeio.atomic import atomic_write, check_writable
+from .version import __version__
 
 #: IR version written for opsets <= 20: 9 (onnx 1.15), which onnxruntime >= 1.16 accepts;
 #: newer opsets get the lowest IR version onnx allows for them.

@@ -108,6 +108,7 @@ def require_runtime(kind: str) -> None:
 
 def _gluon(checkpoint, model, dev_kind, ids, mean_max):
     import mxnet as mx
+
     from .model import DPN, fold_batchnorm, set_canonical
     arch, classes, classifier, tensors = model
     if dev_kind == "gpu":
@@ -136,6 +137,7 @@ def _gluon(checkpoint, model, dev_kind, ids, mean_max):
 
 def _torch(checkpoint, model, dev_kind, ids, mean_max):
     import torch
+
     from .torch_dpn import from_canonical
     if dev_kind == "gpu":
         if len(ids) != 1:
@@ -162,6 +164,7 @@ def _torch(checkpoint, model, dev_kind, ids, mean_max):
 
 def _onnx(checkpoint, model, dev_kind, ids, mean_max):
     import onnxruntime as ort
+
     from .onnx_graph import export_onnx
     providers = ["CPUExecutionProvider"]
     if len(ids) > 1:

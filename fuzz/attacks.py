@@ -23,8 +23,6 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 CLI = "from dpn_gluon.convert.cli import main; main()"
 NO_TORCH = "import sys; sys.modules['torch'] = None; " + CLI
@@ -59,6 +57,7 @@ def _many_arrays(n: int) -> bytes:
 
 def _flipped_pth() -> bytes:
     import torch
+
     from dpn_gluon.checkpoint import seeded_tensors
     data = bytearray(_torch_save({"w": torch.from_numpy(seeded_tensors("dpn68")["fc6_weight"])}))
     data[len(data) // 2] ^= 1              # inside the tensor's record

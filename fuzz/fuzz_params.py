@@ -19,8 +19,8 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from dpn_gluon.formats import mxparams
     from dpn_gluon.errors import CheckpointError
+    from dpn_gluon.formats import mxparams
 
 
 def TestOneInput(data: bytes) -> None:

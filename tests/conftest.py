@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import rel as _rel_diff
+from helpers import weights as _weights
 
 from dpn_gluon import checkpoint
-from helpers import rel as _rel_diff, weights as _weights
 
 
 @pytest.fixture(scope="session")

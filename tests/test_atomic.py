@@ -16,11 +16,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from helpers import immutable
+
+from dpn_gluon.errors import DPNError
 from dpn_gluon.safeio import atomic
 from dpn_gluon.safeio.atomic import OutputExists, atomic_write, check_writable
-from dpn_gluon.errors import DPNError
 
 OLD = b"previous output\n" * 64
 ROOT = Path(__file__).resolve().parent.parent

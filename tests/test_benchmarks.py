@@ -30,8 +30,8 @@ def test_gpu_part_skips_without_cuda(capsys):
 
 def test_conv_flops_match_the_paper():
     """2 x multiply-adds at 224 against the DPN paper's GFLOPs (MACs) column."""
-    from dpn_gluon.variants import conv_flops
     from dpn_gluon import variants
+    from dpn_gluon.variants import conv_flops
     paper = {"dpn68": 2.3, "dpn92": 6.5, "dpn98": 11.7, "dpn131": 16.0, "dpn107": 18.3}
     for name, gmacs in paper.items():
         assert conv_flops(variants.get_arch(name)) / 2e9 == pytest.approx(gmacs, abs=0.05)

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from dpn_gluon import checkpoint, variants
+from dpn_gluon.errors import CheckpointError, KeyMismatch
 from dpn_gluon.formats import mxparams
 from dpn_gluon.safeio.atomic import OutputExists
-from dpn_gluon.errors import CheckpointError, KeyMismatch
 
 
 def _one_line(err):

@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from dpn_gluon.convert import check as check_mod
-from dpn_gluon.formats import mxparams
-from dpn_gluon.convert.cli import main
 from test_convert_formats import fast_folder, seeded_params, write_seeded
 
+from dpn_gluon.convert import check as check_mod
+from dpn_gluon.convert.cli import main
+from dpn_gluon.formats import mxparams
 
 
 @pytest.fixture
@@ -219,6 +218,7 @@ def test_no_temporary_files_left(src, scratch):
 
 def test_demo_round_trip(scratch):
     import io
+
     from dpn_gluon.convert import demo
     out = io.StringIO()
     assert demo.run(scratch, "dpn68", out=out)

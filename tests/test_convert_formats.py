@@ -19,9 +19,10 @@ import pytest
 
 from dpn_gluon import variants
 from dpn_gluon.checkpoint import seeded_tensors
-from dpn_gluon.formats import canonical as formats, mxparams
 from dpn_gluon.convert.pipeline import convert
 from dpn_gluon.errors import CheckpointError, KeyMismatch
+from dpn_gluon.formats import canonical as formats
+from dpn_gluon.formats import mxparams
 
 #: timm 1.0.31's keys and shapes, recorded (docs/reference/README.md)
 REFERENCE = Path(__file__).parent / "data" / "timm_state_dict_keys.json"

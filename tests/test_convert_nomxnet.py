@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_convert_formats import assert_same_params, fast_folder, write_seeded
 
 

@@ -13,12 +13,10 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_evaluate_data import expected_errors, labels_at_ranks, make_jpegs, write_layouts
 
-from dpn_gluon.evaluate import cli
 from dpn_gluon.data.preprocess import preprocess
-
-from test_evaluate_data import (expected_errors, labels_at_ranks, make_jpegs,
-                                write_layouts)
+from dpn_gluon.evaluate import cli
 
 mx = pytest.importorskip("mxnet")
 pytestmark = pytest.mark.mxnet

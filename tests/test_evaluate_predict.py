@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from dpn_gluon.evaluate import class_names, cli, imagenet_synsets
-from dpn_gluon.data.preprocess import preprocess
-
 from test_evaluate_data import LinearRuntime, make_jpegs
+
+from dpn_gluon.data.preprocess import preprocess
+from dpn_gluon.evaluate import class_names, cli, imagenet_synsets
 
 
 def test_imagenet_synsets_are_the_1000_sorted_wordnet_ids():

@@ -12,9 +12,9 @@ from dpn_gluon import variants
 from dpn_gluon.checkpoint import seeded_tensors
 
 mx = pytest.importorskip("mxnet")
-from mxnet.gluon import nn  # noqa: E402
+from mxnet.gluon import nn
 
-from dpn_gluon import model  # noqa: E402
+from dpn_gluon import model
 
 TOL = 1e-5   # max |folded - unfolded| / max |unfolded| over the logits
 

@@ -36,14 +36,16 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from helpers import immutable  # noqa: E402
-from dpn_gluon import variants
-from dpn_gluon.safeio import atomic
-from dpn_gluon.formats import canonical as formats, mxparams
-from dpn_gluon.convert.cli import main
+from helpers import immutable
 from test_convert_formats import fast_folder, seeded_params
 from test_hostile_params import VALID, _one, _set
+
+from dpn_gluon import variants
+from dpn_gluon.convert import writers
+from dpn_gluon.convert.cli import main
+from dpn_gluon.formats import canonical as formats
+from dpn_gluon.formats import mxparams
+from dpn_gluon.safeio import atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD = b"the previous output\n"
@@ -523,14 +525,14 @@ def _invoke(case: Case, argv, out_dir: Path, out: Path, monkeypatch) -> Outcome:
     if case.output == "immutable":
         undo = immutable(out_dir)
     elif case.output == "enospc-write":
-        real, room = formats._Progress.write, [1 << 20]
+        real, room = writers._Progress.write, [1 << 20]
 
         def write(self, data):
             room[0] -= memoryview(data).nbytes
             if room[0] < 0:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             return real(self, data)
-        monkeypatch.setattr(formats._Progress, "write", write)
+        monkeypatch.setattr(writers._Progress, "write", write)
     elif case.output == "enospc-fsync":
         def fsync(fd):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dpn_gluon.formats import mxparams
 from dpn_gluon.errors import CheckpointError
+from dpn_gluon.formats import mxparams
 
 CORPUS = Path(__file__).resolve().parent.parent / "fuzz" / "corpus" / "params"
 SEEDS = sorted(CORPUS.glob("*.params"))

@@ -26,11 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_hostile_params import _array, _file, _mutate, _mutations
 
 from dpn_gluon import checkpoint, variants
-from dpn_gluon.formats import canonical as formats, mxparams, readers, sanity
-from dpn_gluon.errors import CheckpointError, DPNError
-from test_hostile_params import V2, _array, _file, _mutate, _mutations
+from dpn_gluon.convert import writers
+from dpn_gluon.errors import DPNError
+from dpn_gluon.formats import canonical as formats
+from dpn_gluon.formats import mxparams, readers, sanity
 
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS = 10            # every read below, refused or not, ends well within this
@@ -150,7 +152,7 @@ def test_converter_output_with_a_long_source_name_reads_back(tmp_path):
     def write(name):
         weights = formats.Weights(arch, classes, fc, tensors, tmp_path / name, "mxnet")
         out = tmp_path / "out.safetensors"
-        formats.write(weights, "safetensors", out, force=True)
+        writers.write(weights, "safetensors", out, force=True)
         return out
 
     out = write("x")

@@ -125,8 +125,9 @@ def test_labels_reach_the_onnx_metadata(seeded_checkpoint, tmp_path):
     (4786, None, None, None),
 ])
 def test_predict_names(monkeypatch, tmp_path, classes, carried, user, first):
-    from dpn_gluon.evaluate import cli as ecli
     from test_evaluate_data import LinearRuntime, make_jpegs
+
+    from dpn_gluon.evaluate import cli as ecli
     rt = LinearRuntime(32, classes=classes, seed=3)
     rt.labels = carried
     monkeypatch.setattr("dpn_gluon.runtimes.load_runtime", lambda *a, **k: rt)
@@ -156,9 +157,15 @@ def test_predict_names(monkeypatch, tmp_path, classes, carried, user, first):
 
 def test_evaluate_labels_order_the_class_folders(monkeypatch, tmp_path):
     """Class folders named after --labels names score by the file's order, not sorted order."""
+    from test_evaluate_data import (
+        LinearRuntime,
+        expected_errors,
+        labels_at_ranks,
+        make_jpegs,
+        reference,
+    )
+
     from dpn_gluon.evaluate import cli as ecli
-    from test_evaluate_data import (LinearRuntime, expected_errors, labels_at_ranks, make_jpegs,
-                                    reference)
     rt = LinearRuntime(32, classes=10)
     monkeypatch.setattr("dpn_gluon.runtimes.load_runtime", lambda *a, **k: rt)
     jpegs = make_jpegs()

@@ -14,7 +14,7 @@ from dpn_gluon import variants
 from dpn_gluon.formats import mxparams, names
 
 mx = pytest.importorskip("mxnet")
-from dpn_gluon import model, symbols  # noqa: E402
+from dpn_gluon import model, symbols
 
 TOL = 1e-5
 
@@ -355,6 +355,7 @@ def test_set_canonical_rejects_wrong_tensors(seeded_weights):
 
 def test_demo():
     import io
+
     from dpn_gluon import demo
     out = io.StringIO()
     assert demo.run("dpn68", batch=1, out=out)

@@ -9,16 +9,15 @@ import json
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 mx = pytest.importorskip("mxnet")
 pytest.importorskip("dpn_gluon.symbols")
 
-from dpn_gluon import load_checkpoint  # noqa: E402
-from dpn_gluon.formats import canonical as formats  # noqa: E402
-from dpn_gluon.convert.pipeline import convert  # noqa: E402
-from dpn_gluon.runtimes import load_runtime  # noqa: E402
+from dpn_gluon import load_checkpoint
+from dpn_gluon.convert.pipeline import convert
+from dpn_gluon.formats import canonical as formats
+from dpn_gluon.runtimes import load_runtime
 
 TOL = 1e-5
 

@@ -11,8 +11,8 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from dpn_gluon.formats import mxparams
 from dpn_gluon.errors import CheckpointError
+from dpn_gluon.formats import mxparams
 
 mx = pytest.importorskip("mxnet")
 pytestmark = pytest.mark.mxnet

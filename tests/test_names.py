@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from dpn_gluon import variants
-from dpn_gluon.formats import names
 from dpn_gluon.errors import KeyMismatch
+from dpn_gluon.formats import names
 
 #: timm 1.0.31's keys and shapes, recorded (docs/reference/README.md).
 TIMM_KEYS = Path(__file__).parent / "data" / "timm_state_dict_keys.json"

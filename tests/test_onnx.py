@@ -13,11 +13,13 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from dpn_gluon import variants  # noqa: E402
-from dpn_gluon import onnx_graph as onnx_export  # noqa: E402
-from dpn_gluon.safeio.atomic import OutputExists  # noqa: E402
-from dpn_gluon.errors import KeyMismatch  # noqa: E402
-from helpers import batch, mxnet_taps, rel, weights as tensors  # noqa: E402
+from helpers import batch, mxnet_taps, rel
+from helpers import weights as tensors
+
+from dpn_gluon import onnx_graph as onnx_export
+from dpn_gluon import variants
+from dpn_gluon.errors import KeyMismatch
+from dpn_gluon.safeio.atomic import OutputExists
 
 ARCHS = list(variants.ARCHS)
 TOL = 1e-5

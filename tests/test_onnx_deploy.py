@@ -12,15 +12,17 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-import dpn_gluon  # noqa: E402
-from dpn_gluon import variants  # noqa: E402
-from dpn_gluon import onnx_graph as onnx_export  # noqa: E402
-from dpn_gluon.convert.check import RTOL, numeric_parity  # noqa: E402
-from dpn_gluon.convert.parity import seeded_batch  # noqa: E402
-from dpn_gluon.errors import DPNError  # noqa: E402
-from helpers import mxnet_taps, rel, weights as tensors  # noqa: E402
-from test_convert_cli import assert_one_line_error, listing, run  # noqa: E402
-from test_convert_formats import write_seeded  # noqa: E402
+from helpers import mxnet_taps, rel
+from helpers import weights as tensors
+from test_convert_cli import assert_one_line_error, listing, run
+from test_convert_formats import write_seeded
+
+import dpn_gluon
+from dpn_gluon import onnx_graph as onnx_export
+from dpn_gluon import variants
+from dpn_gluon.convert.check import RTOL, numeric_parity
+from dpn_gluon.convert.parity import seeded_batch
+from dpn_gluon.errors import DPNError
 
 TOL = 1e-5
 

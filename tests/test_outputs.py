@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from dpn_gluon.safeio import atomic, outputs
-from dpn_gluon.formats import writers
-from dpn_gluon.convert.cli import main
 from test_convert_formats import fast_folder, write_seeded
+
+from dpn_gluon.convert import writers
+from dpn_gluon.convert.cli import main
+from dpn_gluon.safeio import atomic, outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ("torch", "safetensors", "timm", "mxnet", "gluon", "onnx")
@@ -588,6 +588,7 @@ def test_every_command_turns_signals_into_one_line(capsys):
     """dpn-convert, dpn-evaluate and dpn-predict share the handlers (dpn_gluon.cliutil): a
     SIGTERM mid-run runs the cleanup (finally blocks) and exits 143 with one line."""
     import click
+
     from dpn_gluon.cliutil import OneLineCommand
     cleaned = []
 

@@ -5,8 +5,8 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from dpn_gluon.formats import mxparams, sanity
 from dpn_gluon.errors import CheckpointError
+from dpn_gluon.formats import mxparams, sanity
 
 
 def _clean():

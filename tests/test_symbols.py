@@ -10,7 +10,7 @@ import pytest
 from dpn_gluon import variants
 
 mx = pytest.importorskip("mxnet")
-from dpn_gluon import symbols  # noqa: E402
+from dpn_gluon import symbols
 
 # original-dpn.md section 5: DPN-92, stem and first two blocks (list_arguments order).
 DPN92_ARGS_HEAD = """

@@ -15,11 +15,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dpn_gluon import variants  # noqa: E402
-from dpn_gluon import torch_dpn  # noqa: E402
-from dpn_gluon.errors import CheckpointError, KeyMismatch  # noqa: E402
-from dpn_gluon.checkpoint import seeded_tensors  # noqa: E402
-from helpers import batch, mxnet_taps, rel, weights as tensors  # noqa: E402
+from helpers import batch, mxnet_taps, rel
+from helpers import weights as tensors
+
+from dpn_gluon import (
+    torch_dpn,
+    variants,
+)
+from dpn_gluon.checkpoint import seeded_tensors
+from dpn_gluon.errors import CheckpointError, KeyMismatch
 
 TIMM_KEYS = Path(__file__).parent / "data" / "timm_state_dict_keys.json"
 ARCHS = list(variants.ARCHS)

@@ -76,6 +76,7 @@ def test_convert_to_torch_without_check_does_not_import_torch(tmp_path):
     import json
     import subprocess
     import sys
+
     from dpn_gluon.checkpoint import read_checkpoint, write_seeded_checkpoint
     src = write_seeded_checkpoint(tmp_path / "dpn68", "dpn68", seed=1, symbol=False)
     out = tmp_path / "dpn68.pth"
@@ -99,8 +100,8 @@ def test_convert_to_torch_without_check_does_not_import_torch(tmp_path):
 
 # -- reading without torch: torch's own files are the reference ----------------------------
 
-from dpn_gluon.formats.torchzip import read_state_dict  # noqa: E402
-from dpn_gluon.errors import CheckpointError  # noqa: E402
+from dpn_gluon.errors import CheckpointError
+from dpn_gluon.formats.torchzip import read_state_dict
 
 
 def test_reads_what_torch_saves_including_disjoint_views_of_one_storage(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.train_memory import measure, prepare  # noqa: E402
+from benchmarks.train_memory import measure, prepare
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(),
                                 reason="reads Linux /proc")

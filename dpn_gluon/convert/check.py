@@ -30,7 +30,8 @@ import numpy as np
 from .. import variants
 from ..deps import importable
 from ..errors import DPNError
-from ..formats import canonical as formats, names
+from ..formats import canonical as formats
+from ..formats import names
 from ..onnx_graph import FP16_RTOL
 
 if TYPE_CHECKING:
@@ -277,14 +278,3 @@ def numeric_parity(weights: "formats.Weights", batch: int = 2, size: int = 64, s
                           MEAN_MAX_SIZE if mean_max else size, seed, tolerance=tolerance,
                           mean_max=mean_max, log=log, progress=progress)
     return report, None
-
-
-def logit_report(ref: np.ndarray, out: np.ndarray, size: int) -> NumericReport:
-    diff = np.abs(ref.astype(np.float64) - out.astype(np.float64))
-    max_abs = float(diff.max())
-    max_rel = max_abs / max(float(np.abs(ref).max()), 1e-30)
-    k = min(5, ref.shape[1])
-    top_ref = np.argsort(-ref, axis=1)[:, :k]
-    top_out = np.argsort(-out, axis=1)[:, :k]
-    agree = float(np.mean([set(a) == set(b) for a, b in zip(top_ref, top_out)]))
-    return NumericReport(ref.shape[0], size, max_abs, max_rel, agree, max_rel <= RTOL)

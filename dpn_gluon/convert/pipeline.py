@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Mapping, Optional, Union
 
-from .. import deps, labels as class_labels
+from .. import deps
+from .. import labels as class_labels
 from ..errors import DPNError
-from . import card
-from ..formats import canonical as formats, sanity, writers
+from ..formats import canonical as formats
+from ..formats import sanity
 from ..safeio.outputs import conversion_plan
-from .check import CheckReport, importable, check_written
+from . import card, writers
+from .check import CheckReport, check_written, importable
 
 PathLike = Union[str, Path]
 
@@ -85,7 +87,7 @@ def convert(src: PathLike, to: str, out: Optional[PathLike] = None, arch: Option
     if to not in formats.TARGETS:
         raise DPNError("unknown target format %r (choose from %s)"
                                % (to, ", ".join(formats.TARGETS)))
-    formats.check_onnx_options(to, onnx_options)
+    writers.check_onnx_options(to, onnx_options)
     if to == "onnx":          # before reading a checkpoint of hundreds of MB
         deps.require("onnx", "--to onnx")
     path = formats.resolve_source(src, epoch)

@@ -32,10 +32,10 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..safeio.atomic import worker_signals
-from ..formats.readers import MAX_CLASSES
 from ..errors import DPNError
 from ..files import open_regular
+from ..formats.readers import MAX_CLASSES
+from ..safeio.atomic import worker_signals
 from .images import MAX_IMAGE_BYTES
 from .preprocess import ImageError, load_image, normalize, resize_crop
 

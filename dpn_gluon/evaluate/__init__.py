@@ -16,10 +16,11 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from .. import labels
-from ..errors import DPNError
 from ..data.datasets import Dataset, iter_batches, open_dataset
+from ..data.preprocess import PROTOCOLS, authors_resize_backend, resize_size
+from ..data.preprocess import preprocess as preprocess_image
+from ..errors import DPNError
 from .metrics import TopKError
-from ..data.preprocess import PROTOCOLS, authors_resize_backend, preprocess as preprocess_image, resize_size
 
 __all__ = ["evaluate", "predict", "classify", "settings", "class_names", "open_dataset", "PROTOCOLS"]
 

@@ -1,4 +1,4 @@
-"""Checkpoint formats: detect what a file is, read it to canonical tensors, write any target.
+"""Checkpoint formats: what a file is, and its tensors read to canonical names.
 
 The data flow of a conversion (DESIGN.md, principle 7), one function per arrow::
 
@@ -7,7 +7,7 @@ The data flow of a conversion (DESIGN.md, principle 7), one function per arrow::
     canonicalize(raw, metadata, ...) -> Weights: variant + {canonical name: array}, validated
                                         against the variant table (variants.identify)
     rename_for(weights, target)      -> {target key: array}, through the one name table
-    write(weights, target, out, ...) -> the files, written atomically (writers.py)
+    write(weights, target, out, ...) -> the files, written atomically (dpn_gluon.convert.writers)
 
 Formats, and what they must stay compatible with:
 
@@ -45,11 +45,12 @@ from typing import Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
-from .. import labels as class_labels, variants
+from .. import labels as class_labels
+from .. import variants
 from ..errors import CheckpointError, DPNError, KeyMismatch
 from ..files import open_regular
 from . import names
-from .readers import TIMM_CONFIG, TIMM_WEIGHTS, _arch_name, detect, parse_count, read_raw, resolve_source
+from .readers import TIMM_WEIGHTS, _arch_name, detect, parse_count, read_raw, resolve_source
 
 FORMATS = ("mxnet", "gluon", "torch", "safetensors", "timm")
 TARGETS = FORMATS + ("onnx",)
@@ -268,17 +269,3 @@ def rename_for(weights: Weights, scheme: str) -> "OrderedDict[str, np.ndarray]":
         if scheme == "timm" and new.endswith(".bn.running_var"):
             out[new[: -len(".running_var")] + names.TIMM_ONLY_SUFFIX] = np.zeros((), np.int64)
     return out
-
-
-# -- write: in writers.py, still importable from here -------------------------------------
-
-_MOVED_TO_WRITERS = frozenset(["check_onnx_options", "check_outputs", "default_output",
-                               "output_files", "safetensors_metadata", "symbol_json",
-                               "timm_config", "write", "_Progress"])
-
-
-def __getattr__(name: str):
-    if name in _MOVED_TO_WRITERS:     # imported on first use: writers.py imports this module
-        from . import writers
-        return getattr(writers, name)
-    raise AttributeError("module %r has no attribute %r" % (__name__, name))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Iterable, List, Mapping, Optional, Tuple
 
 from ..errors import CheckpointError, KeyMismatch
 from ..variants import CLASSIFIERS
@@ -165,12 +165,6 @@ def rename_all(names: Iterable[str], src: str, dst: str, unit: str = "standard",
     return out
 
 
-def timm_extras(timm_keys: Iterable[str]) -> List[str]:
-    """``num_batches_tracked`` keys timm expects beside every BatchNorm's running_mean."""
-    return [k[: -len(".running_mean")] + TIMM_ONLY_SUFFIX
-            for k in timm_keys if k.endswith(".bn.running_mean")]
-
-
 def unit_of(names: Iterable[str], scheme: str) -> str:
     """'b' if the key list has the b unit's split c1x1-c convs, else 'standard'."""
     needle = {"mxnet": "_c1x1-c1__conv_weight"}.get(scheme, ".c1x1_c1.weight")
@@ -213,6 +207,3 @@ def expected_keys(canonical: Mapping[str, Tuple[int, ...]], dst: str, unit: str,
         if dst == "timm" and new.endswith(".bn.running_var"):
             out[new[: -len(".running_var")] + TIMM_ONLY_SUFFIX] = ()
     return out
-
-
-Shapes = Dict[str, Tuple[int, ...]]

@@ -39,9 +39,8 @@ from .. import deps, variants
 from ..deps import MissingDependency
 from ..errors import CheckpointError, DPNError
 from ..files import open_regular, require_regular
+from ..safeio.outputs import TIMM_CONFIG, TIMM_WEIGHTS
 from . import mxparams, sanity, torchzip
-
-TIMM_CONFIG, TIMM_WEIGHTS = "config.json", "model.safetensors"
 
 PathLike = Union[str, Path]
 

@@ -27,10 +27,11 @@ from typing import Iterable, List, Optional, Sequence, Union
 from .. import deps
 from ..errors import DPNError
 from .atomic import OutputExists, Transaction
-from ..formats.readers import TIMM_CONFIG, TIMM_WEIGHTS
 
 PathLike = Union[str, Path]
 
+#: A timm folder's two files (the Hub layout: timm.create_model("hf-hub:...") reads them).
+TIMM_CONFIG, TIMM_WEIGHTS = "config.json", "model.safetensors"
 #: What an earlier timm folder output may hold (README.md: the model card).
 TIMM_FILES = frozenset([TIMM_CONFIG, TIMM_WEIGHTS, "README.md"])
 #: What every timm folder output holds: a non-empty folder without both is not one.

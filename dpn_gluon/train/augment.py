@@ -96,8 +96,8 @@ def hls_shift(rng: np.random.Generator, bounds: Tuple[int, int, int] = HSL
     def one(bound: int) -> int:
         r = (rng.uniform() + 4 * rng.uniform()) / 5
         return int(r * bound * 2 - bound)
-    h, s, l = (one(b) for b in bounds)
-    return h, l, s
+    hue, saturation, lightness = (one(b) for b in bounds)
+    return hue, lightness, saturation
 
 
 def apply_hls(rgb: np.ndarray, shift: Tuple[int, int, int]) -> np.ndarray:

@@ -20,10 +20,10 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from ..safeio.atomic import worker_signals
-from ..errors import DPNError
 from ..data.datasets import Dataset, read_source
 from ..data.preprocess import ImageError, load_image, normalize
+from ..errors import DPNError
+from ..safeio.atomic import worker_signals
 from . import augment
 
 _START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
@@ -160,6 +160,7 @@ class RecordBatches(_Batches):
 
     def iterator(self, epoch: int):
         import mxnet as mx
+
         from .recipe import record_iter_args
         rec = str(self.dataset.path)
         seed = epoch_seed(self.seed, epoch)

@@ -80,6 +80,7 @@ def check(opts: Options) -> None:
 def parse_devices(spec: str):
     """``cpu``, ``cpu:0,1`` (several CPU contexts) or ``gpu:0,1`` -> a list of MXNet contexts."""
     import mxnet as mx
+
     from ..runtimes import parse_devices as parse
     kind, ids = parse(spec)
     if kind == "gpu":

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import List
 
-from ..safeio.atomic import atomic_path
 from ..deps import MissingDependency, require
+from ..safeio.atomic import atomic_path
 
 _warned = False
 

@@ -22,14 +22,25 @@ import numpy as np
 
 from .. import labels as class_labels
 from ..errors import DPNError
-from . import mxparams
+from ..formats import mxparams
+from ..formats.canonical import (
+    CROP_PCT,
+    INPUT_SIZE,
+    INTERPOLATION,
+    MEAN,
+    STD,
+    TARGETS,
+    TEST_INPUT_SIZE,
+    Weights,
+    rename_for,
+)
 from ..safeio.atomic import Transaction
-from .canonical import CROP_PCT, INPUT_SIZE, INTERPOLATION, MEAN, STD, TARGETS, TEST_INPUT_SIZE, Weights, rename_for
-from ..safeio.outputs import TIMM_CONFIG, TIMM_WEIGHTS, conversion_plan, target_path
-from ..safeio.outputs import output_files  # noqa: F401  (importable from formats and here, as before)
-
-default_output = target_path        # the earlier name
-
+from ..safeio.outputs import (
+    TIMM_CONFIG,
+    TIMM_WEIGHTS,
+    conversion_plan,
+    output_files,  # noqa: F401  (importable from formats and here, as before)
+    )
 
 #: A bar on every write phase that takes a couple of seconds or more.
 PROGRESS_MIN_BYTES = 64 << 20
@@ -148,7 +159,7 @@ def _contiguous(arr: np.ndarray) -> np.ndarray:
 def _write_torch(weights: Weights, files: List[Path], tx: Transaction, log):
     # torch.save's zip format written from the arrays (torchzip.py): no torch import (about
     # a second and ~200 MB of RSS) and the bytes streamed from the memory-mapped source
-    from .torchzip import write_state_dict
+    from ..formats.torchzip import write_state_dict
     out, = files
     with tx.file(out) as f, _Progress(f, weights.nbytes, out.name) as bar:
         write_state_dict(f, rename_for(weights, "timm"), progress=bar.update)
@@ -195,7 +206,7 @@ def _write_timm(weights: Weights, files: List[Path], tx: Transaction, log):
         (tmp / TIMM_CONFIG).write_text(json.dumps(timm_config(weights), indent=2) + "\n",
                                        encoding="utf-8")
         # the Hub's model card; the conversion rewrites it with the check's summary
-        from ..convert.card import CARD, model_card
+        from .card import CARD, model_card
         (tmp / CARD).write_text(model_card(weights), encoding="utf-8")
 
 
