@@ -136,6 +136,21 @@ def make_trainer(net, lr: float, momentum: float, wd: float, kvstore):
                          kvstore=kvstore, update_on_kvstore=False)
 
 
+def share_start(trainer) -> None:
+    """Give every worker rank 0's weights before the first forward pass.
+
+    Left to itself, Gluon broadcasts them inside the first ``step()``, after the first
+    gradients exist, so a worker can push its gradient while another's pull of the starting
+    weights is still in flight. The server answers a pull from the very buffer that the
+    merged gradients then overwrite: rarely (once in CI so far, on a loaded machine) a
+    worker took the summed gradient of the last key as its starting weight. Here
+    the pulls complete before any gradient is computed, so none can overlap a merge."""
+    import mxnet as mx
+    trainer._init_kvstore()          # Gluon's own lazy steps, run early (no public API)
+    trainer._init_params()
+    mx.nd.waitall()
+
+
 def train(opts: Options, argv_line: str = "") -> dict:
     """Train as ``opts`` says; returns the summary record (also the ``--json`` output)."""
     import mxnet as mx
@@ -174,6 +189,8 @@ def train(opts: Options, argv_line: str = "") -> dict:
         states = run.load_states(first_epoch, tensors)
     net = build_net(arch, classes, classifier, tensors, ctx, opts.seed, opts.freeze_bn)
     trainer = make_trainer(net, opts.base_lr, opts.momentum, opts.wd, kv)
+    if opts.distributed:
+        share_start(trainer)
     if states is not None:
         set_momentum_states(trainer, states)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
@@ -256,12 +273,19 @@ def _remove_unfinished(run: Run, epochs: int) -> None:
             path.unlink()
 
 
+def figures(entry: dict) -> str:
+    """``loss, train top-1[, val top-1], img/s`` of an epoch or a run, as both lines print
+    them (0.0 is a value; only a missing one reads nan)."""
+    def number(key):
+        return float("nan") if entry.get(key) is None else entry[key]
+    val = "" if entry.get("top1") is None else ", val top-1 %.2f %%" % entry["top1"]
+    return "loss %.4f, train top-1 %.1f %%%s, %.1f img/s" % (
+        number("loss"), number("train_top1"), val, number("img_per_s"))
+
+
 def epoch_line(entry: dict, epochs: int) -> str:
     """What the lead worker prints after each epoch (on stderr, beside the bar)."""
-    val = "" if entry.get("top1") is None else ", val top-1 %.2f %%" % entry["top1"]
-    return "epoch %d/%d: loss %.4f, train top-1 %.1f %%%s, %.1f img/s" % (
-        entry["epoch"], epochs, entry["loss"], entry["train_top1"], val,
-        entry["img_per_s"] or float("nan"))
+    return "epoch %d/%d: %s" % (entry["epoch"], epochs, figures(entry))
 
 
 def _fmt(v) -> str:
