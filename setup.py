@@ -1,5 +1,11 @@
 """dpn-gluon: Dual Path Networks in MXNet Gluon, and a converter for the authors' checkpoints."""
+import re
+
 from setuptools import find_packages, setup
+
+# the one home of the version is dpn_gluon/version.py (read, not imported: no dependencies yet)
+VERSION = re.search(r'__version__ = "([^"]+)"',
+                    open("dpn_gluon/version.py", encoding="utf-8").read()).group(1)
 
 # MXNet 1.9.1 is the last release; it imports only with numpy 1.23.2-1.23.5, on Python <= 3.11.
 # Every extra carries that ceiling there too, so that installing extras one after another
@@ -9,7 +15,7 @@ MXNET_NUMPY = "numpy>=1.23.2,<1.24; python_version < '3.12'"
 
 setup(
     name="dpn-gluon",
-    version="0.1.0",
+    version=VERSION,
     description="The authors' Dual Path Networks in MXNet Gluon, and their checkpoints "
                 "converted to PyTorch, safetensors, timm and ONNX with layer-by-layer parity",
     long_description=open("README.md", encoding="utf-8").read(),

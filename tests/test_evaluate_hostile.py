@@ -376,13 +376,16 @@ def test_authors_protocol_without_opencv_notes_and_runs_numpy(tmp_path, good,
     fifo = tmp_path / "fifo-0000.params"
     os.mkfifo(fifo)
     (tmp_path / "val.lst").write_text("0\t1\t%s\n" % good)
+    (tmp_path / "labels.lst").write_text("0\t5000\t%s\n" % good)   # 1000 classes only
     for hide, entry, prog, args in [
             ("cv2", PREDICT, "dpn-predict", [tmp_path / "none", good]),
             ("cv2", PREDICT, "dpn-predict", [fifo, good]),
             ("cv2,mxnet", PREDICT, "dpn-predict", [ckpt, good]),
             ("cv2", EVALUATE, "dpn-evaluate", [fifo, "--data", tmp_path / "val.lst"]),
             ("cv2,mxnet", EVALUATE, "dpn-evaluate", [ckpt, "--data", tmp_path / "val.lst"]),
-            ("cv2", EVALUATE, "dpn-evaluate", [ckpt, "--data", tmp_path / "no.lst"])]:
+            ("cv2", EVALUATE, "dpn-evaluate", [ckpt, "--data", tmp_path / "no.lst"]),
+            ("cv2", EVALUATE, "dpn-evaluate", [ckpt, "--data", tmp_path / "labels.lst",
+                                               "--size", "32"])]:
         code, out, err = run_hiding(hide, entry, prog, *args)
         assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, (args, err)
         assert err.startswith("%s: error: " % prog), err

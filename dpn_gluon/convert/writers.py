@@ -35,12 +35,7 @@ from ..formats.canonical import (
     rename_for,
 )
 from ..safeio.atomic import Transaction
-from ..safeio.outputs import (
-    TIMM_CONFIG,
-    TIMM_WEIGHTS,
-    conversion_plan,
-    output_files,  # noqa: F401  (importable from formats and here, as before)
-    )
+from ..safeio.outputs import TIMM_CONFIG, TIMM_WEIGHTS, conversion_plan
 
 #: A bar on every write phase that takes a couple of seconds or more.
 PROGRESS_MIN_BYTES = 64 << 20

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
@@ -49,7 +49,8 @@ def settings(size: int, protocol: str, mean_max: bool) -> dict:
 def evaluate(runtime, dataset: Dataset, size: int, protocol: str = "authors",
              mean_max: bool = False, batch_size: int = 32, workers: int = 0,
              strict: bool = False, progress: bool = True,
-             class_names: Optional[labels.Labels] = None) -> dict:
+             class_names: Optional[labels.Labels] = None,
+             starting: Optional[Callable[[], None]] = None) -> dict:
     """Top-1/top-5 error (%) of ``runtime`` on ``dataset``; one JSON-ready record.
 
     ``mean_max`` only labels the record: the head is part of the runtime already loaded.
@@ -58,7 +59,8 @@ def evaluate(runtime, dataset: Dataset, size: int, protocol: str = "authors",
     Labels are checked against the runtime's classes before any image is decoded. Images
     that cannot be decoded are skipped and listed in ``skipped_files`` (one line each), or
     raise with ``strict``. ``class_names`` (``--labels``) label class folders named after
-    them in their order instead.
+    them in their order instead. ``starting`` is called once every check has passed, just
+    before the first image (a command's notes go there, so that a refusal stays one line).
     """
     from tqdm import tqdm
     record = settings(size, protocol, mean_max)
@@ -68,6 +70,8 @@ def evaluate(runtime, dataset: Dataset, size: int, protocol: str = "authors",
     elif runtime.classes == 1000:
         dataset = dataset.relabel([synset for synset, _ in imagenet_synsets()])
     dataset.check_labels(runtime.classes)
+    if starting is not None:
+        starting()
     metric = TopKError((1, min(5, runtime.classes)))
     skipped: List[str] = []
     bar = tqdm(total=len(dataset), unit="img", file=sys.stderr, disable=not progress,

@@ -100,10 +100,10 @@ def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, dev
     names = labels.read_file(labels_file) if labels_file is not None else None
     dataset = open_dataset(data, root).subset(limit)
     rt = load_runtime(runtime, checkpoint, device, mean_max)
-    if not quiet:               # only once every input is accepted: a refusal is one line
-        _note_resize("dpn-evaluate", protocol)
+    # the note only once every input is accepted: a refusal stays one line
+    starting = None if quiet else (lambda: _note_resize("dpn-evaluate", protocol))
     record = evaluate(rt, dataset, size, protocol, mean_max, batch_size, workers, strict,
-                      progress=not quiet, class_names=names)
+                      progress=not quiet, class_names=names, starting=starting)
     record["checkpoint"] = str(checkpoint)
     if record["skipped"]:
         shown = record["skipped_files"][:3]

@@ -48,10 +48,10 @@ PROG = "dpn-train"
 # Upper bounds: a rate of 10 (30x the authors' largest) or a decay of 1 already destroys the
 # weights in one step; larger ones only overflow inside MXNet's optimizer.
 @click.option("--lr", type=Number(0.0, 10.0), default=None,
-              help="Base learning rate, 0 to 10 [default: 0.316 * batch-size / 1280, the "
-                   "authors' rate scaled linearly].")
+              help="Base learning rate [default: 0.316 * batch-size / 1280, the authors' "
+                   "rate scaled linearly].")
 @click.option("--wd", type=Number(0.0, 1.0), default=recipe.DEFAULT_WD, show_default=True,
-              help="Weight decay, 0 to 1 (on weights and gammas, as MXNet's Module).")
+              help="Weight decay (on weights and gammas, as MXNet's Module).")
 @click.option("--momentum", type=Number(0.0, 1.0), default=recipe.DEFAULT_MOMENTUM,
               show_default=True)
 @click.option("--lr-schedule", type=click.Choice(recipe.SCHEDULES), default="cosine",
@@ -128,15 +128,11 @@ def main(start, arch, classes, data, val_data, val_mean_max, size, epochs, batch
 
 
 def summary(record: dict) -> str:
-    """The line printed after training (0.0 is a value; only a missing one reads nan)."""
-    def number(key):
-        return float("nan") if record[key] is None else record[key]
-    return ("trained %s (%d classes) for %d epoch(s) on %d worker(s): loss %.4f, "
-            "train top-1 %.1f %%%s, %.1f img/s; last checkpoint %s" % (
-                record["arch"], record["classes"], record["epochs"], record["workers"],
-                number("loss"), number("train_top1"),
-                "" if record["top1"] is None else ", val top-1 %.2f %%" % record["top1"],
-                number("img_per_s"), record["checkpoint"]))
+    """The line printed after training."""
+    from .loop import figures
+    return "trained %s (%d classes) for %d epoch(s) on %d worker(s): %s; last checkpoint %s" % (
+        record["arch"], record["classes"], record["epochs"], record["workers"],
+        figures(record), record["checkpoint"])
 
 
 def _precheck(opts: Options) -> None:
