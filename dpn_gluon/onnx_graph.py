@@ -170,7 +170,7 @@ def _tap_channels(arch: variants.Arch) -> Dict[str, int]:
 def build_onnx(tensors: Mapping[str, np.ndarray], arch: variants.Arch, classes: int,
                classifier: str, mean_max: bool = False, opset: int = DEFAULT_OPSET,
                tap_outputs: bool = False, fp16: bool = False,
-               metadata: Optional[Mapping[str, str]] = None):
+               metadata: Optional[Mapping[str, str]] = None, normalization: str = "authors"):
     """The ``onnx.ModelProto`` of ``arch`` with ``tensors`` (canonical names) as initializers.
 
     ``metadata`` is added to :func:`model_metadata`'s properties. Not yet checked:
@@ -228,7 +228,8 @@ def build_onnx(tensors: Mapping[str, np.ndarray], arch: variants.Arch, classes: 
     model = helper.make_model(graph, opset_imports=[opset_id], producer_name="dpn-gluon",
                               producer_version=__version__)
     model.ir_version = max(IR_VERSION, helper.find_min_ir_version_for([opset_id]))
-    props = model_metadata(arch, classes, classifier, head, "float16" if fp16 else "float32")
+    props = model_metadata(arch, classes, classifier, head, "float16" if fp16 else "float32",
+                           normalization)
     clash = sorted(set(props) & set(metadata or ()))
     if clash:
         raise DPNError("ONNX metadata: %s is written by the exporter, not the caller" % clash[0])
@@ -238,14 +239,14 @@ def build_onnx(tensors: Mapping[str, np.ndarray], arch: variants.Arch, classes: 
 
 
 def model_metadata(arch: variants.Arch, classes: int, classifier: str, head: str,
-                   dtype: str) -> Dict[str, str]:
+                   dtype: str, normalization: str = "authors") -> Dict[str, str]:
     """The metadata properties every exported model carries (all strings; JSON for lists).
 
     ``arch``, ``classes``, ``classifier`` and ``head`` are what
     :func:`dpn_gluon.convert.parity.read_onnx` reads back; keep their names and forms.
     """
     mean = [float(m) for m in variants.MEAN_RGB]
-    return {
+    props = {
         "arch": arch.name, "classes": str(classes), "classifier": classifier, "head": head,
         "dtype": dtype, "producer": "dpn-gluon", "producer_version": __version__,
         "input_layout": "NCHW", "color_order": "RGB", "pixel_range": "0-255",
@@ -257,6 +258,14 @@ def model_metadata(arch: variants.Arch, classes: int, classifier: str, head: str
         # the authors' test preprocessing: bicubic short-side resize to input_size, 100 % crop
         "interpolation": "bicubic", "crop_pct": "1.0",
     }
+    if normalization != "authors":     # PaddleClas's weights: ImageNet's mean and std
+        norm = variants.NORMALIZATIONS[normalization]
+        del props["scale"]
+        props.update({"normalization": "(pixel - mean_rgb) / std_rgb",
+                      "normalization_name": normalization,
+                      "mean_rgb": json.dumps([round(m * 255.0, 4) for m in norm.mean]),
+                      "std_rgb": json.dumps([round(v * 255.0, 4) for v in norm.std])})
+    return props
 
 
 def check_opset(opset: int) -> int:
@@ -280,7 +289,8 @@ def export_onnx(tensors: Mapping[str, np.ndarray], path: Union[str, Path], arch:
                 mean_max: bool = False, opset: int = DEFAULT_OPSET, force: bool = False,
                 tap_outputs: bool = False, source: str = "checkpoint", fp16: bool = False,
                 labels: Optional[Sequence[str]] = None,
-                metadata: Optional[Mapping[str, str]] = None) -> Path:
+                metadata: Optional[Mapping[str, str]] = None,
+                normalization: str = "authors") -> Path:
     """Write canonical tensors as an ONNX model at ``path`` (atomically); returns the path.
 
     The architecture, class count and classifier name are read from the tensors' names and
@@ -305,7 +315,7 @@ def export_onnx(tensors: Mapping[str, np.ndarray], path: Union[str, Path], arch:
     if labels is not None:
         extra.update(label_metadata(labels, found_classes))
     model = build_onnx(tensors, found, found_classes, found_classifier, mean_max, opset,
-                       tap_outputs, fp16, extra)
+                       tap_outputs, fp16, extra, normalization)
     data = model.SerializeToString()   # once: 100s of MB for the large variants
     onnx.checker.check_model(data)
     with atomic_write(path, force) as f:

@@ -28,7 +28,7 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 
 from .deps import require_choice
-from .errors import DPNError
+from .errors import CheckpointError, DPNError
 from .files import require_regular
 
 RUNTIMES = ("gluon", "torch", "onnx")
@@ -65,6 +65,12 @@ def read_model(path):
     if not source.is_dir():       # a FIFO or a device would block or read without end
         require_regular(source, "checkpoint file")
     w = read(source, hash_source=False)
+    if w.normalization != "authors":
+        # dpn-evaluate, dpn-predict and dpn-train feed the authors' normalization only
+        raise CheckpointError("%s: %s weights expect the %s input normalization, which this "
+                              "command does not apply yet: convert them (dpn-convert) and run "
+                              "them in timm, onnxruntime or PaddleClas"
+                              % (path, w.weight_set, w.normalization))
     return w.arch, w.classes, w.classifier, w.tensors, w.labels
 
 

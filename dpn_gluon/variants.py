@@ -32,6 +32,39 @@ BN_MOMENTUM = 0.9
 MEAN_RGB = (124.0, 117.0, 104.0)
 SCALE = 0.0167
 
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How a weight set's pixels are normalized, as mean and std of 0..1 RGB values."""
+
+    name: str
+    mean: Tuple[float, float, float]
+    std: Tuple[float, float, float]
+
+
+#: The two in use: the authors' (the same map as MEAN_RGB/SCALE, in timm's terms) and
+#: ImageNet's, which PaddleClas's DPN weights were trained with.
+NORMALIZATIONS: Dict[str, Normalization] = OrderedDict((n.name, n) for n in [
+    Normalization("authors", tuple(round(m / 255.0, 10) for m in MEAN_RGB),
+                  (round(1.0 / (SCALE * 255.0), 10),) * 3),
+    Normalization("imagenet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+])
+
+
+def normalization_of(mean, std) -> Optional[Normalization]:
+    """The known normalization with this mean and std (to 1e-6), or None."""
+    for norm in NORMALIZATIONS.values():
+        try:
+            if all(abs(float(a) - b) <= 1e-6 for a, b in zip(mean, norm.mean)) and \
+                    all(abs(float(a) - b) <= 1e-6 for a, b in zip(std, norm.std)) and \
+                    len(mean) == len(std) == 3:
+                return norm
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
 #: Unit names inside a dual-path block, in graph order.
 PROJ_S1, PROJ_S2 = "c1x1-w(s/1)", "c1x1-w(s/2)"
 UNIT_A, UNIT_B, UNIT_C = "c1x1-a", "c3x3-b", "c1x1-c"
@@ -179,6 +212,13 @@ CHECKPOINTS: Dict[str, Checkpoint] = OrderedDict((c.name, c) for c in [
     Checkpoint("dpn131", "dpn131", 1000, "fc6", "ImageNet-1k", 304,
                ((19.93, 5.12), (18.62, 4.23), (18.55, 4.16))),
 ])
+
+
+def standard_form(arch: Arch) -> Arch:
+    """The architecture with one ``c1x1-c`` convolution that computes what ``arch`` does:
+    the "b" unit's ``c1x1-c1`` and ``c1x1-c2`` share one BN-ReLU, so they are one convolution
+    whose output is split (dpn68b is dpn68 with its ``c1x1-c`` weights concatenated)."""
+    return ARCHS["dpn68"] if arch.b else arch
 
 
 def get_arch(name: str) -> Arch:

@@ -171,6 +171,8 @@ def _check_written(weights, target, files, numeric, log, device, tolerance, stag
                      stages=stages)
         return report
     main = files[-1]       # mxnet: PREFIX-0000.params comes after the symbol
+    if target == "paddle":
+        return _check_paddle(report, weights, main, numeric, log, device, tolerance, stages)
     formats.release(weights.tensors.values())    # the write touched them all
     stages("reading back")
     try:
@@ -199,6 +201,38 @@ def _check_written(weights, target, files, numeric, log, device, tolerance, stag
     if report.exact:
         log("check: %d tensors bit-identical to the source (%s)"
             % (report.tensors, ", ".join(weights.dtypes)))
+    else:
+        log("check: %d problems, first: %s" % (len(problems), problems[0]))
+    if numeric:
+        _numeric(report, back, log, device, tolerance, reference=weights, stages=stages)
+    return report
+
+
+def _check_paddle(report, weights, main, numeric, log, device, tolerance, stages):
+    """A .pdparams holds PaddleClas's tensors, not the source's: its BatchNorm gammas are
+    refolded to epsilon 1e-5 (and dpn68b's c1x1_c is one convolution). So the file is
+    compared exactly with what :func:`paddle.to_paddle` makes of the source, and the numbers
+    it computes, read back, with the authors' graph on the source."""
+    from ..formats import paddle
+    stages("reading back")
+    try:
+        raw, _ = formats.read_raw(main, formats.detect(main))
+        back = formats.canonicalize(raw, {}, main, "paddle", classifier=weights.classifier)
+    except DPNError as e:
+        report.exact = False
+        report.mismatches = ["cannot read the output back: %s" % e]
+        log("check: " + report.mismatches[0])
+        return report
+    expected = paddle.to_paddle(weights.arch, weights.classifier, weights.tensors)
+    raw = {k: v for k, v in raw.items() if k != paddle.STRUCTURE_KEY}
+    stages("comparing %d tensors" % len(raw))
+    problems = compare_tensors(expected, raw)
+    report.tensors = len(raw)
+    report.exact = not problems
+    report.mismatches = problems[:MAX_LISTED]
+    if report.exact:
+        log("check: %d tensors bit-identical to PaddleClas's form of the source (gammas "
+            "refolded to epsilon 1e-5)" % report.tensors)
     else:
         log("check: %d problems, first: %s" % (len(problems), problems[0]))
     if numeric:

@@ -502,7 +502,7 @@ def layer_parity(reference: WeightsLike, candidate: WeightsLike, runtime: str = 
                                               candidate.classifier, {})
     else:
         c_arch, c_classes, c_fc, c_tensors = _unpack(candidate, "candidate")
-    if (r_arch.name, r_classes) != (c_arch.name, c_classes):
+    if (variants.standard_form(r_arch), r_classes) != (variants.standard_form(c_arch), c_classes):
         raise DPNError("the two checkpoints differ: %s with %d classes vs %s with %d classes"
                        % (r_arch.name, r_classes, c_arch.name, c_classes))
     progress("loading MXNet")

@@ -27,8 +27,6 @@ from ..formats.canonical import (
     CROP_PCT,
     INPUT_SIZE,
     INTERPOLATION,
-    MEAN,
-    STD,
     TARGETS,
     TEST_INPUT_SIZE,
     Weights,
@@ -51,12 +49,14 @@ def safetensors_metadata(weights: Weights) -> Dict[str, str]:
         "source_file": weights.source.name,
         "source_sha256": weights.sha256 or "",
         "source_format": weights.format,
-        "mean": json.dumps(list(MEAN)),
-        "std": json.dumps(list(STD)),
+        "mean": json.dumps(list(weights.norm.mean)),
+        "std": json.dumps(list(weights.norm.std)),
         "interpolation": INTERPOLATION,
         "crop_pct": str(CROP_PCT),
         "input_size": json.dumps(list(INPUT_SIZE)),
         "converter": "dpn-convert (dpn-gluon)",
+        # the authors' files stay as they were; another weight set says whose it is
+        **({} if weights.weight_set == "authors" else {"weight_set": weights.weight_set}),
         **class_labels.to_metadata(weights.labels),
     }
 
@@ -84,8 +84,8 @@ def timm_config(weights: Weights) -> dict:
             "crop_pct": CROP_PCT,
             "test_crop_pct": CROP_PCT,
             "crop_mode": "center",
-            "mean": list(MEAN),
-            "std": list(STD),
+            "mean": list(weights.norm.mean),
+            "std": list(weights.norm.std),
             "num_classes": weights.classes,
             "pool_size": [7, 7],
             "first_conv": "features.conv1_1.conv",
@@ -247,12 +247,28 @@ def _write_onnx(weights: Weights, files: List[Path], tx: Transaction, log,
             export_onnx(weights.tensors, tmp, weights.arch.name, weights.classes,
                         weights.classifier, mean_max=mean_max,
                         opset=DEFAULT_OPSET if opset is None else opset, force=True, fp16=fp16,
-                        labels=weights.labels)
+                        labels=weights.labels, normalization=weights.normalization)
         except DPNError as e:      # it names the path it was given: say which output failed
             raise DPNError(str(e).replace(str(tmp), str(out))) from None
 
 
-_WRITERS = {"torch": _write_torch, "safetensors": _write_safetensors, "timm": _write_timm,
+def _write_paddle(weights: Weights, files: List[Path], tx: Transaction, log):
+    # PaddleClas's names, (in, out) classifier and BatchNorm epsilon 1e-5, numpy's pickling:
+    # what paddle.save writes, without paddle (formats/paddle.py)
+    from ..formats import paddle
+    out, = files
+    state = paddle.to_paddle(weights.arch, weights.classifier, weights.tensors)
+    log("PaddleClas's BatchNorm epsilon is 1e-5: each gamma is rescaled so that the graph "
+        "computes what the source's does")
+    if weights.normalization != "imagenet":
+        log("these weights expect the %s normalization, not PaddleClas's default ImageNet one: "
+            "set NormalizeImage mean %s and std %s (of 0..1 pixels) in the config"
+            % (weights.normalization, list(weights.norm.mean), list(weights.norm.std)))
+    with tx.file(out) as f, _Progress(f, weights.nbytes, out.name) as bar:
+        paddle.write(bar, state, paddle.structure_map(weights.arch))
+
+
+_WRITERS = {"paddle": _write_paddle, "torch": _write_torch, "safetensors": _write_safetensors, "timm": _write_timm,
             "gluon": _write_gluon, "mxnet": _write_mxnet, "onnx": _write_onnx}
 
 

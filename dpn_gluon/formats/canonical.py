@@ -37,6 +37,7 @@ only to build a symbol JSON.
 from __future__ import annotations
 
 import hashlib
+import json
 import mmap
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -52,14 +53,14 @@ from ..files import open_regular
 from . import names
 from .readers import TIMM_WEIGHTS, _arch_name, detect, parse_count, read_raw, resolve_source
 
-FORMATS = ("mxnet", "gluon", "torch", "safetensors", "timm")
+FORMATS = ("mxnet", "gluon", "torch", "safetensors", "timm", "paddle")
 TARGETS = FORMATS + ("onnx",)
 
 
 #: The authors' preprocessing in timm's terms (0..1 pixels): mean (124,117,104)/255 and
 #: std 1/(0.0167*255), a bicubic resize and a 100 % center crop (score.py; timm uses 0.875).
-MEAN = tuple(round(m / 255.0, 10) for m in variants.MEAN_RGB)
-STD = (round(1.0 / (variants.SCALE * 255.0), 10),) * 3
+MEAN = variants.NORMALIZATIONS["authors"].mean
+STD = variants.NORMALIZATIONS["authors"].std
 CROP_PCT = 1.0
 INTERPOLATION = "bicubic"
 INPUT_SIZE = (3, 224, 224)
@@ -85,6 +86,14 @@ class Weights:
     labels: Optional[List[str]] = None
     #: the licence written into a timm folder's model card and config (cypw/DPNs states none)
     license: str = "other"
+    #: the input normalization the weights expect (variants.NORMALIZATIONS)
+    normalization: str = "authors"
+    #: whose weight set: "authors" (cypw/DPNs) or "paddleclas"
+    weight_set: str = "authors"
+
+    @property
+    def norm(self) -> variants.Normalization:
+        return variants.NORMALIZATIONS[self.normalization]
 
     @property
     def unit(self) -> str:
@@ -129,6 +138,8 @@ def canonicalize(raw: Mapping[str, np.ndarray], metadata: Mapping[str, str], sou
     if classifier is not None and classifier not in variants.CLASSIFIERS:
         raise DPNError("unknown classifier name %r (choose from %s)"
                        % (classifier, ", ".join(variants.CLASSIFIERS)))
+    if fmt == "paddle":
+        return _canonical_paddle(raw, source, arch, classifier)
     try:
         scheme = names.scheme_of(list(raw))
     except CheckpointError as e:
@@ -167,8 +178,43 @@ def canonicalize(raw: Mapping[str, np.ndarray], metadata: Mapping[str, str], sou
     _check_metadata(metadata, found, classes, where, head)
     carried = class_labels.from_metadata(metadata, classes, where)
     builtin = class_labels.builtin(classes)
+    norm = _carried_normalization(metadata)
     return Weights(found, classes, chosen, tensors, source, fmt, dict(metadata),
-                   labels=carried or (list(builtin.names) if builtin else None))
+                   labels=carried or (list(builtin.names) if builtin else None),
+                   normalization=norm.name,
+                   weight_set="paddleclas" if metadata.get("weight_set") == "paddleclas"
+                   else "authors")
+
+
+def _carried_normalization(metadata: Mapping[str, str]) -> variants.Normalization:
+    """The normalization a safetensors file (or timm folder) records in its mean and std;
+    the authors' where it records none or one of its own (as before weight sets had one)."""
+    try:
+        mean, std = json.loads(metadata.get("mean", "")), json.loads(metadata.get("std", ""))
+    except ValueError:
+        return variants.NORMALIZATIONS["authors"]
+    norm = variants.normalization_of(mean, std) if isinstance(mean, list) and \
+        isinstance(std, list) else None
+    return norm or variants.NORMALIZATIONS["authors"]
+
+
+def _canonical_paddle(raw, source: Path, arch: Optional[str],
+                      classifier: Optional[str]) -> Weights:
+    """PaddleClas's state dict: its own names, BatchNorm epsilon and normalization
+    (:mod:`.paddle`); the classifier takes the authors' plain name unless told."""
+    from . import paddle
+    found, classes, tensors = paddle.from_paddle(raw, str(source))
+    if arch is not None and arch != found.name:
+        raise CheckpointError("%s: --arch %s, but the tensors are PaddleClas's %s (%s)"
+                              % (source, arch, paddle.PADDLE_ARCHS[found.name], found.name))
+    chosen = classifier or "fc6"
+    renamed = OrderedDict((chosen + k[3:] if k.startswith("fc6_") else k, v)
+                          for k, v in tensors.items())
+    builtin = class_labels.builtin(classes)
+    return Weights(found, classes, chosen, renamed, source, "paddle",
+                   {"weight_set": "paddleclas", "normalization": "imagenet"},
+                   labels=list(builtin.names) if builtin else None,
+                   normalization="imagenet", weight_set="paddleclas")
 
 
 def _check_metadata(metadata: Mapping[str, str], arch: variants.Arch, classes: int, where: str,

@@ -40,7 +40,7 @@ from ..deps import MissingDependency
 from ..errors import CheckpointError, DPNError
 from ..files import open_regular, require_regular
 from ..safeio.outputs import TIMM_CONFIG, TIMM_WEIGHTS
-from . import mxparams, sanity, torchzip
+from . import mxparams, paddle, sanity, torchzip
 
 PathLike = Union[str, Path]
 
@@ -149,13 +149,15 @@ def detect(path: PathLike) -> str:
         return "mxnet" if keys and all(k.startswith(("arg:", "aux:")) for k in keys) else "gluon"
     if head.startswith(_ZIP_HEAD) or head.startswith(_LEGACY_HEADS):
         return "torch"
+    if paddle.is_pdparams(head):
+        return "paddle"
     if len(head) >= 10 and head[8:10] in (b'{"', b"{}"):
         return "safetensors"        # a broken one (cut short, bad JSON): its reader says why
     if head.lstrip()[:1] == b"{" and b'"nodes"' in head + _peek(path, 4096):
         raise CheckpointError("%s: an MXNet symbol file; pass PREFIX-0000.params (or PREFIX "
                               "with --epoch)" % path)
     raise CheckpointError("%s: not a checkpoint dpn-convert reads (neither MXNet .params, "
-                          "PyTorch, safetensors nor a timm folder)" % path)
+                          "PyTorch, safetensors, PaddlePaddle nor a timm folder)" % path)
 
 
 def _is_safetensors(f, size: int) -> bool:
@@ -610,5 +612,10 @@ def _read_timm(path: Path):
     return tensors, metadata
 
 
-_READERS = {"mxnet": _read_mxnet, "gluon": _read_gluon, "torch": _read_torch,
+def _read_paddle(path: Path):
+    with _mapped(path) as f:
+        return paddle.read(path, f, MAX_TENSORS), {}
+
+
+_READERS = {"paddle": _read_paddle, "mxnet": _read_mxnet, "gluon": _read_gluon, "torch": _read_torch,
             "safetensors": _read_safetensors, "timm": _read_timm}

@@ -39,11 +39,12 @@ TIMM_WRITTEN = (TIMM_CONFIG, TIMM_WEIGHTS)
 
 #: The default suffix of each target (timm is a folder, mxnet a prefix).
 SUFFIX = {"torch": ".pth", "safetensors": ".safetensors", "gluon": ".params", "onnx": ".onnx",
+          "paddle": ".pdparams",
           "timm": "", "mxnet": ""}
 #: Suffixes that say which format a file is; a name with one of these is refused for any
 #: other target. ``.params`` is Gluon's (mxnet takes it as its prefix's), ``.json`` no target's.
 KNOWN_SUFFIXES = {".pth": "torch", ".pt": "torch", ".bin": "torch", ".safetensors": "safetensors",
-                  ".onnx": "onnx", ".params": "gluon", ".json": None,
+                  ".onnx": "onnx", ".params": "gluon", ".pdparams": "paddle", ".json": None,
                   ".png": None, ".svg": None, ".html": None, ".htm": None}
 REPORT_SUFFIXES = (".png", ".svg", ".html", ".htm")
 

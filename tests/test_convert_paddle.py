@@ -1,0 +1,116 @@
+"""dpn-convert to and from PaddleClas's .pdparams, through the command line.
+
+The numerical reference is the authors' MXNet graph (``check``'s per-layer parity on the
+source's tensors, run by every conversion here); the file's tensors are checked against numpy's
+BatchNorm formula in test_paddle_format.py. PaddleClas's own code is the reference of
+test_paddle_reference.py (it needs paddlepaddle)."""
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dpn_gluon.convert.cli import main
+from dpn_gluon.formats import paddle
+from dpn_gluon.formats.canonical import read
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def _passed(result):
+    assert result.exit_code == 0, result.output
+    assert "logits max rel" in result.output and "(ok)" in result.output, result.output
+
+
+# every released class count and both units: 1k, the 5k's 4786, Places365's 365, dpn68b
+@pytest.mark.parametrize("name,classes,classifier", [
+    ("dpn68", None, None), ("dpn68b", 4786, "fc6"), ("dpn68b", 1000, "fc6-1k"),
+    ("dpn68", 365, None)])
+def test_authors_checkpoint_to_paddle_and_back(seeded_checkpoint, tmp_path, name, classes,
+                                               classifier):
+    src = seeded_checkpoint(name, classes=classes, classifier=classifier)
+    out = tmp_path / "w.pdparams"
+    result = run(src, "--to", "paddle", "-o", out)
+    _passed(result)        # the read-back file in torch vs the authors' graph on the source
+    assert "bit-identical to PaddleClas's form" in result.output
+    with open(out, "rb") as f:
+        raw = pickle.load(f)    # this test's own output: trusted, so the full pickle is read
+    arch = read(src).arch
+    # the state dict PaddleClas's DPN holds: its names, in its order, its parameter names
+    want = paddle.expected_shapes(arch, classes or 1000)
+    assert [k for k in raw if k != paddle.STRUCTURE_KEY] == list(want)
+    assert {k: v.shape for k, v in raw.items() if k != paddle.STRUCTURE_KEY} == dict(want)
+    assert raw[paddle.STRUCTURE_KEY]["out.weight"] == "fc_weights"
+    back = read(out)
+    assert back.arch.name == ("dpn68" if name == "dpn68b" else name)
+    assert (back.normalization, back.weight_set) == ("imagenet", "paddleclas")
+
+
+def test_paddle_to_every_format_and_back_is_byte_identical(seeded_checkpoint, tmp_path):
+    src = seeded_checkpoint("dpn68")
+    first = tmp_path / "first.pdparams"
+    _passed(run(src, "--to", "paddle", "-o", first))
+    for target, out in (("timm", tmp_path / "t"), ("safetensors", tmp_path / "s.safetensors"),
+                        ("torch", tmp_path / "p.pth"), ("mxnet", tmp_path / "m"),
+                        ("onnx", tmp_path / "o.onnx")):
+        _passed(run(first, "--to", target, "-o", out))
+    # the normalization goes where a format has a place for it
+    config = json.loads((tmp_path / "t" / "config.json").read_text())
+    assert config["pretrained_cfg"]["mean"] == [0.485, 0.456, 0.406]
+    assert config["pretrained_cfg"]["std"] == [0.229, 0.224, 0.225]
+    import onnx
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "o.onnx")).metadata_props}
+    assert json.loads(props["mean_rgb"]) == [123.675, 116.28, 103.53]
+    assert props["normalization_name"] == "imagenet" and "scale" not in props
+    for name in ("t", "s.safetensors"):
+        assert read(tmp_path / name).normalization == "imagenet"
+        again = tmp_path / ("again-%s.pdparams" % name.split(".")[0])
+        assert run(tmp_path / name, "--to", "paddle", "-o", again, "--no-check").exit_code == 0
+        assert again.read_bytes() == first.read_bytes()
+
+
+def test_authors_outputs_record_the_authors_normalization(seeded_checkpoint, tmp_path):
+    _passed(run(seeded_checkpoint("dpn68"), "--to", "timm", "-o", tmp_path / "t"))
+    config = json.loads((tmp_path / "t" / "config.json").read_text())
+    assert config["pretrained_cfg"]["mean"] == [round(m / 255, 10) for m in (124, 117, 104)]
+    assert read(tmp_path / "t").normalization == "authors"
+
+
+class _Evil:
+    command = "true"
+
+    def __reduce__(self):
+        import os
+        return os.system, (self.command,)
+
+
+def test_hostile_pdparams_are_one_line(tmp_path):
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pdparams"
+    payload = _Evil()
+    payload.command = "touch '%s'" % marker
+    evil.write_bytes(pickle.dumps({"conv1_x_1_func._conv.weight": payload}, protocol=4))
+    other = tmp_path / "other.pdparams"     # a pickle of arrays, not a DPN
+    other.write_bytes(pickle.dumps({"w": np.zeros((2, 2), np.float32)}, protocol=2))
+    for path in (evil, other):
+        before = path.read_bytes()
+        result = run(path, "--to", "torch", "-o", tmp_path / "x.pth")
+        assert result.exit_code == 2, result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+        assert path.read_bytes() == before
+        assert not (tmp_path / "x.pth").exists() and not marker.exists()
+
+
+def test_evaluate_refuses_weights_it_would_normalize_wrongly(seeded_checkpoint, tmp_path):
+    from dpn_gluon.errors import CheckpointError
+    from dpn_gluon.runtimes import read_model
+    out = tmp_path / "w.pdparams"
+    assert run(seeded_checkpoint("dpn68"), "--to", "paddle", "-o", out, "--no-check") \
+        .exit_code == 0
+    with pytest.raises(CheckpointError, match="imagenet input normalization"):
+        read_model(out)
