@@ -10,7 +10,7 @@ that reads a checkpoint (any format dpn-convert reads) into canonical tensors.
   batch with ``mx.gluon.utils.split_and_load`` (data parallel over one machine's GPUs).
 - ``torch``: :func:`dpn_gluon.torch_dpn.from_canonical` (timm's layout), eval mode,
   ``torch.inference_mode``; one device.
-- ``onnx``: :func:`dpn_gluon.onnx_graph.export_onnx` to a temporary file, then an
+- ``onnx``: :func:`dpn_gluon.onnx_graph.onnx_bytes`, built in memory, in an
   ``onnxruntime.InferenceSession`` (CUDA provider on a GPU device when available).
 
 MXNet, torch and onnxruntime are imported only by the runtime that needs them; a missing one
@@ -19,8 +19,6 @@ and the runtimes that would work here.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
@@ -60,8 +58,9 @@ def read_model(path):
     ``.pth`` (timm's keys), ``.safetensors`` or a timm folder: detected from the content by
     :func:`dpn_gluon.formats.canonical.read`, validated against the variant table.
     """
-    from .formats.canonical import read, resolve_source
-    source = resolve_source(path)
+    from .formats.canonical import read
+    from .formats.registry import resolve
+    source = resolve(path)
     if not source.is_dir():       # a FIFO or a device would block or read without end
         require_regular(source, "checkpoint file")
     w = read(source, hash_source=False)
@@ -171,7 +170,7 @@ def _torch(checkpoint, model, dev_kind, ids, mean_max):
 def _onnx(checkpoint, model, dev_kind, ids, mean_max):
     import onnxruntime as ort
 
-    from .onnx_graph import export_onnx
+    from .onnx_graph import onnx_bytes
     providers = ["CPUExecutionProvider"]
     if len(ids) > 1:
         raise DPNError("the onnx runtime uses one device; use --device cpu or cuda:N")
@@ -179,10 +178,9 @@ def _onnx(checkpoint, model, dev_kind, ids, mean_max):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise DPNError("--device cuda:%d: onnxruntime has no CUDA provider here" % ids[0])
         providers = [("CUDAExecutionProvider", {"device_id": ids[0]})] + providers
-    with tempfile.TemporaryDirectory(prefix="dpn-evaluate-") as tmp:
-        path = os.path.join(tmp, "model.onnx")
-        export_onnx(model[3], path, mean_max=mean_max, source=str(checkpoint))
-        session = ort.InferenceSession(path, providers=providers)
+    # built in memory: no file to clean up on any exit path
+    session = ort.InferenceSession(onnx_bytes(model[3], mean_max=mean_max,
+                                              source=str(checkpoint)), providers=providers)
     input_name = session.get_inputs()[0].name
     output_name = session.get_outputs()[0].name
 

@@ -34,8 +34,8 @@ import numpy as np
 
 from ..errors import DPNError
 from ..files import open_regular
-from ..formats.readers import MAX_CLASSES
 from ..safeio.atomic import worker_signals
+from ..variants import MAX_CLASSES
 from .images import MAX_IMAGE_BYTES
 from .preprocess import ImageError, load_image, normalize, resize_crop
 

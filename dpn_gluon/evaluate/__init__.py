@@ -15,7 +15,7 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from .. import labels
+from .. import labels, variants
 from ..data.datasets import Dataset, iter_batches, open_dataset
 from ..data.preprocess import PROTOCOLS, authors_resize_backend, resize_size
 from ..data.preprocess import preprocess as preprocess_image
@@ -24,20 +24,18 @@ from .metrics import TopKError
 
 __all__ = ["evaluate", "predict", "classify", "settings", "class_names", "open_dataset", "PROTOCOLS"]
 
-#: Smallest input whose final feature map (stride 32) holds the 7x7 average pool of the
-#: authors' mean-max head.
-MEAN_MAX_MIN_SIZE = 224
 
 
 def settings(size: int, protocol: str, mean_max: bool) -> dict:
     """The preprocessing and head settings, validated, as reported beside the results."""
     if protocol not in PROTOCOLS:
         raise DPNError("unknown protocol %r (choose from %s)" % (protocol, ", ".join(PROTOCOLS)))
-    if size < 32:
-        raise DPNError("--size must be at least 32 (the network's stride), got %d" % size)
-    if mean_max and size < MEAN_MAX_MIN_SIZE:
+    if size < variants.MIN_INPUT_SIZE["global"]:
+        raise DPNError("--size must be at least %d (the network's stride), got %d"
+                       % (variants.MIN_INPUT_SIZE["global"], size))
+    if mean_max and size < variants.MIN_INPUT_SIZE["mean_max"]:
         raise DPNError("--mean-max needs --size >= %d (a 7x7 final feature map), got %d"
-                       % (MEAN_MAX_MIN_SIZE, size))
+                       % (variants.MIN_INPUT_SIZE["mean_max"], size))
     return {"protocol": protocol, "size": size, "resize_short": resize_size(size, protocol),
             "crop": size,
             "interpolation": "bicubic (%s)" % ("OpenCV" if protocol == "authors" else "PIL"),

@@ -44,7 +44,7 @@ def _common(fn):
                           "timm: short side = crop/0.875, center crop. Both normalize "
                           "(pixel - [124,117,104]) * 0.0167."),
         click.option("--mean-max", is_flag=True,
-                     help="The authors' mean-max test head (needs --size >= 224; "
+                     help="The authors' mean-max test head (needs --size >= 193; "
                           "their third column at 320)."),
         click.option("--runtime", type=click.Choice(RUNTIMES), default="gluon",
                      show_default=True, help="Run the checkpoint in MXNet Gluon, PyTorch or "

@@ -27,12 +27,17 @@ from __future__ import annotations
 import pickle
 import re
 from collections import OrderedDict
+from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Tuple
 
 import numpy as np
 
 from .. import variants
 from ..errors import CheckpointError
+from .base import MAX_TENSORS, Progress, mapped
+
+SUFFIX = ".pdparams"
+SUFFIXES = (SUFFIX,)
 
 #: BatchNorm epsilon of PaddleClas's DPN (paddle.nn.BatchNorm's default).
 PADDLE_BN_EPS = 1e-5
@@ -248,7 +253,7 @@ def is_pdparams(head: bytes) -> bool:
         head[2] == 0x7D or (head[2] == 0x95 and len(head) >= 12 and head[11] == 0x7D))
 
 
-def read(path, f, max_tensors: int) -> "OrderedDict[str, np.ndarray]":
+def load_state(path, f, max_tensors: int) -> "OrderedDict[str, np.ndarray]":
     """The arrays of a ``.pdparams`` file open as ``f`` (whose ``read(n)`` returns at most
     what remains): a dict of name -> array (plus paddle.save's name map, checked and
     dropped), or one line saying why not."""
@@ -283,7 +288,7 @@ def read(path, f, max_tensors: int) -> "OrderedDict[str, np.ndarray]":
     return out
 
 
-def write(f, state: Mapping[str, np.ndarray], structure: Mapping[str, str]) -> None:
+def dump_state(f, state: Mapping[str, np.ndarray], structure: Mapping[str, str]) -> None:
     """What ``paddle.save(model.state_dict(), path)`` writes: a protocol-4 pickle of the
     arrays by structured name, then the name map, through numpy's own pickling (the same
     bytes for the same tensors)."""
@@ -295,3 +300,25 @@ def write(f, state: Mapping[str, np.ndarray], structure: Mapping[str, str]) -> N
 def state_dict_order(arch: variants.Arch) -> Iterator[str]:
     """Structured names of PaddleClas's model of ``arch``, in its state-dict order."""
     return (s for _, s, _ in name_table(variants.standard_form(arch)))
+
+
+# -- the format ------------------------------------------------------------------------------
+
+def read(path: Path):
+    with mapped(path) as f:
+        return load_state(path, f, MAX_TENSORS), {}
+
+
+def write(weights, files: List[Path], tx, log, **_):
+    """PaddleClas's names, (in, out) classifier and BatchNorm epsilon 1e-5, numpy's pickling:
+    what ``paddle.save`` writes, without paddle."""
+    out, = files
+    state = to_paddle(weights.arch, weights.classifier, weights.tensors)
+    log("PaddleClas's BatchNorm epsilon is 1e-5: each gamma is rescaled so that the graph "
+        "computes what the source's does")
+    if weights.normalization != "imagenet":
+        log("these weights expect the %s normalization, not PaddleClas's default ImageNet one: "
+            "set NormalizeImage mean %s and std %s (of 0..1 pixels) in the config"
+            % (weights.normalization, list(weights.norm.mean), list(weights.norm.std)))
+    with tx.file(out) as f, Progress(f, weights.nbytes, out.name) as bar:
+        dump_state(bar, state, structure_map(weights.arch))
