@@ -51,6 +51,36 @@ def test_authors_checkpoint_to_paddle_and_back(seeded_checkpoint, tmp_path, name
     assert (back.normalization, back.weight_set) == ("imagenet", "paddleclas")
 
 
+@pytest.mark.parametrize("name,classes,classifier", [("dpn68b", 4786, "fc6"), ("dpn68", 365, None)])
+def test_a_paddleclas_config_goes_beside_the_weights(seeded_checkpoint, tmp_path, name, classes,
+                                                     classifier):
+    """PaddleClas's tools/eval.py reads Arch, class_num and the transforms from the YAML:
+    the architecture PaddleClas builds, the class count, and the normalization the weights
+    need (the authors' mean (124, 117, 104) and scale 0.0167 as mean/std of 0..1 pixels)."""
+    yaml = pytest.importorskip("yaml")
+    src = seeded_checkpoint(name, classes=classes, classifier=classifier)
+    out = tmp_path / "w.pdparams"
+    assert run(src, "--to", "paddle", "-o", out, "--no-check").exit_code == 0
+    config = yaml.safe_load((tmp_path / "w.yaml").read_text())
+    assert config["Arch"] == {"name": "DPN68", "class_num": classes}
+    ops = {k: v for op in config["DataLoader"]["Eval"]["dataset"]["transform_ops"]
+           for k, v in op.items()}
+    mean = [m / 255 for m in (124, 117, 104)]
+    std = [1 / (0.0167 * 255)] * 3
+    np.testing.assert_allclose(ops["NormalizeImage"]["mean"], mean, rtol=1e-9)
+    np.testing.assert_allclose(ops["NormalizeImage"]["std"], std, rtol=1e-9)
+    assert ops["ResizeImage"] == {"resize_short": 224, "interpolation": "bicubic"}
+    assert ops["CropImage"] == {"size": 224}
+    # PaddleClas's own weights, back into its format: its own protocol and normalization
+    again = tmp_path / "again.pdparams"
+    assert run(out, "--to", "paddle", "-o", again, "--no-check").exit_code == 0
+    ops = {k: v for op in yaml.safe_load((tmp_path / "again.yaml").read_text())[
+        "DataLoader"]["Eval"]["dataset"]["transform_ops"] for k, v in op.items()}
+    assert ops["NormalizeImage"]["mean"] == [0.485, 0.456, 0.406]
+    assert ops["NormalizeImage"]["std"] == [0.229, 0.224, 0.225]
+    assert ops["ResizeImage"] == {"resize_short": 256}
+
+
 def test_paddle_to_every_format_and_back_is_byte_identical(seeded_checkpoint, tmp_path):
     src = seeded_checkpoint("dpn68")
     first = tmp_path / "first.pdparams"

@@ -38,6 +38,8 @@ from .base import MAX_TENSORS, Progress, mapped
 
 SUFFIX = ".pdparams"
 SUFFIXES = (SUFFIX,)
+#: PaddleClas's config written beside the weights (``tools/eval.py -c NAME.yaml``).
+CONFIG_SUFFIX = ".yaml"
 
 #: BatchNorm epsilon of PaddleClas's DPN (paddle.nn.BatchNorm's default).
 PADDLE_BN_EPS = 1e-5
@@ -309,16 +311,71 @@ def read(path: Path):
         return load_state(path, f, MAX_TENSORS), {}
 
 
+def output_files(out: Path) -> List[Path]:
+    """``NAME.yaml`` (PaddleClas's config), then ``NAME.pdparams``: the weights come last,
+    as the file a check reads back."""
+    return [out.with_name(out.stem + CONFIG_SUFFIX) if out.suffix == SUFFIX
+            else out.with_name(out.name + CONFIG_SUFFIX), out]
+
+
+def _list(values) -> str:
+    return "[%s]" % ", ".join(repr(float(v)) for v in values)
+
+
+def config_yaml(weights, weights_file: str) -> str:
+    """A PaddleClas config for these weights: the architecture, the class count, and the eval
+    and infer transforms with the normalization the weight set needs, so that
+    ``python tools/eval.py -c NAME.yaml -o Global.pretrained_model=NAME`` evaluates them as
+    they stand. The authors' weights get their own protocol (bicubic short side = crop,
+    their mean and scale as PaddleClas's mean/std); PaddleClas's get PaddleClas's."""
+    norm = weights.norm
+    crop = variants.INPUT_SIZE[1]
+    if weights.normalization == "authors":
+        resize = ["        - ResizeImage:", "            resize_short: %d" % crop,
+                  "            interpolation: bicubic"]
+    else:
+        resize = ["        - ResizeImage:", "            resize_short: 256"]
+    transforms = (["        - DecodeImage:", "            to_rgb: True",
+                   "            channel_first: False"] + resize +
+                  ["        - CropImage:", "            size: %d" % crop,
+                   "        - NormalizeImage:", "            scale: 1.0/255.0",
+                   "            mean: %s" % _list(norm.mean), "            std: %s" % _list(norm.std),
+                   "            order: ''"])
+    infer = [line[4:] for line in transforms] + ["    - ToCHWImage:"]
+    lines = ["# PaddleClas config for %s: weight set %s, %s normalization; written by dpn-convert."
+             % (weights_file, weights.weight_set, weights.normalization),
+             "# Evaluate: python tools/eval.py -c THIS.yaml -o Global.pretrained_model=%s"
+             % (weights_file[: -len(SUFFIX)] if weights_file.endswith(SUFFIX) else weights_file),
+             "Global:", "  class_num: %d" % weights.classes,
+             "  image_shape: [3, %d, %d]" % (crop, crop), "  device: cpu",
+             "Arch:", "  name: %s" % PADDLE_ARCHS[variants.standard_form(weights.arch).name],
+             "  class_num: %d" % weights.classes,
+             "DataLoader:", "  Eval:", "    dataset:", "      name: ImageNetDataset",
+             "      image_root: ./dataset/ILSVRC2012/",
+             "      cls_label_path: ./dataset/ILSVRC2012/val_list.txt",
+             "      transform_ops:"] + transforms + [
+             "    sampler:", "      name: DistributedBatchSampler", "      batch_size: 64",
+             "      drop_last: False", "      shuffle: False",
+             "    loader:", "      num_workers: 4", "      use_shared_memory: True",
+             "Infer:", "  batch_size: 10", "  transforms:"] + infer + [
+             "  PostProcess:", "    name: Topk", "    topk: 5",
+             "Metric:", "  Eval:", "    - TopkAcc:", "        topk: [1, 5]", ""]
+    return "\n".join(lines)
+
+
 def write(weights, files: List[Path], tx, log, **_):
     """PaddleClas's names, (in, out) classifier and BatchNorm epsilon 1e-5, numpy's pickling:
     what ``paddle.save`` writes, without paddle."""
-    out, = files
+    config, out = files
     state = to_paddle(weights.arch, weights.classifier, weights.tensors)
     log("PaddleClas's BatchNorm epsilon is 1e-5: each gamma is rescaled so that the graph "
         "computes what the source's does")
     if weights.normalization != "imagenet":
         log("these weights expect the %s normalization, not PaddleClas's default ImageNet one: "
-            "set NormalizeImage mean %s and std %s (of 0..1 pixels) in the config"
-            % (weights.normalization, list(weights.norm.mean), list(weights.norm.std)))
+            "%s sets NormalizeImage mean %s and std %s (of 0..1 pixels)"
+            % (weights.normalization, config.name, list(weights.norm.mean),
+               list(weights.norm.std)))
     with tx.file(out) as f, Progress(f, weights.nbytes, out.name) as bar:
         dump_state(bar, state, structure_map(weights.arch))
+    with tx.file(config) as f:
+        f.write(config_yaml(weights, out.name).encode("utf-8"))

@@ -47,7 +47,8 @@ FORMATS: "OrderedDict[str, Format]" = OrderedDict((f.name, f) for f in [
     Format("safetensors", safetensors.SUFFIX, safetensors.SUFFIXES, safetensors.read,
            safetensors.write),
     Format("timm", "", (), timm.read, timm.write, folder=True),
-    Format("paddle", paddle.SUFFIX, paddle.SUFFIXES, paddle.read, paddle.write),
+    Format("paddle", paddle.SUFFIX, paddle.SUFFIXES, paddle.read, paddle.write,
+           paddle.output_files),
 ])
 NAMES = tuple(FORMATS)
 
