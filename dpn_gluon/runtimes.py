@@ -44,31 +44,38 @@ class Runtime:
     forward: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     #: class names the checkpoint file carries (its metadata), None when it has none
     labels: Optional[List[str]] = None
+    #: the input normalization the weights expect (variants.NORMALIZATIONS): what the
+    #: preprocessing applies before this runtime sees a batch
+    normalization: str = "authors"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self.forward(np.ascontiguousarray(batch, dtype=np.float32)),
                           dtype=np.float32)
 
 
-def read_model(path):
-    """(Arch, classes, classifier name, canonical tensors, carried class names or None) of
-    any checkpoint dpn-convert reads.
+def read_weights(path):
+    """Any checkpoint dpn-convert reads, as canonical :class:`~dpn_gluon.formats.canonical.Weights`.
 
     The authors' ``PREFIX-0000.params`` (or ``PREFIX``), a Gluon ``.params``, a PyTorch
-    ``.pth`` (timm's keys), ``.safetensors`` or a timm folder: detected from the content by
-    :func:`dpn_gluon.formats.canonical.read`, validated against the variant table.
+    ``.pth`` (timm's keys), ``.safetensors``, a timm folder or PaddleClas's ``.pdparams``:
+    detected from the content, validated against the variant table.
     """
     from .formats.canonical import read
     from .formats.registry import resolve
     source = resolve(path)
     if not source.is_dir():       # a FIFO or a device would block or read without end
         require_regular(source, "checkpoint file")
-    w = read(source, hash_source=False)
+    return read(source, hash_source=False)
+
+
+def read_model(path):
+    """(Arch, classes, classifier name, canonical tensors, carried class names or None) of a
+    checkpoint trained on the authors' normalization: what dpn-train starts from (its recipe
+    feeds that normalization only)."""
+    w = read_weights(path)
     if w.normalization != "authors":
-        # dpn-evaluate, dpn-predict and dpn-train feed the authors' normalization only
-        raise CheckpointError("%s: %s weights expect the %s input normalization, which this "
-                              "command does not apply yet: convert them (dpn-convert) and run "
-                              "them in timm, onnxruntime or PaddleClas"
+        raise CheckpointError("%s: %s weights expect the %s input normalization; dpn-train's "
+                              "recipe feeds the authors' (pixel - (124, 117, 104)) * 0.0167"
                               % (path, w.weight_set, w.normalization))
     return w.arch, w.classes, w.classifier, w.tensors, w.labels
 
@@ -98,11 +105,12 @@ def load_runtime(kind: str, checkpoint, devices: str = "cpu", mean_max: bool = F
         raise DPNError("unknown runtime %r (choose from %s)" % (kind, ", ".join(RUNTIMES)))
     dev_kind, ids = parse_devices(devices)
     require_runtime(kind)
-    arch, classes, classifier, tensors, labels = read_model(checkpoint)
+    w = read_weights(checkpoint)
     make = {"gluon": _gluon, "torch": _torch, "onnx": _onnx}[kind]
-    forward, names = make(checkpoint, (arch, classes, classifier, tensors), dev_kind, ids,
-                          mean_max)
-    return Runtime(kind, arch.name, int(classes), classifier, names, forward, labels)
+    forward, names = make(checkpoint, (w.arch, w.classes, w.classifier, w.tensors), dev_kind,
+                          ids, mean_max)
+    return Runtime(kind, w.arch.name, int(w.classes), w.classifier, names, forward, w.labels,
+                   w.normalization)
 
 
 def require_runtime(kind: str) -> None:

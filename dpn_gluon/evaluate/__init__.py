@@ -15,7 +15,7 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from .. import labels, variants
+from .. import deps, labels, variants
 from ..data.datasets import Dataset, iter_batches, open_dataset
 from ..data.preprocess import PROTOCOLS, authors_resize_backend, resize_size
 from ..data.preprocess import preprocess as preprocess_image
@@ -26,8 +26,9 @@ __all__ = ["evaluate", "predict", "classify", "settings", "class_names", "open_d
 
 
 
-def settings(size: int, protocol: str, mean_max: bool) -> dict:
-    """The preprocessing and head settings, validated, as reported beside the results."""
+def settings(size: int, protocol: str, mean_max: bool, normalization: str = "authors") -> dict:
+    """The preprocessing and head settings, validated, as reported beside the results;
+    ``normalization`` is the checkpoint's (its weight set's)."""
     if protocol not in PROTOCOLS:
         raise DPNError("unknown protocol %r (choose from %s)" % (protocol, ", ".join(PROTOCOLS)))
     if size < variants.MIN_INPUT_SIZE["global"]:
@@ -36,12 +37,25 @@ def settings(size: int, protocol: str, mean_max: bool) -> dict:
     if mean_max and size < variants.MIN_INPUT_SIZE["mean_max"]:
         raise DPNError("--mean-max needs --size >= %d (a 7x7 final feature map), got %d"
                        % (variants.MIN_INPUT_SIZE["mean_max"], size))
-    return {"protocol": protocol, "size": size, "resize_short": resize_size(size, protocol),
-            "crop": size,
-            "interpolation": "bicubic (%s)" % ("OpenCV" if protocol == "authors" else "PIL"),
-            "resize": authors_resize_backend() if protocol == "authors" else "PIL Image.resize BICUBIC",
-            "mean_rgb": [124.0, 117.0, 104.0],
-            "scale": 0.0167, "mean_max": bool(mean_max)}
+    if protocol == "paddleclas":
+        deps.require("cv2", "--protocol paddleclas (PaddleClas resizes with OpenCV's bilinear)")
+    record = {"protocol": protocol, "size": size, "resize_short": resize_size(size, protocol),
+              "crop": size, "interpolation": _INTERPOLATION[protocol],
+              "resize": authors_resize_backend() if protocol == "authors" else _RESIZE[protocol],
+              "normalization": normalization}
+    if normalization == "authors":
+        record.update({"mean_rgb": list(variants.MEAN_RGB), "scale": variants.SCALE})
+    else:
+        norm = variants.NORMALIZATIONS[normalization]
+        record.update({"mean_rgb": [round(m * 255, 6) for m in norm.mean],
+                       "std_rgb": [round(s * 255, 6) for s in norm.std]})
+    record["mean_max"] = bool(mean_max)
+    return record
+
+
+_INTERPOLATION = {"authors": "bicubic (OpenCV)", "timm": "bicubic (PIL)",
+                  "paddleclas": "bilinear (OpenCV)"}
+_RESIZE = {"timm": "PIL Image.resize BICUBIC", "paddleclas": "OpenCV cv2.resize INTER_LINEAR"}
 
 
 def evaluate(runtime, dataset: Dataset, size: int, protocol: str = "authors",
@@ -61,7 +75,8 @@ def evaluate(runtime, dataset: Dataset, size: int, protocol: str = "authors",
     before the first image (a command's notes go there, so that a refusal stays one line).
     """
     from tqdm import tqdm
-    record = settings(size, protocol, mean_max)
+    normalization = getattr(runtime, "normalization", "authors")
+    record = settings(size, protocol, mean_max, normalization)
     if class_names is not None:
         labels.check_count(class_names, runtime.classes, class_names.source)
         dataset = dataset.relabel(list(class_names.names))
@@ -76,7 +91,8 @@ def evaluate(runtime, dataset: Dataset, size: int, protocol: str = "authors",
                desc="%s %s@%d" % (runtime.arch, protocol, size), dynamic_ncols=True)
     start = time.perf_counter()
     try:
-        for batch in iter_batches(dataset, size, protocol, batch_size, workers, strict):
+        for batch in iter_batches(dataset, size, protocol, batch_size, workers, strict,
+                                  normalization):
             if len(batch.labels):
                 metric.update(runtime(batch.data), batch.labels)
             skipped += batch.skipped
@@ -109,7 +125,9 @@ def predict(runtime, images: Sequence, size: int = 224, protocol: str = "authors
     """
     if names is None:
         names = labels.for_checkpoint(getattr(runtime, "labels", None), runtime.classes)
-    batch = np.stack([preprocess_image(img, size, protocol) for img in images])
+    normalization = getattr(runtime, "normalization", "authors")
+    batch = np.stack([preprocess_image(img, size, protocol, normalization=normalization)
+                      for img in images])
     return classify(runtime, [str(img) for img in images], batch, top, names)
 
 

@@ -158,7 +158,17 @@ def read_gluon(path: Path, parsed: Optional[Mapping] = None):
 
 # -- write -----------------------------------------------------------------------------------
 
+def _say_normalization_is_lost(weights, log) -> None:
+    # an NDArray file has no place for metadata: read back, it is taken for the authors'
+    if weights.normalization != "authors":
+        log("MXNet's files cannot record the input normalization: these %s weights expect the "
+            "%s one (pixel / 255 - %s) / %s, which a reader of this file will not know"
+            % (weights.weight_set, weights.normalization, list(weights.norm.mean),
+               list(weights.norm.std)))
+
+
 def write_gluon(weights, files: List[Path], tx, log, **_):
+    _say_normalization_is_lost(weights, log)
     out, = files
     with tx.file(out) as f, Progress(f, weights.nbytes, out.name) as bar:
         mxparams.write(bar, weights.renamed("gluon"))
@@ -166,6 +176,7 @@ def write_gluon(weights, files: List[Path], tx, log, **_):
 
 def write_mxnet(weights, files: List[Path], tx, log, graph: Optional[str] = None, **_):
     """The parameters, and ``graph`` (the ``-symbol.json`` text) where one could be built."""
+    _say_normalization_is_lost(weights, log)
     symbol_file, params_file = files
     with tx.file(params_file) as f, Progress(f, weights.nbytes, params_file.name) as bar:
         mxparams.write(bar, weights.renamed("mxnet"))
