@@ -10,7 +10,8 @@ session, apart from MXNet and torch).
   installed there (``pip install -e .[paddle]``); else :class:`Unavailable`.
 - ``PaddleClas(python, wheel)``: ``.checkpoint(arch, out, classes, seed)`` and
   ``.logits(arch, pdparams, pixels, out, classes, float64, taps)`` (see paddle_reference.py),
-  ``.close()``. A key mismatch raises :class:`Refused` with the reference's one line.
+  ``.submit_logits(...)`` (the same, returning a callable for the result, so that this
+  process computes its side meanwhile), ``.close()``, ``.peak_rss_mib``. A key mismatch raises :class:`Refused` with the reference's one line.
 - ``paddleclas_input(pixels)``: PaddleClas's DPN eval normalization of uint8 NHWC RGB
   pixels, written out from its configs (``NormalizeImage``: scale 1/255, ImageNet mean and
   std), not taken from dpn_gluon.
@@ -120,24 +121,35 @@ class PaddleClas:
 
     def __init__(self, python: str, wheel_path: Path, workdir: Path):
         self.stderr = open(workdir / "paddle_reference.stderr", "w+")
+        #: the paddle process's peak resident memory so far (MiB), from its last reply
+        self.peak_rss_mib = None
+        self._pending = None
         env = dict(os.environ, PYTHONPATH="")      # nothing of this checkout in paddle's process
         self.proc = subprocess.Popen(
             [python, str(SCRIPT), "--wheel", str(wheel_path), "serve"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env, cwd=str(workdir))
 
-    def _job(self, **job) -> dict:
+    def _submit(self, **job) -> None:
+        """Send a job; the paddle process works on it while this one goes on."""
+        if self._pending is not None:
+            raise RuntimeError("one paddle job at a time: wait for %s first" % self._pending)
         if self.proc.poll() is not None:
             raise RuntimeError("the paddle reference exited (%s): %s"
                                % (self.proc.returncode, self._stderr_tail()))
         self.proc.stdin.write(json.dumps(job) + "\n")
         self.proc.stdin.flush()
+        self._pending = job["mode"]
+
+    def _wait(self) -> dict:
+        mode, self._pending = self._pending, None
         ready, _, _ = select.select([self.proc.stdout], [], [], JOB_TIMEOUT_S)
         line = self.proc.stdout.readline() if ready else ""
         if not line:
             self.close()
             raise RuntimeError("the paddle reference gave no reply to %s: %s"
-                               % (job["mode"], self._stderr_tail()))
+                               % (mode, self._stderr_tail()))
         reply = json.loads(line)
+        self.peak_rss_mib = reply.get("peak_rss_mib", self.peak_rss_mib)
         if reply["ok"]:
             return reply
         if reply["exit"] == 3:
@@ -151,20 +163,31 @@ class PaddleClas:
         return " | ".join(lines[-3:])[-600:]
 
     def checkpoint(self, arch: str, out, classes: int = 1000, seed: int = 0) -> Path:
-        self._job(mode="checkpoint", arch=arch, out=str(out), classes=classes, seed=seed)
+        self._submit(mode="checkpoint", arch=arch, out=str(out), classes=classes, seed=seed)
+        self._wait()
         return Path(out)
+
+    def submit_logits(self, arch: str, pdparams, pixels: np.ndarray, out, classes: int = 1000,
+                      float64: bool = False, taps: bool = False):
+        """Start :meth:`logits`; call what it returns for the result (meanwhile this
+        process may compute its side)."""
+        out = Path(out)
+        npy = out.with_suffix(".pixels.npy")
+        np.save(npy, np.ascontiguousarray(pixels, np.float32))
+        self._submit(mode="logits", arch=arch, pdparams=str(pdparams), pixels=str(npy),
+                     out=str(out), classes=classes, float64=float64, taps=taps)
+
+        def result() -> dict:
+            self._wait()
+            with np.load(out) as z:
+                return {k: z[k] for k in z.files}
+        return result
 
     def logits(self, arch: str, pdparams, pixels: np.ndarray, out, classes: int = 1000,
                float64: bool = False, taps: bool = False) -> dict:
         """{'logits': array, 'tap:<layer>': array ...} of PaddleClas's model on ``pixels``
         (normalized NCHW, saved next to ``out``)."""
-        out = Path(out)
-        npy = out.with_suffix(".pixels.npy")
-        np.save(npy, np.ascontiguousarray(pixels, np.float32))
-        self._job(mode="logits", arch=arch, pdparams=str(pdparams), pixels=str(npy),
-                  out=str(out), classes=classes, float64=float64, taps=taps)
-        with np.load(out) as z:
-            return {k: z[k] for k in z.files}
+        return self.submit_logits(arch, pdparams, pixels, out, classes, float64, taps)()
 
     def close(self) -> None:
         if self.proc.poll() is None:

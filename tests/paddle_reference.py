@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import resource
 import sys
 import types
 import zipfile
@@ -74,11 +75,16 @@ def load_dpn_module(wheel: str):
 
 def build(dpn, arch: str, classes: int, dtype: str = "float32"):
     import paddle
-    paddle.set_default_dtype(dtype)
     # PaddleClas names every parameter (ParamAttr), and dygraph refuses a name twice per
     # name space: each model gets a fresh one, so one process builds many
+    # and every weight is replaced from a file or a seed: constant initial values, which
+    # cost nothing, in place of Paddle's random ones (seconds for the large DPNs)
+    init = paddle.nn.initializer.Constant(0.0)
+    paddle.nn.initializer.set_global_initializer(init, init)
     with paddle.utils.unique_name.guard():
         model = getattr(dpn, CONSTRUCTORS[arch])(class_num=classes)
+    if dtype != "float32":      # its BatchNorm(dtype="float32") ignores the default dtype
+        model.to(dtype=dtype)
     model.eval()
     return model
 
@@ -107,22 +113,22 @@ def seeded_state(model, seed: int):
             a = rng.normal(0.0, 0.1, shape)
         elif key.endswith("._mean"):
             a = rng.normal(0.0, 0.5, shape)
-        elif key.endswith("._variance"):
+        elif key.endswith("._variance"):              # after its gamma, in state-dict order
             a = rng.uniform(0.5, 2.0, shape)
+            small = rng.random(shape) < 0.125
+            var = 10.0 ** rng.uniform(-5.0, -3.0, shape)
+            a = np.where(small, var, a)
+            gamma = key[: -len("_variance")] + "weight"
+            out[gamma] = np.where(small, out[gamma] * np.sqrt(var + 1e-5),
+                                  out[gamma]).astype(np.float32)
         elif key.endswith(".weight"):
             a = rng.uniform(0.5, 1.5, shape)
         elif key.endswith(".bias"):
             a = rng.normal(0.0, 0.2, shape)
         else:
             raise Mismatch("an entry the seeding does not know: %s" % key)
-        out[key] = a
-    for key in [k for k in out if k.endswith("._variance")]:
-        small = rng.random(out[key].shape) < 0.125
-        var = 10.0 ** rng.uniform(-5.0, -3.0, out[key].shape)
-        out[key] = np.where(small, var, out[key])
-        gamma = key[: -len("_variance")] + "weight"
-        out[gamma] = np.where(small, out[gamma] * np.sqrt(var + 1e-5), out[gamma])
-    return {k: v.astype(np.float32) for k, v in out.items()}
+        out[key] = a.astype(np.float32)       # one float64 array at a time
+    return out
 
 
 def checkpoint(dpn, arch: str, out: str, classes: int = 1000, seed: int = 0) -> dict:
@@ -176,11 +182,11 @@ def logits(dpn, arch: str, pdparams: str, pixels: str, out: str, classes: int = 
     loaded.pop("StructuredToParameterName@@", None)
     check_keys(model, loaded)
     if float64:
-        loaded = {k: np.asarray(v, np.float64) for k, v in loaded.items()}
+        loaded = {k: np.asarray(loaded.pop(k), np.float64) for k in list(loaded)}
     model.set_state_dict(loaded)
-    got = {k: np.asarray(v.numpy()) for k, v in model.state_dict().items()}
-    if float64 and any(v.dtype != np.float64 for v in got.values()):
-        raise Mismatch("the float64 model holds a tensor of another dtype")
+    del loaded
+    if any(str(v.dtype) != "paddle." + dtype for v in model.state_dict().values()):
+        raise Mismatch("the %s model holds a tensor of another dtype" % dtype)
     tapped: dict = {}
     hooks = _tap_hooks(model, tapped) if taps else []
     with paddle.no_grad():
@@ -194,14 +200,37 @@ def logits(dpn, arch: str, pdparams: str, pixels: str, out: str, classes: int = 
 
 # -- command line ----------------------------------------------------------------------------
 
+def _reset_peak_rss() -> None:
+    try:      # Linux >= 4.0: "5" resets VmHWM, so each job reports its own peak
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mib() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0    # KiB on Linux
+
+
 def run_job(dpn, job: dict) -> dict:
+    """One job; its reply carries the peak resident memory of the process during it."""
     job = dict(job)
     mode = job.pop("mode")
+    gc.collect()
+    _reset_peak_rss()
     try:
         result = {"checkpoint": checkpoint, "logits": logits}[mode](dpn, **job)
+        peak = _peak_rss_mib()
     finally:
         gc.collect()
-    return dict(result, ok=True)
+    return dict(result, ok=True, peak_rss_mib=round(peak, 1))
 
 
 def serve(dpn) -> int:
