@@ -13,6 +13,7 @@ of the logits:
 - ``paddle32/paddle64``: Paddle's float32 CPU noise;
 - ``mxnet32/paddle64``, ``torch32/paddle64``: the other float32 runtimes' noise;
 - ``paddle32/mxnet32``, ``paddle32/torch32``: what the tests compare;
+- the worst tap of ``paddle32/torch32`` (the tests compare every tap too);
 - ``torch64/paddle64``: the conversion itself without float32 arithmetic (what remains is
   the float32 rounding of the refolded gammas, ~6e-8);
 - the paddle process's peak resident memory during the float32 and the float64 job.
@@ -34,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dpn_gluon import variants
+
 from . import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -42,7 +45,9 @@ import paddle_helpers  # noqa: E402  (tests/: the reference's client, shared wit
 ISSUE_TOL = 1e-5
 COLUMNS = ("paddle32/paddle64", "mxnet32/paddle64", "torch32/paddle64", "paddle32/mxnet32",
            "paddle32/torch32", "torch64/paddle64")
-FLOAT32 = COLUMNS[:5]
+#: the worst of every tap (stem, each block's sum and dense paths, final BN-ReLU, logits)
+TAPS = "taps paddle32/torch32"
+FLOAT32 = COLUMNS[:5] + (TAPS,)
 
 
 def rel(got, ref) -> float:
@@ -62,9 +67,20 @@ def ours(path: Path, x: np.ndarray) -> dict:
     mx32, = run_symbol(inference_symbol(w.arch.name, w.classes, w.classifier), w.tensors, data=x)
     net = from_canonical(w.tensors)
     with torch.no_grad():
-        t32 = net(torch.from_numpy(x)).numpy()
+        taps = {k: v.numpy() for k, v in net.taps(torch.from_numpy(x)).items()}
         t64 = net.double()(torch.from_numpy(x.astype(np.float64))).numpy()
-    return {"mxnet32": mx32, "torch32": t32, "torch64": t64}
+    return {"mxnet32": mx32, "torch32": taps["logits"], "torch64": t64, "taps": taps}
+
+
+def paddle_taps(arch, got: dict) -> dict:
+    """PaddleClas's layer outputs under our tap names (its blocks are dpn1..dpnN in graph
+    order, each [sum, dense])."""
+    out = {"pool1": got["tap:pool2d_max"], variants.FEATURES_TAP: got["tap:conv5_x_x_bn"],
+           "logits": got["logits"]}
+    for number, blk in enumerate(arch.blocks(), 1):
+        out[blk.name + "_sum"] = got["tap:dpn%d.sum" % number]
+        out[blk.name + "_cat"] = got["tap:dpn%d.dense" % number]
+    return out
 
 
 def measure(ref, arch: str, seed: int, size: int, batch: int, work: Path) -> dict:
@@ -73,7 +89,9 @@ def measure(ref, arch: str, seed: int, size: int, batch: int, work: Path) -> dic
                                                          dtype=np.uint8)
     x = paddle_helpers.paddleclas_input(pixels)
     start = time.perf_counter()
-    p32 = ref.logits(arch, pdparams, x, work / "p32.npz")["logits"]
+    p32_taps = paddle_taps(variants.ARCHS[arch],
+                           ref.logits(arch, pdparams, x, work / "p32.npz", taps=True))
+    p32 = p32_taps["logits"]
     peak32 = ref.peak_rss_mib
     p64 = ref.logits(arch, pdparams, x, work / "p64.npz", float64=True)["logits"]
     paddle_s = time.perf_counter() - start
@@ -82,6 +100,9 @@ def measure(ref, arch: str, seed: int, size: int, batch: int, work: Path) -> dic
     for col in COLUMNS:
         a, b = col.split("/")
         row[col] = rel(got[a], got[b])
+    tap, worst = max(((t, rel(got["taps"][t], v)) for t, v in p32_taps.items()),
+                     key=lambda tv: tv[1])
+    row["worst_tap"], row[TAPS] = tap, worst
     row["paddle_s"] = round(paddle_s, 2)
     row["paddle32_peak_rss_mib"], row["paddle64_peak_rss_mib"] = peak32, ref.peak_rss_mib
     return row
@@ -100,8 +121,9 @@ def main(argv=None):
         ref = paddle_helpers.start(Path(tmp))
         try:
             if not args.json:
-                print("| arch | seed | " + " | ".join(COLUMNS) + " | paddle peak RSS, float32 / float64 (MiB) |")
-                print("| --- " * (len(COLUMNS) + 3) + "|")
+                print("| arch | seed | " + " | ".join(COLUMNS) + " | worst " + TAPS
+                      + " | paddle peak RSS, float32 / float64 (MiB) |")
+                print("| --- " * (len(COLUMNS) + 4) + "|")
             worst = (0.0, "")
             for arch in args.arch:
                 for seed in args.seeds:
@@ -111,6 +133,7 @@ def main(argv=None):
                     print(json.dumps(row) if args.json else
                           "| %s | %d | " % (arch, seed)
                           + " | ".join("%.1e" % row[c] for c in COLUMNS)
+                          + " | %.1e (%s)" % (row[TAPS], row["worst_tap"])
                           + " | %.0f / %.0f |" % (row["paddle32_peak_rss_mib"],
                                                   row["paddle64_peak_rss_mib"]), flush=True)
         finally:

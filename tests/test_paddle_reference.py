@@ -127,10 +127,12 @@ def case(request, paddleclas, tmp_path_factory):
     ref = paddleclas.submit_logits(name, pdparams, paddleclas_input(px), folder / "ref.npz",
                                    taps=True)
     case = Case(variants.ARCHS[name], folder, pdparams, px, None)
-    for target, (out, needs) in CONVERSIONS.items():     # while PaddleClas runs
-        if needs is None or importlib.util.find_spec(needs) is not None:
-            case.converted(target, out)
-    case.ref = ref()
+    try:
+        for target, (out, needs) in CONVERSIONS.items():     # while PaddleClas runs
+            if needs is None or importlib.util.find_spec(needs) is not None:
+                case.converted(target, out)
+    finally:
+        case.ref = ref()
     yield case
     remove(folder)
 
