@@ -51,12 +51,10 @@ def load_dpn_module(wheel: str):
     with zipfile.ZipFile(wheel) as z:
         source = z.read(DPN_PATH).decode("utf-8")
     package = DPN_PATH[: -len("/dpn.py")].replace("/", ".")
-    root = package.split(".")
+    ppcls = ".".join(package.split(".")[:2])        # four levels up from model_zoo
     # ``from ....utils.save_load import load_dygraph_pretrain`` resolves to
     # paddleclas.ppcls.utils.save_load: stub it and its parents, nothing else
-    stub_names = [".".join(root[:i]) for i in (1, 2)] + [".".join(root[:2] + ["utils"]),
-                                                         ".".join(root[:2] + ["utils",
-                                                                              "save_load"])]
+    stub_names = ["paddleclas", ppcls, ppcls + ".utils", ppcls + ".utils.save_load"]
     for name in stub_names:
         mod = types.ModuleType(name)
         mod.__path__ = []
@@ -75,12 +73,12 @@ def load_dpn_module(wheel: str):
 
 def build(dpn, arch: str, classes: int, dtype: str = "float32"):
     import paddle
-    # PaddleClas names every parameter (ParamAttr), and dygraph refuses a name twice per
-    # name space: each model gets a fresh one, so one process builds many
-    # and every weight is replaced from a file or a seed: constant initial values, which
-    # cost nothing, in place of Paddle's random ones (seconds for the large DPNs)
+    # Every weight is replaced from a file or a seed: constant initial values, which cost
+    # nothing, in place of Paddle's random ones (seconds for the large DPNs).
     init = paddle.nn.initializer.Constant(0.0)
     paddle.nn.initializer.set_global_initializer(init, init)
+    # PaddleClas names every parameter (ParamAttr), and dygraph refuses a name twice in one
+    # name space: each model gets a fresh one, so that one process builds many.
     with paddle.utils.unique_name.guard():
         model = getattr(dpn, CONSTRUCTORS[arch])(class_num=classes)
     if dtype != "float32":      # its BatchNorm(dtype="float32") ignores the default dtype
@@ -167,8 +165,9 @@ def _tap_hooks(model, taps: dict):
 
     hooks = [model.pool2d_max.register_forward_post_hook(keep("pool2d_max", False)),
              model.conv5_x_x_bn.register_forward_post_hook(keep("conv5_x_x_bn", False))]
-    for name, layer in model.named_children():
-        if layer in model.dpn_func_list:
+    blocks = {id(layer) for layer in model.dpn_func_list}
+    for name, layer in model.named_children():          # dpn1 .. dpnN, as add_sublayer named them
+        if id(layer) in blocks:
             hooks.append(layer.register_forward_post_hook(keep(name, True)))
     return hooks
 
