@@ -16,7 +16,9 @@ of the logits:
 - the worst tap of ``paddle32/torch32`` (the tests compare every tap too);
 - ``torch64/paddle64``: the conversion itself without float32 arithmetic (what remains is
   the float32 rounding of the refolded gammas, ~6e-8);
-- the paddle process's peak resident memory during the float32 and the float64 job.
+- the paddle process's peak resident memory during the float32 and the float64 job;
+- ``unrefolded/paddle32``: PaddleClas on the file's tensors under the authors' epsilon
+  without the refold (what tests/test_paddle_reference.py shows failing).
 
     python -m benchmarks.paddle_noise [--arch dpn68 ...] [--seeds 0 1 2] [--size 64]
                                       [--batch 2] [--json]
@@ -48,6 +50,8 @@ COLUMNS = ("paddle32/paddle64", "mxnet32/paddle64", "torch32/paddle64", "paddle3
 #: the worst of every tap (stem, each block's sum and dense paths, final BN-ReLU, logits)
 TAPS = "taps paddle32/torch32"
 FLOAT32 = COLUMNS[:5] + (TAPS,)
+#: PaddleClas on the same file without the epsilon refold, against itself
+UNREFOLDED = "unrefolded/paddle32"
 
 
 def rel(got, ref) -> float:
@@ -105,7 +109,23 @@ def measure(ref, arch: str, seed: int, size: int, batch: int, work: Path) -> dic
     row["worst_tap"], row[TAPS] = tap, worst
     row["paddle_s"] = round(paddle_s, 2)
     row["paddle32_peak_rss_mib"], row["paddle64_peak_rss_mib"] = peak32, ref.peak_rss_mib
+    row[UNREFOLDED] = rel(ref.logits(arch, unrefolded(pdparams, work), x,
+                                     work / "u.npz")["logits"], p32)
     return row
+
+
+def unrefolded(pdparams: Path, work: Path) -> Path:
+    """The file's tensors under the authors' epsilon, handed to PaddleClas as they are: what a
+    converter that ignores the epsilon would write."""
+    from dpn_gluon.formats import paddle
+    from dpn_gluon.formats.canonical import read
+    w = read(pdparams, hash_source=False)
+    state = paddle.to_paddle(w.arch, w.classifier, paddle.refold_epsilon(
+        w.tensors, paddle.PADDLE_BN_EPS, variants.BN_EPS))      # undoes to_paddle's refold
+    out = work / "unrefolded.pdparams"
+    with open(out, "wb") as f:
+        paddle.write(f, state, paddle.structure_map(w.arch))
+    return out
 
 
 def main(argv=None):
@@ -122,8 +142,8 @@ def main(argv=None):
         try:
             if not args.json:
                 print("| arch | seed | " + " | ".join(COLUMNS) + " | worst " + TAPS
-                      + " | paddle peak RSS, float32 / float64 (MiB) |")
-                print("| --- " * (len(COLUMNS) + 4) + "|")
+                      + " | paddle peak RSS, float32 / float64 (MiB) | " + UNREFOLDED + " |")
+                print("| --- " * (len(COLUMNS) + 5) + "|")
             worst = (0.0, "")
             for arch in args.arch:
                 for seed in args.seeds:
@@ -134,8 +154,9 @@ def main(argv=None):
                           "| %s | %d | " % (arch, seed)
                           + " | ".join("%.1e" % row[c] for c in COLUMNS)
                           + " | %.1e (%s)" % (row[TAPS], row["worst_tap"])
-                          + " | %.0f / %.0f |" % (row["paddle32_peak_rss_mib"],
-                                                  row["paddle64_peak_rss_mib"]), flush=True)
+                          + " | %.0f / %.0f" % (row["paddle32_peak_rss_mib"],
+                                                row["paddle64_peak_rss_mib"])
+                          + " | %.2g |" % row[UNREFOLDED], flush=True)
         finally:
             ref.close()
     tol = ISSUE_TOL if worst[0] <= ISSUE_TOL / 3 else 3 * worst[0]
