@@ -199,6 +199,22 @@ def test_pdparams_timm_pdparams_loads_back_into_paddleclas(case, paddleclas):
     got = paddleclas.logits(case.arch.name, back, paddleclas_input(case.pixels),
                             case.folder / "back.npz")
     assert rel(got["logits"], case.ref["logits"]) <= TOL
+    # what paddle.save wrote and what came back, both this test's own files (trusted)
+    with open(case.pdparams, "rb") as f:
+        first = pickle.load(f)
+    with open(back, "rb") as f:
+        again = pickle.load(f)
+    assert list(again) == list(first)            # PaddleClas's state-dict order, name map too
+    assert again[paddle.STRUCTURE_KEY] == first[paddle.STRUCTURE_KEY]
+    for key, value in first.items():
+        if key == paddle.STRUCTURE_KEY:
+            continue
+        assert again[key].dtype == value.dtype and again[key].shape == value.shape, key
+        if key.endswith("batch_norm.weight") or key == "conv5_x_x_bn.weight":
+            # the gammas went through the epsilon refold and back: float32 rounding only
+            np.testing.assert_allclose(again[key], value, rtol=2.0 ** -22, atol=0, err_msg=key)
+        else:
+            np.testing.assert_array_equal(again[key], value, err_msg=key)
 
 
 def test_without_the_refold_paddleclas_differs(case, paddleclas):
