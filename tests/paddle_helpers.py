@@ -124,6 +124,8 @@ class PaddleClas:
         #: the paddle process's peak resident memory so far (MiB), from its last reply
         self.peak_rss_mib = None
         self._pending = None
+        #: the reference's last reply (JSON), e.g. ``in_state_dict_order`` of a logits job
+        self.last_reply = None
         env = dict(os.environ, PYTHONPATH="")      # nothing of this checkout in paddle's process
         self.proc = subprocess.Popen(
             [python, str(SCRIPT), "--wheel", str(wheel_path), "serve"], stdin=subprocess.PIPE,
@@ -150,6 +152,7 @@ class PaddleClas:
                                % (mode, self._stderr_tail()))
         reply = json.loads(line)
         self.peak_rss_mib = reply.get("peak_rss_mib", self.peak_rss_mib)
+        self.last_reply = reply
         if reply["ok"]:
             return reply
         if reply["exit"] == 3:

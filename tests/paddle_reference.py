@@ -15,8 +15,8 @@ Modes (each also a job of ``serve``):
   written by ``paddle.save(model.state_dict(), OUT)``.
 - ``logits ARCH PDPARAMS PIXELS.npy OUT.npz --classes N [--float64] [--taps]``:
   ``model.set_state_dict(paddle.load(PDPARAMS))`` after checking that the file's keys and
-  shapes are exactly the model's (else one line, exit 3); then the logits of the
-  already-normalized NCHW pixels, and with ``--taps`` every block's outputs (PaddleClas's
+  shapes are exactly the model's (else one line, exit 3; the reply also says whether they
+  come in the model's state-dict order); then the logits of the already-normalized NCHW pixels, and with ``--taps`` every block's outputs (PaddleClas's
   layer names: ``pool2d_max``, ``dpnN.sum``, ``dpnN.dense``, ``conv5_x_x_bn``).
 - ``serve``: one JSON job per line on stdin (``{"mode": ..., the options by name}``), one
   JSON reply per line on stdout (``{"ok": true, ...}`` or ``{"ok": false, "exit": 3,
@@ -180,6 +180,7 @@ def logits(dpn, arch: str, pdparams: str, pixels: str, out: str, classes: int = 
     loaded = paddle.load(pdparams)
     loaded.pop("StructuredToParameterName@@", None)
     check_keys(model, loaded)
+    in_order = list(loaded) == list(model.state_dict())      # as paddle.save would write it
     if float64:
         loaded = {k: np.asarray(loaded.pop(k), np.float64) for k in list(loaded)}
     model.set_state_dict(loaded)
@@ -194,7 +195,8 @@ def logits(dpn, arch: str, pdparams: str, pixels: str, out: str, classes: int = 
     for h in hooks:
         h.remove()
     np.savez(out, logits=y, **{"tap:" + k: v for k, v in tapped.items()})
-    return {"path": out, "shape": list(y.shape), "dtype": str(y.dtype)}
+    return {"path": out, "shape": list(y.shape), "dtype": str(y.dtype),
+            "in_state_dict_order": in_order}
 
 
 # -- command line ----------------------------------------------------------------------------

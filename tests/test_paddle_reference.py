@@ -273,6 +273,7 @@ def test_authors_checkpoint_to_paddle_gives_the_authors_logits(checkpoint, seede
     want, = run_symbol(inference_symbol(ckpt.arch, ckpt.classes, ckpt.classifier),
                        read(src).tensors, data=x)
     got = paddle_logits()
+    assert paddleclas.last_reply["in_state_dict_order"]     # as paddle.save writes it
     assert got["logits"].shape == (BATCH, ckpt.classes)
     assert rel(got["logits"], want) <= TOL
     remove(out)
