@@ -120,6 +120,7 @@ class PaddleClas:
     """tests/paddle_reference.py serving jobs in one paddle process."""
 
     def __init__(self, python: str, wheel_path: Path, workdir: Path):
+        self.python, self.wheel = python, wheel_path
         self.stderr = open(workdir / "paddle_reference.stderr", "w+")
         #: the paddle process's peak resident memory so far (MiB), from its last reply
         self.peak_rss_mib = None

@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import pickle
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -37,6 +38,7 @@ from helpers import rel
 from paddle_helpers import (
     PADDLECLAS_MEAN,
     PADDLECLAS_STD,
+    SCRIPT,
     Refused,
     normalized,
     paddleclas_input,
@@ -252,6 +254,16 @@ def test_the_reference_refuses_a_file_that_is_not_its_state_dict(paddleclas, tmp
         with pytest.raises(Refused, match="1 %s" % ("missing" if change == "drop"
                                                      else "unexpected")):
             paddleclas.logits("dpn68", path, x, tmp_path / "x.npz", classes=10)
+    # the same as a command: exit 3, the reason as its last line (paddle warns above it)
+    np.save(tmp_path / "x.npy", x)
+    done = subprocess.run([paddleclas.python, str(SCRIPT), "--wheel", str(paddleclas.wheel),
+                           "logits", "dpn68", str(tmp_path / "drop.pdparams"),
+                           str(tmp_path / "x.npy"), str(tmp_path / "cli.npz"), "--classes", "10"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "paddle_reference: the file is not PaddleClas's state dict: 1 missing")
+    assert not (tmp_path / "cli.npz").exists()
 
 
 @pytest.mark.parametrize("checkpoint", list(variants.CHECKPOINTS))
