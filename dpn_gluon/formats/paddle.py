@@ -57,20 +57,23 @@ _UNITS = ((variants.PROJ_S1, "c1x1_w_func", "match"), (variants.PROJ_S2, "c1x1_w
 
 # -- names ---------------------------------------------------------------------------------
 
-def _unit_names(structured: str, param: str, canonical_bn: str, canonical_conv: str):
-    """(canonical, structured, parameter name) of one BN + conv unit."""
-    for leaf, s_leaf, p_leaf in _BN_LEAVES:
-        yield canonical_bn + leaf, "%s._batch_norm.%s" % (structured, s_leaf), \
-            "%s_%s" % (param, p_leaf)
-    yield canonical_conv, structured + "._conv.weight", param + "_weights"
+def _unit_names(structured: str, param: str, canonical_bn: str, canonical_conv: str,
+                conv_first: bool = False):
+    """(canonical, structured, parameter name) of one BN + conv unit, in the order its layer
+    creates them: PaddleClas's stem (ConvBNLayer) makes its conv first, every block unit
+    (BNACConvLayer) its BN first."""
+    bn = [(canonical_bn + leaf, "%s._batch_norm.%s" % (structured, s_leaf),
+           "%s_%s" % (param, p_leaf)) for leaf, s_leaf, p_leaf in _BN_LEAVES]
+    conv = (canonical_conv, structured + "._conv.weight", param + "_weights")
+    return [conv] + bn if conv_first else bn + [conv]
 
 
 def name_table(arch: variants.Arch, classifier: str = "fc6") -> List[Tuple[str, str, str]]:
     """(canonical name, structured name, parameter name) of every tensor, in PaddleClas's
     state-dict order. For a "b" architecture the ``c1x1-c`` conv row stands for the
     concatenation of ``c1x1-c1`` and ``c1x1-c2``."""
-    rows = list(_unit_names("conv1_x_1_func", "conv1", variants.STEM + "__relu-sp__bn_",
-                            variants.STEM + "__conv_weight"))
+    rows = _unit_names("conv1_x_1_func", "conv1", variants.STEM + "__relu-sp__bn_",
+                       variants.STEM + "__conv_weight", conv_first=True)
     for number, blk in enumerate(arch.blocks(), 1):
         for unit, structured, param in _UNITS:
             if unit in (variants.PROJ_S1, variants.PROJ_S2) and unit != blk.proj_unit:
