@@ -124,7 +124,7 @@ def unrefolded(pdparams: Path, work: Path) -> Path:
         w.tensors, paddle.PADDLE_BN_EPS, variants.BN_EPS))      # undoes to_paddle's refold
     out = work / "unrefolded.pdparams"
     with open(out, "wb") as f:
-        paddle.write(f, state, paddle.structure_map(w.arch))
+        paddle.dump_state(f, state, paddle.structure_map(w.arch))
     return out
 
 

@@ -228,7 +228,7 @@ def test_without_the_refold_paddleclas_differs(case, paddleclas):
                                                       variants.BN_EPS))
     path = case.folder / "unfolded.pdparams"
     with open(path, "wb") as f:
-        paddle.write(f, unfolded, paddle.structure_map(w.arch))
+        paddle.dump_state(f, unfolded, paddle.structure_map(w.arch))
     got = paddleclas.logits(case.arch.name, path, paddleclas_input(case.pixels),
                             case.folder / "unfolded.npz")
     assert rel(got["logits"], case.ref["logits"]) > 1000 * TOL
