@@ -32,7 +32,7 @@ import click
 
 from .. import variants
 from ..cliutil import Number, OneLineGroup, labels_option, quiet_stderr, version_option
-from ..errors import CheckpointError, DPNError
+from ..errors import DPNError
 from ..onnx_graph import DEFAULT_OPSET, OPSETS
 from ..safeio.outputs import TARGETS
 from .parity import DEVICES, DTYPES, MX_DEVICES, RUNTIMES
@@ -241,16 +241,12 @@ def check_command(reference, candidate, runtime, device, mx_device, dtype, size,
     from ..safeio.outputs import report_plan
     from .parity import OnnxModel, layer_parity, read_onnx
     plan = report_plan(report, _inputs(reference, candidate), force) if report else None
+    from ..formats import registry
     ref = read(reference, hash_source=False)
-    try:
-        cand = read(candidate, hash_source=False)
-    except CheckpointError as e:
-        if not candidate.is_file():
-            raise
-        try:
-            cand = read_onnx(candidate)
-        except DPNError:
-            raise e from None
+    source = registry.detect(registry.resolve(candidate))
+    # an ONNX candidate runs as written (its dtype, its head), not as weights in torch
+    cand = read_onnx(candidate) if source.format == "onnx" else \
+        read(candidate, hash_source=False)
     for w, role in ((ref, "reference"), (cand, "candidate")):
         if isinstance(w, OnnxModel):
             _log("%s: %s, onnx, %s, %d classes, %s head"

@@ -90,6 +90,8 @@ def _write_onnx(weights: Weights, files: List[Path], tx: Transaction,
     # built in memory, then written through this command's transaction like every output
     data = onnx_bytes(weights.tensors, weights.arch.name, weights.classes, weights.classifier,
                       mean_max=mean_max, opset=DEFAULT_OPSET if opset is None else opset,
-                      fp16=fp16, labels=weights.labels, normalization=weights.normalization)
+                      fp16=fp16, labels=weights.labels, normalization=weights.normalization,
+                      metadata=None if weights.weight_set == "authors" else
+                      {"weight_set": weights.weight_set})
     with tx.file(out) as f:
         f.write(data)

@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 from ..errors import CheckpointError
-from . import mxnet, paddle, pytorch, safetensors, timm
+from . import mxnet, onnx_weights, paddle, pytorch, safetensors, timm
 from .base import PathLike, check_tensors, open_file, peek, require_file
 
 
@@ -33,7 +33,8 @@ class Format:
     #: file suffixes that say a file is this format (refused as a name for any other target)
     suffixes: Tuple[str, ...]
     read: Callable
-    write: Callable
+    #: None: read only (written above the formats, as ONNX is by the exporter)
+    write: Optional[Callable]
     #: the files an output at ``out`` consists of
     files: Callable[[Path], List[Path]] = lambda out: [out]
     folder: bool = False
@@ -49,8 +50,11 @@ FORMATS: "OrderedDict[str, Format]" = OrderedDict((f.name, f) for f in [
     Format("timm", "", (), timm.read, timm.write, folder=True),
     Format("paddle", paddle.SUFFIX, paddle.SUFFIXES, paddle.read, paddle.write,
            paddle.output_files),
+    Format("onnx", onnx_weights.SUFFIX, onnx_weights.SUFFIXES, onnx_weights.read, None),
 ])
+#: Formats dpn-convert reads (every one) and writes itself (the exports are added above).
 NAMES = tuple(FORMATS)
+WRITABLE = tuple(name for name, f in FORMATS.items() if f.write is not None)
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,8 @@ def detect(path: PathLike) -> Source:
         return Source(path, mxnet.layout(parsed), parsed)
     if pytorch.is_torch(head):
         return Source(path, "torch")
+    if onnx_weights.is_ours(head):
+        return Source(path, "onnx")
     if paddle.is_pdparams(head):
         return Source(path, "paddle")
     if safetensors.looks_broken(head):
@@ -105,7 +111,8 @@ def detect(path: PathLike) -> Source:
         raise CheckpointError("%s: an MXNet symbol file; pass PREFIX-0000.params (or PREFIX "
                               "with --epoch)" % path)
     raise CheckpointError("%s: not a checkpoint dpn-convert reads (neither MXNet .params, "
-                          "PyTorch, safetensors, PaddlePaddle nor a timm folder)" % path)
+                          "PyTorch, safetensors, PaddlePaddle, dpn-convert's ONNX nor a timm "
+                          "folder)" % path)
 
 
 def read_raw(source: Source) -> Tuple["OrderedDict[str, np.ndarray]", Dict[str, str]]:
@@ -126,7 +133,7 @@ def read_file(path: PathLike) -> Tuple["OrderedDict[str, np.ndarray]", Dict[str,
 
 
 #: The default suffix of each format as an output (timm is a folder, mxnet a prefix).
-SUFFIX = {name: f.suffix for name, f in FORMATS.items()}
+SUFFIX = {name: f.suffix for name, f in FORMATS.items() if f.write is not None}
 #: Suffixes that say which format a file is; ``.params`` is Gluon's (mxnet takes it as its
 #: prefix's).
 KNOWN_SUFFIXES = {s: name for name, f in FORMATS.items() for s in f.suffixes}

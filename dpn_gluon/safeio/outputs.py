@@ -35,7 +35,7 @@ TIMM_FILES, TIMM_WRITTEN = timm.FILES, timm.WRITTEN
 #: Targets that are not checkpoint formats: model exports, built above the formats.
 EXPORTS = {"onnx": ".onnx"}
 #: Every target dpn-convert writes.
-TARGETS = registry.NAMES + tuple(EXPORTS)
+TARGETS = registry.WRITABLE + tuple(EXPORTS)
 #: The default suffix of each target (timm is a folder, mxnet a prefix).
 SUFFIX = {**registry.SUFFIX, **EXPORTS}
 #: Suffixes of reports (``--report``).
