@@ -501,3 +501,54 @@ def test_temporaries_are_only_this_runs(tmp_path):
     assert run.temporaries() == sorted(temps[n] for n in ours)
     assert run.temporaries([pid]) == run.temporaries()
     assert run.temporaries([pid + 1]) == []                  # another process's: never touched
+
+
+def test_the_temp_rule_is_atomics_own(tmp_path):
+    """Names the real writer makes (a file's temp and the set-aside ``.old`` of a replaced
+    file) are what the one rule, and so the run, recognises."""
+    from dpn_gluon.safeio.atomic import Transaction, temp_owner, temp_prefix
+    from dpn_gluon.train.checkpoints import Run
+    (tmp_path / "w-train.json").write_text("{}")
+    with Transaction() as tx:
+        with tx.file(tmp_path / "w-train.json") as f:
+            f.write(b"[]")
+        staged = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+        tx.commit()
+        aside = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert len(staged) == 1 and staged[0].startswith(temp_prefix("w-train.json"))
+    assert len(aside) == 1 and aside[0].endswith(".old")
+    for name in staged + aside:
+        assert temp_owner(name) == ("w-train.json", os.getpid())
+        assert Run(tmp_path / "w").owns(temp_owner(name)[0])
+
+
+def test_the_launcher_removes_its_killed_workers_temporaries(tmp_path):
+    """Workers killed (SIGKILL) in the middle of writing the run's files: once the launcher
+    has ended every role, their temporaries are gone, and nothing else is touched."""
+    pytest.importorskip("mxnet")
+    from dpn_gluon.train.launch import launch
+    ours = ["w-0002.params", "w-0002.states", "w-train.json"]
+    others = ["w-notes.txt", "x-0001.params"]
+    code = ("import os, signal, sys\n"
+            "from dpn_gluon.safeio.atomic import Transaction\n"
+            "t = Transaction(); t.__enter__()\n"
+            "held = [t.file(os.path.join(sys.argv[1], n)) for n in sys.argv[2:]]\n"
+            "for f in held: f.__enter__().write(b'x')\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    (tmp_path / "w-0001.params").write_bytes(b"kept")
+    env = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + env if env else "")
+    try:
+        status = launch([str(tmp_path)] + ours + others, 2, tmp_path / "w",
+                        worker_command=[sys.executable, "-c", code])
+    finally:
+        os.environ.pop("PYTHONPATH") if env is None else os.environ.__setitem__("PYTHONPATH",
+                                                                                env)
+    assert status == 128 + signal.SIGKILL
+    left = sorted(p.name for p in tmp_path.iterdir())
+    from dpn_gluon.safeio.atomic import temp_owner
+    # the workers' temps of the run's files are gone; theirs of other files are left to
+    # the next transaction's sweep in that folder (a later worker may have swept an
+    # earlier one's already)
+    assert {temp_owner(n)[0] for n in left if temp_owner(n)} == set(others)
+    assert (tmp_path / "w-0001.params").read_bytes() == b"kept"

@@ -25,7 +25,7 @@ from ..checkpoint import PARAMS_SUFFIX, SYMBOL_SUFFIX, write_checkpoint
 from ..errors import DPNError
 from ..files import read_bounded
 from ..formats import mxparams
-from ..safeio.atomic import atomic_write, temp_owner
+from ..safeio.atomic import atomic_write, sweep, temp_owner
 from ..safeio.outputs import mxnet_prefix
 
 STATES_SUFFIX = "-%04d.states"
@@ -108,21 +108,31 @@ class Run:
             found.append(self.log)
         return sorted(found)
 
+    def owns(self, name: str) -> bool:
+        """Whether ``name`` (a file name in the prefix's folder) is one of this run's files."""
+        stem = self.prefix.name
+        return name == self.log.name or (
+            name.startswith(stem) and bool(_OURS.fullmatch(name[len(stem):])))
+
+    def _mine(self, writers: Optional[Iterable[int]]):
+        writers = None if writers is None else set(writers)
+        return lambda target, pid: self.owns(target) and (writers is None or pid in writers)
+
     def temporaries(self, writers: Optional[Iterable[int]] = None) -> List[Path]:
         """Temporary files :mod:`dpn_gluon.safeio.atomic` left for this run's outputs (named by
         its one rule, :func:`~dpn_gluon.safeio.atomic.temp_owner`; only a killed writer leaves
         them), those of the processes ``writers`` only when given."""
-        folder, stem = self.prefix.parent, self.prefix.name
+        folder = self.prefix.parent
         if not folder.is_dir():
             return []
-        writers = None if writers is None else set(writers)
-        found = []
-        for p in folder.iterdir():
-            owner = temp_owner(p.name)
-            if owner and owner[0].startswith(stem) and _OURS.fullmatch(owner[0][len(stem):]) \
-                    and (writers is None or owner[1] in writers):
-                found.append(p)
-        return sorted(found)
+        mine = self._mine(writers)
+        return sorted(p for p in folder.iterdir()
+                      for owner in [temp_owner(p.name)] if owner and mine(*owner))
+
+    def remove_temporaries(self, writers: Iterable[int]) -> List[str]:
+        """Remove what the (ended) processes ``writers`` left of this run's outputs, by
+        :func:`~dpn_gluon.safeio.atomic.sweep` (so only dead writers' and unlocked files)."""
+        return sweep(self.prefix.parent, self._mine(writers))
 
     def read_record(self) -> Optional[dict]:
         """The run record, or None when there is none."""

@@ -11,7 +11,6 @@ the same roles by hand, by ssh or MPI (docs/train.md).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -19,7 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 #: Seconds the workers get to stop after SIGTERM before they are killed.
 GRACE_S = 10.0
@@ -40,12 +39,14 @@ def role_env(role: str, workers: int, port: int, servers: int = 1) -> dict:
     return env
 
 
-def launch(worker_argv: List[str], workers: int, out: Path) -> int:
+def launch(worker_argv: List[str], workers: int, out: Path,
+           worker_command: Optional[List[str]] = None) -> int:
     """Run the job; returns the exit status (the first failing worker's, else 0).
 
     ``out`` is the run's ``--out PREFIX``: a worker killed while writing leaves a temporary
     file for one of the run's outputs there, which is removed once every process has ended
-    (those of this run's workers only: the pid in the name says whose it is)."""
+    (those of this run's workers only: the pid in the name says whose it is).
+    ``worker_command`` replaces ``dpn-train`` as the workers' program (tests)."""
     port = free_port()
     service = [sys.executable, "-c", "import mxnet"]
     procs, pool = [], []
@@ -61,7 +62,7 @@ def launch(worker_argv: List[str], workers: int, out: Path) -> int:
     try:
         procs.append(subprocess.Popen(service, env=role_env("scheduler", workers, port)))
         procs.append(subprocess.Popen(service, env=role_env("server", workers, port)))
-        cmd = [sys.executable, "-m", "dpn_gluon.train.cli"] + worker_argv
+        cmd = (worker_command or [sys.executable, "-m", "dpn_gluon.train.cli"]) + worker_argv
         for _ in range(workers):
             pool.append(subprocess.Popen(cmd, env=role_env("worker", workers, port)))
         procs.extend(pool)
@@ -94,9 +95,7 @@ def launch(worker_argv: List[str], workers: int, out: Path) -> int:
 
 def _remove_temporaries(out: Path, writers: List[int]) -> None:
     from .checkpoints import Run
-    for tmp in Run(out).temporaries(writers):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    Run(out).remove_temporaries(writers)
 
 
 def _wait(procs, timeout: float) -> None:
