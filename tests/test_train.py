@@ -287,7 +287,14 @@ def test_kvstore_misuse_is_one_line(data, seeded, tmp_path):
 
 @pytest.mark.parametrize("flag,value", [("--lr", "1e308"), ("--lr", "nan"), ("--lr", "-1"),
                                         ("--wd", "inf"), ("--momentum", "nan"),
-                                        ("--warmup-epochs", "inf")])
+                                        ("--warmup-epochs", "inf"), ("--warmup-epochs", "1e300"),
+                                        ("--size", "100000"), ("--batch-size", "1e9"),
+                                        ("--batch-size", "1000000000"), ("--epochs", "10**9"),
+                                        ("--epochs", "1000000000"), ("--seed", "-1"),
+                                        ("--seed", "99999999999"), ("--threads", "100000"),
+                                        ("--workers", "100000"), ("--max-steps", "0"),
+                                        ("--momentum", "1.5"), ("--wd", "-0.1"),
+                                        ("--lr", "1e-400x")])
 def test_numbers_out_of_range_are_one_line(data, seeded, tmp_path, flag, value):
     line = refused(["--from", seeded, "--data", data[0], flag, value], tmp_path)
     assert flag in line
@@ -325,9 +332,47 @@ RESUME_FAULTS = {
     "nan": ("r-0001.states", lambda p: _edit_states(p, lambda s: s[_first(s)].fill(np.nan)),
             "NaN or Inf"),
     "unknown": ("r-0001.states", lambda p: _edit_states(p, lambda s: s.__setitem__(
-        "mom:no_such_weight", np.zeros(3, np.float32))), "names no weight"),
+        "mom:no_such_weight", np.zeros(3, np.float32))), "names no trained weight"),
+    "aux state": ("r-0001.states", lambda p: _edit_states(p, lambda s: s.__setitem__(
+        "mom:conv1_x_1__relu-sp__bn_moving_mean", np.zeros(64, np.float32))),
+        "names no trained weight"),
     "no params": ("r-0001.params", lambda p: p.unlink(), "r-0001.params: no such checkpoint file"),
+    "missing state": ("r-0001.states", lambda p: _edit_states(p, lambda s: s.pop(_first(s))),
+                      "no state for"),
+    "params dtype": ("r-0001.params", lambda p: _edit_params(p, lambda k, v: v.astype(
+        np.float64) if v.ndim == 4 else v), "not float32"),
+    "params int": ("r-0001.params", lambda p: _edit_params(p, lambda k, v: v.astype(
+        np.int32) if v.ndim == 4 else v), "r-0001.params"),
+    "params shape": ("r-0001.params", lambda p: _edit_params(p, lambda k, v: v[:1]
+                                                             if v.ndim == 4 else v), "r-0001"),
+    "params nan": ("r-0001.params", lambda p: _edit_params(p, lambda k, v: v * np.nan
+                                                           if v.ndim == 4 else v), "NaN or Inf"),
+    "other network": ("r-0001.params", lambda p: write_seeded_checkpoint(
+        p.parent / "x", "dpn92", seed=1) and os.replace(p.parent / "x-0000.params", p),
+        "not the run's network"),
+    "symbol edited": ("r-symbol.json", lambda p: p.write_text("{}"), "r-symbol.json"),
+    "states list": ("r-0001.states", lambda p: p.write_bytes(mxparams.dumps(
+        [np.zeros(3, np.float32)])), "r-0001.states"),
 }
+#: Every file of a run folder damaged in the ways any input can be: each is one line.
+for _name in ("r-train.json", "r-0001.params", "r-0001.states", "r-symbol.json"):
+    RESUME_FAULTS["truncated " + _name] = (
+        _name, lambda p: p.write_bytes(p.read_bytes()[:len(p.read_bytes()) // 2]), _name)
+    RESUME_FAULTS["empty " + _name] = (_name, lambda p: p.write_bytes(b""), _name)
+for _name in ("r-train.json", "r-0001.params", "r-0001.states", "r-symbol.json", "r.log",
+              "r-curves.png"):
+    RESUME_FAULTS["fifo " + _name] = (_name, lambda p: (p.unlink(), os.mkfifo(p)), _name)
+    RESUME_FAULTS["symlink " + _name] = (_name, lambda p: (
+        os.replace(p, p.parent.parent / (p.name + ".real")),
+        p.symlink_to(p.parent.parent / (p.name + ".real"))), _name)
+RESUME_FAULTS["nested states"] = ("r-train.json", lambda p: p.write_text(
+    '{"epoch": 1, "recipe": ' + "[" * 50000 + "]" * 50000 + "}"), "r-train.json")
+
+
+def _edit_params(path: Path, edit):
+    mx = pytest.importorskip("mxnet")             # MXNet's own reader and writer
+    arrays = {k: edit(k, v.asnumpy()) for k, v in mx.nd.load(str(path)).items()}
+    mx.nd.save(str(path), {k: mx.nd.array(v, dtype=v.dtype) for k, v in arrays.items()})
 
 
 @pytest.mark.parametrize("fault", sorted(RESUME_FAULTS))
@@ -338,13 +383,13 @@ def test_resume_from_damaged_files_is_one_line(one_epoch, tmp_path, fault):
     shutil.copytree(folder, run)
     name, damage, why = RESUME_FAULTS[fault]
     damage(run / name)
-    before = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in run.iterdir())
+    before = sorted((p.name, p.lstat().st_size, p.lstat().st_mtime_ns) for p in run.iterdir())
     res = run_cli(args + ["--out", run / "r"])
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1, res.stderr
     assert lines[0].startswith("dpn-train: error: ") and why in lines[0], lines[0]
     assert "looked for" not in lines[0]
-    assert sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
+    assert sorted((p.name, p.lstat().st_size, p.lstat().st_mtime_ns)
                   for p in run.iterdir()) == before        # nothing written, nothing removed
 
 

@@ -39,11 +39,15 @@ PROG = "dpn-train"
 @click.option("--val-data", type=click.Path(path_type=Path),
               help="Evaluated after each epoch under the authors' test protocol.")
 @click.option("--val-mean-max", is_flag=True, help="Validate with the authors' mean-max head.")
-@click.option("--size", type=int, default=recipe.DEFAULT_SIZE, show_default=True,
+# Upper bounds on counts: what one machine's training can use, so that a typo is one line
+# instead of a MemoryError, a million processes or an overflow inside MXNet.
+@click.option("--size", type=click.IntRange(max=recipe.MAX_SIZE), default=recipe.DEFAULT_SIZE,
+              show_default=True,
               help="Training crop size (bicubic resize of the random crop).")
-@click.option("--epochs", type=click.IntRange(min=1), default=recipe.DEFAULT_EPOCHS,
+@click.option("--epochs", type=click.IntRange(1, recipe.MAX_EPOCHS), default=recipe.DEFAULT_EPOCHS,
               show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=recipe.DEFAULT_BATCH,
+@click.option("--batch-size", type=click.IntRange(1, recipe.MAX_BATCH),
+              default=recipe.DEFAULT_BATCH,
               show_default=True, help="Global batch: over all devices and workers.")
 # Upper bounds: a rate of 10 (30x the authors' largest) or a decay of 1 already destroys the
 # weights in one step; larger ones only overflow inside MXNet's optimizer.
@@ -56,19 +60,21 @@ PROG = "dpn-train"
               show_default=True)
 @click.option("--lr-schedule", type=click.Choice(recipe.SCHEDULES), default="cosine",
               show_default=True, help="step: /10 at 1/3, 2/3 and 8/9 of training.")
-@click.option("--warmup-epochs", type=Number(min=0.0), default=0.0, show_default=True)
+@click.option("--warmup-epochs", type=Number(0.0, float(recipe.MAX_EPOCHS)), default=0.0,
+              show_default=True)
 @click.option("--freeze-bn", is_flag=True, help="Keep BatchNorm statistics fixed (small batches).")
 @click.option("--devices", default="cpu", show_default=True, help="cpu, cpu:0,1 or gpu:0,1,...")
 @click.option("--kvstore", type=click.Choice(KVSTORES), default=None,
               help="[default: device; dist_sync with --workers]")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
+@click.option("--workers", type=click.IntRange(1, recipe.MAX_PROCESSES), default=None,
               help="Start a scheduler, a server and N workers on this machine (dist kvstore).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), metavar="PREFIX",
               help="Writes PREFIX-symbol.json, PREFIX-%04d.params/.states, PREFIX-train.json, "
                    "PREFIX.log, PREFIX-curves.png.")
 @click.option("--resume", is_flag=True, help="Continue the run at PREFIX from its last epoch.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=click.IntRange(min=0), default=4, show_default=True,
+@click.option("--seed", type=click.IntRange(0, 2 ** 31 - 1), default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(0, recipe.MAX_PROCESSES), default=4,
+              show_default=True,
               help="Image decoding processes (0: in the training process).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON summary record on stdout.")
 @click.option("--quiet", "-q", is_flag=True,
@@ -76,7 +82,7 @@ PROG = "dpn-train"
                    "goes to stdout).")
 @click.option("--no-augment", is_flag=True, hidden=True,
               help="Centre crops instead of the recipe (tests: exact gradients).")
-@click.option("--max-steps", type=click.IntRange(min=1), hidden=True,
+@click.option("--max-steps", type=click.IntRange(1, 2 ** 31 - 1), hidden=True,
               help="At most this many steps per epoch (tests, quick checks).")
 def main(start, arch, classes, data, val_data, val_mean_max, size, epochs, batch_size, lr, wd,
          momentum, lr_schedule, warmup_epochs, freeze_bn, devices, kvstore, workers, out, resume,

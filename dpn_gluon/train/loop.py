@@ -181,12 +181,15 @@ def train(opts: Options, argv_line: str = "") -> dict:
     loader = batches(dataset, opts.size, opts.batch_size, Shard(rank, workers), opts.seed,
                      opts.augment, opts.threads)
     steps = loader.steps if opts.max_steps is None else min(loader.steps, opts.max_steps)
-    loader.start()
     first_epoch, history, states = 0, [], None
     if previous is not None:
         first_epoch, history = previous["epoch"], previous["history"]
-        tensors = OrderedDict(_read_epoch(run, first_epoch))
-        states = run.load_states(first_epoch, tensors)
+        run.check_symbol(arch.name, classes, classifier)
+        tensors = run.load_epoch(first_epoch, arch.name, classes, classifier)
+        # SGD keeps a momentum buffer for each trained tensor (none without momentum)
+        trained = [k for k in tensors if not variants.is_aux(k)] if opts.momentum else []
+        states = run.load_states(first_epoch, tensors, trained)
+    loader.start()
     net = build_net(arch, classes, classifier, tensors, ctx, opts.seed, opts.freeze_bn)
     trainer = make_trainer(net, opts.base_lr, opts.momentum, opts.wd, kv)
     if opts.distributed:
@@ -328,11 +331,6 @@ def check_outputs(run: Run, opts: Options) -> Optional[dict]:
         raise DPNError("--resume: the run at %s already has %d epoch(s); raise --epochs"
                        % (opts.out, previous["epoch"]))
     return previous
-
-
-def _read_epoch(run: Run, epoch: int):
-    from ..checkpoint import read_checkpoint
-    return read_checkpoint(run.params(epoch), epoch)[3]
 
 
 def _save(run: Run, epoch: int, net, trainer, opts: Options, history, arch, classes, classifier):
