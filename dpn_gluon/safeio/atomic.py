@@ -110,7 +110,11 @@ def worker_signals() -> None:
     """For a forked worker process (image decoding pools): the default SIGTERM/SIGHUP, and
     SIGINT ignored. The parent's handlers raise :class:`Interrupted` to run the parent's
     cleanup; in a worker that would unwind at any point, a queue's lock held (and the pool's
-    terminate() then waits forever). Ctrl-C goes to the parent, which stops the pool."""
+    terminate() then waits forever). Ctrl-C goes to the parent, which stops the pool. A
+    pool's process also dies with its parent, whatever kills that
+    (:func:`dpn_gluon.lifeline.follow_pool_parent`; a no-op when called in the parent)."""
+    from ..lifeline import follow_pool_parent
+    follow_pool_parent()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

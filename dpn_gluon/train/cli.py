@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from ..cliutil import Number, OneLineCommand, version_option
+from ..deps import MissingDependency, importable, message
 from ..errors import DPNError
 from ..safeio.atomic import Interrupted
 from ..variants import ARCHS
@@ -68,6 +69,9 @@ PROG = "dpn-train"
               help="[default: device; dist_sync with --workers]")
 @click.option("--workers", type=click.IntRange(1, recipe.MAX_PROCESSES), default=None,
               help="Start a scheduler, a server and N workers on this machine (dist kvstore).")
+@click.option("--stall-timeout", type=Number(1.0, 86400.0), default=600.0, show_default=True,
+              metavar="SECONDS", help="With --workers: end the run (one line naming the role, "
+                                      "exit 1) when no worker makes progress for this long.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), metavar="PREFIX",
               help="Writes PREFIX-symbol.json, PREFIX-%04d.params/.states, PREFIX-train.json, "
                    "PREFIX.log, PREFIX-curves.png.")
@@ -85,7 +89,8 @@ PROG = "dpn-train"
 @click.option("--max-steps", type=click.IntRange(1, 2 ** 31 - 1), hidden=True,
               help="At most this many steps per epoch (tests, quick checks).")
 def main(start, arch, classes, data, val_data, val_mean_max, size, epochs, batch_size, lr, wd,
-         momentum, lr_schedule, warmup_epochs, freeze_bn, devices, kvstore, workers, out, resume,
+         momentum, lr_schedule, warmup_epochs, freeze_bn, devices, kvstore, workers, stall_timeout,
+         out, resume,
          seed, threads, as_json, quiet, no_augment, max_steps):
     """Train a DPN with the authors' recipe; checkpoints in their format after every epoch.
 
@@ -102,6 +107,8 @@ def main(start, arch, classes, data, val_data, val_mean_max, size, epochs, batch
                    augment=not no_augment, max_steps=max_steps, progress=not quiet,
                    as_json=as_json)
     check(opts)
+    if not importable("mxnet"):      # found, not imported: the launcher itself never needs it
+        raise MissingDependency(message("mxnet", PROG))
     try:
         if workers and not opts.distributed:
             raise DPNError("--workers needs a distributed --kvstore "
@@ -111,7 +118,7 @@ def main(start, arch, classes, data, val_data, val_mean_max, size, epochs, batch
             from .launch import launch
             # the workers' kvstore explicitly: without --workers their default is "device"
             return launch(worker_args(sys.argv[1:]) + ["--kvstore", opts.kvstore], workers,
-                          opts.out)
+                          opts.out, stall_s=stall_timeout)
         if opts.distributed and "DMLC_ROLE" not in os.environ:
             raise DPNError("--kvstore %s needs --workers N, or the DMLC_* environment of "
                            "MXNet's parameter server (docs/train.md)" % opts.kvstore)
@@ -156,4 +163,6 @@ def _precheck(opts: Options) -> None:
 
 
 if __name__ == "__main__":
+    from ..lifeline import follow_launcher
+    follow_launcher()            # a worker of dpn-train --workers dies with its launcher
     main(prog_name=PROG)

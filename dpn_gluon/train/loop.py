@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import variants
 from ..errors import DPNError
+from ..lifeline import report_progress
 from ..safeio.atomic import Transaction
 from . import recipe
 from .checkpoints import Run
@@ -196,6 +197,7 @@ def train(opts: Options, argv_line: str = "") -> dict:
         share_start(trainer)
     if states is not None:
         set_momentum_states(trainer, states)
+    report_progress()
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     lead = rank == 0
     record = {"rank": rank, "workers": workers, "devices": [str(c) for c in ctx],
@@ -228,6 +230,7 @@ def train(opts: Options, argv_line: str = "") -> dict:
                                                        opts.warmup_epochs))
                 step_loss, step_correct = train_step(net, trainer, loss_fn, data, label, ctx,
                                                      opts.batch_size)
+                report_progress()            # the launcher's watchdog (--stall-timeout)
                 loss_sum, correct = loss_sum + step_loss, correct + step_correct
                 seen += len(label)
                 rate = seen * workers / (time.perf_counter() - start)
@@ -250,6 +253,7 @@ def train(opts: Options, argv_line: str = "") -> dict:
                     "%s=%s" % (k, _fmt(v)) for k, v in entry.items() if k != "epoch")))
                 report.curves(run.curves, history)
                 record["checkpoint"] = str(path)
+                report_progress()
                 if opts.progress:
                     tqdm.write(epoch_line(entry, opts.epochs), file=sys.stderr)
             record.update(epochs=epoch + 1, loss=entry["loss"], train_top1=entry["train_top1"],
@@ -365,6 +369,7 @@ class Validator:
         test_net, ctx = self.net, self.ctx[0]
 
         def forward(batch):
+            report_progress()
             return test_net(mx.nd.array(batch, ctx=ctx)).asnumpy()
 
         runtime = Runtime("gluon", test_net.arch.name, test_net.classes,
