@@ -110,6 +110,19 @@ def seeded(tmp_path_factory):
     return write_seeded_checkpoint(tmp_path_factory.mktemp("seeded") / "dpn68", "dpn68", seed=3)
 
 
+def writing(prefix: Path):
+    """The pid of the process writing one of the run's files now (its temporary, by the one
+    rule for their names), or None."""
+    from dpn_gluon.safeio.atomic import temp_owner
+    from dpn_gluon.train.checkpoints import Run
+    run = Run(prefix)
+    for name in os.listdir(prefix.parent):
+        owner = temp_owner(name)
+        if owner and run.owns(owner[0]) and name.endswith(".part"):
+            return owner[1]
+    return None
+
+
 def workers_of(launcher: int):
     """The launcher's own worker processes (not their decoding processes, forked copies)."""
     return [p for p in tree(launcher)[1:] if "dpn_gluon.train.cli" in cmdline(p)
@@ -125,8 +138,16 @@ def kill_and_check(data, seeded, tmp_path, workers: int, target: str, signum: in
     args += ["--workers", str(workers), "--threads", "1"] if workers else ["--threads", "2"]
     proc = start(args)
     try:
+        writer = None
         if phase == "start-up":        # some roles started, none has finished an epoch
             assert wait_for(lambda: len(tree(proc.pid)) >= 3, 120, proc), proc.communicate()
+        elif phase == "mid-checkpoint":    # after epoch 1, epoch 2's files half written
+            assert wait_for(lambda: epochs_done(prefix) >= 1, 300, proc), proc.communicate()
+            deadline = time.monotonic() + 300
+            while writer is None and time.monotonic() < deadline and proc.poll() is None:
+                writer = writing(prefix)
+                time.sleep(0.002)
+            assert writer is not None, proc.communicate()
         else:                          # an epoch complete, the next under way
             assert wait_for(lambda: epochs_done(prefix) >= 1, 300, proc), proc.communicate()
             time.sleep(0.5)
@@ -138,7 +159,7 @@ def kill_and_check(data, seeded, tmp_path, workers: int, target: str, signum: in
         else:
             roles = [proc.pid]
             assert len(snapshot) >= 3, snapshot           # the trainer and its 2 loaders
-        victim = proc.pid if target == "launcher" else roles[-1]
+        victim = proc.pid if target == "launcher" else writer or roles[-1]
         os.kill(victim, signum)
         gone = wait_for(lambda: not any(alive(p) for p in snapshot if p != proc.pid),
                         DEAD_WITHIN_S)
@@ -180,6 +201,16 @@ def test_kill_matrix(data, seeded, tmp_path, workers, target, signum):
 @pytest.mark.parametrize("workers,target,signum", REST)
 def test_kill_matrix_rest(data, seeded, tmp_path, workers, target, signum):
     kill_and_check(data, seeded, tmp_path, workers, target, signum)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers,target,signum", [
+    (2, "launcher", signal.SIGKILL), (2, "worker", signal.SIGKILL),
+    (2, "worker", signal.SIGTERM), (0, "launcher", signal.SIGKILL)])
+def test_killed_while_writing_a_checkpoint(data, seeded, tmp_path, workers, target, signum):
+    """The victim (the writing worker itself where the target is a worker) is signalled
+    while one of epoch 2's files is a temporary: epoch 1 stays the last complete one."""
+    kill_and_check(data, seeded, tmp_path, workers, target, signum, phase="mid-checkpoint")
 
 
 @pytest.mark.slow
