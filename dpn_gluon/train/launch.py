@@ -80,6 +80,7 @@ class _Job:
         self.workers, self.lifeline, self.progress_fd = workers, lifeline, progress_fd
         self.roles: List[Tuple[str, subprocess.Popen]] = []
         self.port = 0
+        self.received: List[int] = []         # signals that arrived: stop starting roles
 
     def start(self, name: str, cmd: List[str], role: str, extra_fds=()) -> subprocess.Popen:
         env = role_env(role, self.workers, self.port)
@@ -105,7 +106,8 @@ class _Job:
         for _ in range(PORT_TRIES):
             self.port = free_port()
             proc = self.start("scheduler", [sys.executable, "-c", SERVICE], "scheduler")
-            if _listening(proc, self.port, START_S):
+            if _listening(proc, self.port, START_S, lambda: bool(self.received)) \
+                    or self.received:
                 return
             self.roles.pop()
             _end(proc)
@@ -122,7 +124,7 @@ def launch(worker_argv: List[str], workers: int, out: Path,
     lifeline = Lifeline()
     progress_r, progress_w = os.pipe()
     job = _Job(workers, lifeline, progress_r)
-    received: List[int] = []
+    received = job.received
 
     def forward(signum, frame):
         received.append(signum)
@@ -237,11 +239,12 @@ def _stop(job: _Job) -> None:
             p.send_signal(signal.SIGTERM)
 
 
-def _listening(proc: subprocess.Popen, port: int, timeout: float) -> bool:
+def _listening(proc: subprocess.Popen, port: int, timeout: float, stop) -> bool:
     """Whether ``proc`` itself comes to listen on ``port`` (Linux: its own socket, by
-    /proc; elsewhere: someone accepts there while it runs) before it ends or ``timeout``."""
+    /proc; elsewhere: someone accepts there while it runs) before it ends, ``timeout`` or
+    ``stop()``."""
     deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
+    while proc.poll() is None and time.monotonic() < deadline and not stop():
         owned = _owns_listener(proc.pid, port)
         if owned or (owned is None and _accepts(port)):
             return proc.poll() is None
