@@ -39,6 +39,9 @@ setup(
         # huggingface_hub: the model card's metadata is parsed as the Hub does
         "test": ["pytest>=7", "hypothesis>=6", "matplotlib>=3.5", "huggingface_hub>=0.20",
                  "ruff>=0.6", MXNET_NUMPY],
+        # PaddleClas's own DPN as the tests' reference (tests/paddle_reference.py, run in a
+        # process of its own); dpn-convert reads and writes .pdparams without it
+        "paddle": ["paddlepaddle==3.3.1", MXNET_NUMPY],
         # long fuzz runs by hand (fuzz/fuzz_params.py); CI fuzzes with hypothesis
         "fuzz": ["atheris>=2.3"],
     },

@@ -25,10 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = ("dpn68", "dpn68-extra", "dpn68-5k")
 #: (source format made first from the authors' file, then target) pairs; "authors" is the
 #: seeded PREFIX-0000.params itself.
-ROUTES = [("authors", t) for t in ("mxnet", "gluon", "torch", "safetensors", "timm", "onnx")] \
-    + [("timm", "mxnet"), ("torch", "gluon"), ("gluon", "safetensors"), ("safetensors", "torch")]
+ROUTES = [("authors", t) for t in ("mxnet", "gluon", "torch", "safetensors", "timm", "onnx",
+                                  "paddle")] \
+    + [("timm", "mxnet"), ("torch", "gluon"), ("gluon", "safetensors"), ("safetensors", "torch"),
+       ("paddle", "timm"), ("paddle", "mxnet"), ("paddle", "onnx"), ("timm", "paddle")]
 SOURCE_NAME = {"torch": "x.pth", "safetensors": "x.safetensors", "gluon": "x.params",
-               "timm": "x-timm"}
+               "timm": "x-timm", "paddle": "x.pdparams"}
 
 
 def convert(tree: Path, src: Path, to: str, out: Path, check: bool) -> None:
@@ -59,7 +61,7 @@ def run_tree(tree: Path, work: Path, seeds: dict, check: bool) -> dict:
             dest.mkdir()
             target = dest / ("y" if to in ("mxnet", "timm") else "y" + {
                 "gluon": ".params", "torch": ".pth", "safetensors": ".safetensors",
-                "onnx": ".onnx"}[to])
+                "onnx": ".onnx", "paddle": ".pdparams"}[to])
             # the check writes the parity summary into a timm folder's card: run it there
             convert(tree, made[src_fmt], to, target, check=check and to == "timm")
         out.update({"%s/%s" % (name, k): v for k, v in digests(base).items()})

@@ -20,45 +20,12 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from . import variants
-from .errors import CheckpointError, DPNError
-from .files import require_regular
-from .formats import mxparams, readers
+from .errors import CheckpointError
+from .formats import base, mxparams
+from .formats.mxnet import params_name, params_path, symbol_name, symbol_path  # noqa: F401
 from .safeio.atomic import atomic_write, check_writable
 
 PathLike = Union[str, Path]
-
-PARAMS_SUFFIX = "-%04d.params"
-SYMBOL_SUFFIX = "-symbol.json"
-
-
-def params_path(path: PathLike, epoch: int = 0) -> Path:
-    """The ``.params`` file of a checkpoint given as ``PREFIX``, ``PREFIX-0000.params`` or
-    ``PREFIX-symbol.json``; raises :class:`CheckpointError` if it does not exist."""
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError("%s: is a folder, not a checkpoint" % path)
-    if path.name.endswith(SYMBOL_SUFFIX):
-        found = path.with_name(path.name[: -len(SYMBOL_SUFFIX)] + PARAMS_SUFFIX % epoch)
-    elif path.exists() or path.name.endswith(".params"):     # a .params file is named whole
-        found = path
-    else:
-        found = path.with_name(path.name + PARAMS_SUFFIX % epoch)
-    if not found.exists():
-        tried = "" if found == path else " (looked for %s)" % found.name
-        raise CheckpointError("%s: no such checkpoint file%s" % (path, tried))
-    try:
-        require_regular(found, "checkpoint file")     # a FIFO or device is not read
-    except DPNError as e:
-        raise CheckpointError(str(e)) from None
-    return found
-
-
-def symbol_path(path: PathLike, epoch: int = 0) -> Path:
-    """``PREFIX-symbol.json`` beside a checkpoint's ``.params`` file (it may not exist)."""
-    p = params_path(path, epoch)
-    suffix = PARAMS_SUFFIX % epoch
-    stem = p.name[: -len(suffix)] if p.name.endswith(suffix) else p.stem
-    return p.with_name(stem + SYMBOL_SUFFIX)
 
 
 def read_checkpoint(path: PathLike, epoch: int = 0, mmap: bool = False
@@ -71,9 +38,10 @@ def read_checkpoint(path: PathLike, epoch: int = 0, mmap: bool = False
     (:class:`KeyMismatch` for missing, unexpected or misshapen tensors) naming the file.
     """
     p = params_path(path, epoch)
-    raw = mxparams.load(p, mmap=mmap, max_arrays=readers.MAX_TENSORS)
+    raw = mxparams.load(p, mmap=mmap, max_arrays=base.MAX_TENSORS)
     if not isinstance(raw, dict):
         raise CheckpointError("%s: not a checkpoint: an unnamed list of %d arrays" % (p, len(raw)))
+    base.check_tensors(p, raw)      # the bounds every reader holds a checkpoint to
     tensors: "OrderedDict[str, np.ndarray]" = OrderedDict()
     bad = []
     for key, arr in raw.items():
@@ -84,11 +52,10 @@ def read_checkpoint(path: PathLike, epoch: int = 0, mmap: bool = False
         if (kind == "aux") != variants.is_aux(name):
             bad.append(key)
             continue
-        readers.check_dtype(p, key, arr.dtype.name)
         tensors[name] = arr
     if bad:
         raise CheckpointError("%s: not an authors' checkpoint: %d keys are not arg:<weight> or "
-                              "aux:<moving statistic> (first: %s)" % (p, len(bad), bad[0]))
+                              "aux:<moving statistic> (first: %s)" % (p, len(bad), bad[0][:60]))
     arch, classes, classifier = variants.identify(
         {k: v.shape for k, v in tensors.items()}, source=str(p))
     spec = variants.tensor_spec(arch, classes, classifier)
@@ -139,7 +106,7 @@ def write_checkpoint(prefix: PathLike, tensors, force: bool = False, epoch: int 
 
     Arguments first, then auxiliary states, each in the given order (as MXNet writes them).
     """
-    path = Path(str(prefix) + PARAMS_SUFFIX % epoch)
+    path = params_name(prefix, epoch)
     keyed = OrderedDict(("arg:" + k, v) for k, v in tensors.items() if not variants.is_aux(k))
     keyed.update(("aux:" + k, v) for k, v in tensors.items() if variants.is_aux(k))
     with atomic_write(path, force) as f:
@@ -159,7 +126,7 @@ def write_seeded_checkpoint(prefix: PathLike, name: str = "dpn68", seed: int = 0
     tensors = seeded_tensors(name, seed, classes, classifier, dtype)
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     arch, classes, classifier = variants.resolve(name, classes, classifier)
-    json_path = Path(str(prefix) + SYMBOL_SUFFIX)
+    json_path = symbol_name(prefix)
     sym = None
     if symbol:
         try:

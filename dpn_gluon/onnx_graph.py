@@ -58,7 +58,7 @@ INPUT, OUTPUT = "data", "logits"
 GUARD = "mean_max_needs_input_of_193px_or_more"
 #: Smallest input side per head: the network's stride is 32, and the mean-max head's 7x7
 #: ``pool5`` needs a 7x7 final map.
-MIN_SIZE = {"global": 32, "mean_max": 193}
+MIN_SIZE = variants.MIN_INPUT_SIZE
 #: Input side the authors used: training (and the global head), and their mean-max test.
 DEFAULT_SIZE = {"global": 224, "mean_max": 320}
 #: Max relative difference per tap (max |a - b| / max |ref|) of a ``fp16=True`` model run by
@@ -284,14 +284,15 @@ def label_metadata(labels: Sequence[str], classes: int) -> Dict[str, str]:
     return {"labels": json.dumps(labels, ensure_ascii=False)}
 
 
-def export_onnx(tensors: Mapping[str, np.ndarray], path: Union[str, Path], arch: Optional[str] = None,
-                classes: Optional[int] = None, classifier: Optional[str] = None,
-                mean_max: bool = False, opset: int = DEFAULT_OPSET, force: bool = False,
-                tap_outputs: bool = False, source: str = "checkpoint", fp16: bool = False,
-                labels: Optional[Sequence[str]] = None,
-                metadata: Optional[Mapping[str, str]] = None,
-                normalization: str = "authors") -> Path:
-    """Write canonical tensors as an ONNX model at ``path`` (atomically); returns the path.
+def onnx_bytes(tensors: Mapping[str, np.ndarray], arch: Optional[str] = None,
+               classes: Optional[int] = None, classifier: Optional[str] = None,
+               mean_max: bool = False, opset: int = DEFAULT_OPSET, tap_outputs: bool = False,
+               source: str = "checkpoint", fp16: bool = False,
+               labels: Optional[Sequence[str]] = None,
+               metadata: Optional[Mapping[str, str]] = None,
+               normalization: str = "authors") -> bytes:
+    """Canonical tensors as a checked, serialized ONNX model; writes nothing (the caller
+    writes the bytes through its own transaction).
 
     The architecture, class count and classifier name are read from the tensors' names and
     shapes (validated strictly against the variant table) unless given. ``labels`` (one
@@ -299,7 +300,6 @@ def export_onnx(tensors: Mapping[str, np.ndarray], path: Union[str, Path], arch:
     ``metadata`` adds other string properties (not the exporter's own keys).
     """
     check_opset(opset)
-    path = check_writable(path, force)
     import onnx
     if opset > onnx.defs.onnx_opset_version():
         raise DPNError("ONNX opset %d: the installed onnx %s knows opsets up to %d"
@@ -318,6 +318,15 @@ def export_onnx(tensors: Mapping[str, np.ndarray], path: Union[str, Path], arch:
                        tap_outputs, fp16, extra, normalization)
     data = model.SerializeToString()   # once: 100s of MB for the large variants
     onnx.checker.check_model(data)
+    return data
+
+
+def export_onnx(tensors: Mapping[str, np.ndarray], path: Union[str, Path],
+                arch: Optional[str] = None, force: bool = False, **options) -> Path:
+    """:func:`onnx_bytes` written at ``path`` atomically (for library callers); returns the
+    path. ``options`` are :func:`onnx_bytes`'s."""
+    path = check_writable(path, force)
+    data = onnx_bytes(tensors, arch, **options)
     with atomic_write(path, force) as f:
         f.write(data)
     return path

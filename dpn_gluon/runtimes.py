@@ -10,7 +10,7 @@ that reads a checkpoint (any format dpn-convert reads) into canonical tensors.
   batch with ``mx.gluon.utils.split_and_load`` (data parallel over one machine's GPUs).
 - ``torch``: :func:`dpn_gluon.torch_dpn.from_canonical` (timm's layout), eval mode,
   ``torch.inference_mode``; one device.
-- ``onnx``: :func:`dpn_gluon.onnx_graph.export_onnx` to a temporary file, then an
+- ``onnx``: :func:`dpn_gluon.onnx_graph.onnx_bytes`, built in memory, in an
   ``onnxruntime.InferenceSession`` (CUDA provider on a GPU device when available).
 
 MXNet, torch and onnxruntime are imported only by the runtime that needs them; a missing one
@@ -19,8 +19,6 @@ and the runtimes that would work here.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
@@ -46,30 +44,38 @@ class Runtime:
     forward: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     #: class names the checkpoint file carries (its metadata), None when it has none
     labels: Optional[List[str]] = None
+    #: the input normalization the weights expect (variants.NORMALIZATIONS): what the
+    #: preprocessing applies before this runtime sees a batch
+    normalization: str = "authors"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self.forward(np.ascontiguousarray(batch, dtype=np.float32)),
                           dtype=np.float32)
 
 
-def read_model(path):
-    """(Arch, classes, classifier name, canonical tensors, carried class names or None) of
-    any checkpoint dpn-convert reads.
+def read_weights(path):
+    """Any checkpoint dpn-convert reads, as canonical :class:`~dpn_gluon.formats.canonical.Weights`.
 
     The authors' ``PREFIX-0000.params`` (or ``PREFIX``), a Gluon ``.params``, a PyTorch
-    ``.pth`` (timm's keys), ``.safetensors`` or a timm folder: detected from the content by
-    :func:`dpn_gluon.formats.canonical.read`, validated against the variant table.
+    ``.pth`` (timm's keys), ``.safetensors``, a timm folder or PaddleClas's ``.pdparams``:
+    detected from the content, validated against the variant table.
     """
-    from .formats.canonical import read, resolve_source
-    source = resolve_source(path)
+    from .formats.canonical import read
+    from .formats.registry import resolve
+    source = resolve(path)
     if not source.is_dir():       # a FIFO or a device would block or read without end
         require_regular(source, "checkpoint file")
-    w = read(source, hash_source=False)
+    return read(source, hash_source=False)
+
+
+def read_model(path):
+    """(Arch, classes, classifier name, canonical tensors, carried class names or None) of a
+    checkpoint trained on the authors' normalization: what dpn-train starts from (its recipe
+    feeds that normalization only)."""
+    w = read_weights(path)
     if w.normalization != "authors":
-        # dpn-evaluate, dpn-predict and dpn-train feed the authors' normalization only
-        raise CheckpointError("%s: %s weights expect the %s input normalization, which this "
-                              "command does not apply yet: convert them (dpn-convert) and run "
-                              "them in timm, onnxruntime or PaddleClas"
+        raise CheckpointError("%s: %s weights expect the %s input normalization; dpn-train's "
+                              "recipe feeds the authors' (pixel - (124, 117, 104)) * 0.0167"
                               % (path, w.weight_set, w.normalization))
     return w.arch, w.classes, w.classifier, w.tensors, w.labels
 
@@ -99,11 +105,12 @@ def load_runtime(kind: str, checkpoint, devices: str = "cpu", mean_max: bool = F
         raise DPNError("unknown runtime %r (choose from %s)" % (kind, ", ".join(RUNTIMES)))
     dev_kind, ids = parse_devices(devices)
     require_runtime(kind)
-    arch, classes, classifier, tensors, labels = read_model(checkpoint)
+    w = read_weights(checkpoint)
     make = {"gluon": _gluon, "torch": _torch, "onnx": _onnx}[kind]
-    forward, names = make(checkpoint, (arch, classes, classifier, tensors), dev_kind, ids,
-                          mean_max)
-    return Runtime(kind, arch.name, int(classes), classifier, names, forward, labels)
+    forward, names = make(checkpoint, (w.arch, w.classes, w.classifier, w.tensors), dev_kind,
+                          ids, mean_max)
+    return Runtime(kind, w.arch.name, int(w.classes), w.classifier, names, forward, w.labels,
+                   w.normalization)
 
 
 def require_runtime(kind: str) -> None:
@@ -171,7 +178,7 @@ def _torch(checkpoint, model, dev_kind, ids, mean_max):
 def _onnx(checkpoint, model, dev_kind, ids, mean_max):
     import onnxruntime as ort
 
-    from .onnx_graph import export_onnx
+    from .onnx_graph import onnx_bytes
     providers = ["CPUExecutionProvider"]
     if len(ids) > 1:
         raise DPNError("the onnx runtime uses one device; use --device cpu or cuda:N")
@@ -179,10 +186,9 @@ def _onnx(checkpoint, model, dev_kind, ids, mean_max):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise DPNError("--device cuda:%d: onnxruntime has no CUDA provider here" % ids[0])
         providers = [("CUDAExecutionProvider", {"device_id": ids[0]})] + providers
-    with tempfile.TemporaryDirectory(prefix="dpn-evaluate-") as tmp:
-        path = os.path.join(tmp, "model.onnx")
-        export_onnx(model[3], path, mean_max=mean_max, source=str(checkpoint))
-        session = ort.InferenceSession(path, providers=providers)
+    # built in memory: no file to clean up on any exit path
+    session = ort.InferenceSession(onnx_bytes(model[3], mean_max=mean_max,
+                                              source=str(checkpoint)), providers=providers)
     input_name = session.get_inputs()[0].name
     output_name = session.get_outputs()[0].name
 

@@ -31,7 +31,17 @@ BN_MOMENTUM = 0.9
 #: The authors' input normalization: RGB, ``(pixel - MEAN_RGB) * SCALE`` on 0..255 values.
 MEAN_RGB = (124.0, 117.0, 104.0)
 SCALE = 0.0167
-
+#: The authors' preprocessing in timm's terms: a bicubic resize and a 100 % center crop
+#: (score.py; timm uses 0.875), 224 x 224; their test setting is 320 x 320 with the mean-max
+#: head. Recorded in every timm config and safetensors file.
+CROP_PCT = 1.0
+INTERPOLATION = "bicubic"
+INPUT_SIZE = (3, 224, 224)
+TEST_INPUT_SIZE = (3, 320, 320)
+#: The smallest input side each head runs on: the stride (32) for the global average pool;
+#: for the authors' mean-max head, the side whose final feature map (stride 32, each
+#: stride-2 layer rounding up) still holds its 7x7 average pool.
+MIN_INPUT_SIZE = {"global": 32, "mean_max": 193}
 
 
 @dataclass(frozen=True)
@@ -180,6 +190,47 @@ class Checkpoint:
 #: The columns of the authors' table (cypw/DPNs README, "Single Model, Single Crop Validation
 #: Error"): input side and head; "320 mean-max" is their test setting.
 PUBLISHED_SETTINGS = ("224", "320", "320 mean-max")
+
+
+@dataclass(frozen=True)
+class WeightSet:
+    """Whose weights: where they were published, how they were trained, what they expect."""
+
+    name: str
+    publisher: str
+    url: str
+    recipe: str
+    normalization: str
+
+
+WEIGHT_SETS: Dict[str, WeightSet] = OrderedDict((w.name, w) for w in [
+    WeightSet("authors", "the authors (Chen et al., NIPS 2017)", "https://github.com/cypw/DPNs",
+              "the authors' MXNet recipe (SGD, 10 nodes; docs/train.md)", "authors"),
+    WeightSet("paddleclas", "PaddleClas (PaddlePaddle)", "https://github.com/PaddlePaddle/PaddleClas",
+              "PaddleClas's recipe: 200 epochs, cosine schedule, label smoothing 0.1, mixup 0.2",
+              "imagenet"),
+])
+
+
+@dataclass(frozen=True)
+class PaddleCheckpoint:
+    """One of PaddleClas's released DPNs (ImageNet-1k) and its published accuracy."""
+
+    name: str
+    arch: str
+    #: top-1 and top-5 accuracy on ImageNet-1k validation, 224 crop after a 256 resize, as
+    #: PaddleClas published them (its model zoo table)
+    top1: float
+    top5: float
+
+
+PADDLECLAS_CHECKPOINTS: Dict[str, PaddleCheckpoint] = OrderedDict((c.name, c) for c in [
+    PaddleCheckpoint("DPN68", "dpn68", 0.768, 0.934),
+    PaddleCheckpoint("DPN92", "dpn92", 0.799, 0.948),
+    PaddleCheckpoint("DPN98", "dpn98", 0.806, 0.951),
+    PaddleCheckpoint("DPN107", "dpn107", 0.809, 0.953),
+    PaddleCheckpoint("DPN131", "dpn131", 0.807, 0.951),
+])
 
 
 ARCHS: Dict[str, Arch] = OrderedDict((a.name, a) for a in [

@@ -14,6 +14,9 @@ Fixtures (all cheap to reuse; expensive ones are cached for the session):
 - ``rel_diff(a, b)`` -> max|a - b| / max|b|: the parity measure (``b`` is the reference).
 - ``gluon_net(name, seed=0, mean_max=False, hybridize=False, classes=None, classifier=None,
   **DPN kwargs)`` -> a DPN with the seeded weights (a fresh network each call). Needs MXNet.
+- ``paddleclas`` -> PaddleClas's own DPN (from the paddleclas 2.6.0 wheel) run by paddlepaddle
+  in one process of its own for the session (tests/paddle_helpers.py); a skip, with the
+  reason, without paddlepaddle or the wheel.
 
 Names are architectures (``dpn92``) or checkpoints (``dpn68-extra``), as in
 :func:`dpn_gluon.variants.resolve`.
@@ -21,6 +24,7 @@ Names are architectures (``dpn92``) or checkpoints (``dpn68-extra``), as in
 from __future__ import annotations
 
 import numpy as np
+import paddle_helpers
 import pytest
 from helpers import rel as _rel_diff
 from helpers import weights as _weights
@@ -83,3 +87,15 @@ def gluon_net():
             net.hybridize()
         return net
     return make
+
+
+@pytest.fixture(scope="session")
+def paddleclas(tmp_path_factory):
+    try:
+        ref = paddle_helpers.start(tmp_path_factory.mktemp("paddleclas"))
+    except paddle_helpers.Unavailable as e:
+        pytest.skip("PaddleClas's reference: %s" % e)
+    except paddle_helpers.WrongWheel as e:
+        pytest.fail(str(e))
+    yield ref
+    ref.close()

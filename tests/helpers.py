@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from dpn_gluon import checkpoint, variants
+from dpn_gluon.formats import registry
 
 
 @functools.lru_cache(maxsize=4)
@@ -60,3 +61,10 @@ def immutable(folder):
         return undo
     subprocess.run(undo, check=True)
     pytest.skip("the folder still accepts writes (a filesystem without the immutable flag)")
+
+
+def read_as(path, fmt):
+    """A file's stored tensors and metadata through the reader of ``fmt`` (whatever the file
+    is): the registry's read of a source said to be that format."""
+    from pathlib import Path
+    return registry.read_raw(registry.Source(Path(path), fmt))

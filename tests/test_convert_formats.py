@@ -22,7 +22,7 @@ from dpn_gluon.checkpoint import seeded_tensors
 from dpn_gluon.convert.pipeline import convert
 from dpn_gluon.errors import CheckpointError, KeyMismatch
 from dpn_gluon.formats import canonical as formats
-from dpn_gluon.formats import mxparams
+from dpn_gluon.formats import mxparams, registry
 
 #: timm 1.0.31's keys and shapes, recorded (docs/reference/README.md)
 REFERENCE = Path(__file__).parent / "data" / "timm_state_dict_keys.json"
@@ -242,11 +242,11 @@ def test_classifier_override(scratch):
 def test_detect_every_format(scratch):
     pytest.importorskip("torch")
     path, _ = write_seeded(scratch, "dpn68", np.float16)
-    assert formats.detect(path) == "mxnet"
+    assert registry.detect(path).format == "mxnet"
     # names that say nothing of the format (.bin is torch's: refused for the others, outputs.py)
     for target, out in [("torch", "a.bin"), ("safetensors", "b.dat"), ("gluon", "c.dat"), ("timm", "d.dat")]:
         convert(path, target, out=scratch / out, check=False)
-        assert formats.detect(scratch / out) == target
+        assert registry.detect(scratch / out).format == target
 
 
 @pytest.mark.parametrize("content, message", [
@@ -429,7 +429,7 @@ def test_reads_files_the_gluon_model_saves(save, scratch):
         net.save_parameters(str(out))
     else:
         net.collect_params().save(str(out))
-    assert formats.detect(out) == "gluon"
+    assert registry.detect(out).format == "gluon"
     res = convert(out, "mxnet", out=scratch / "back", classifier="fc6-1k", numeric=False)
     assert res.ok and (res.arch, res.classes) == ("dpn68b", 1000)
     assert_same_params(scratch / "back-0000.params", arrays)

@@ -277,7 +277,7 @@ def test_cli_usage_errors(tmp_path, fake_runtime, checkpoint, jpegs):
     paths = write_layouts(tmp_path, jpegs, [0] * 8, 2)
     res = run(cli.evaluate_main, [checkpoint, "--data", paths["folder"], "--size", 64,
                                   "--mean-max"])
-    assert res.exit_code == 2 and "--mean-max needs --size >= 224" in res.stderr
+    assert res.exit_code == 2 and "--mean-max needs --size >= 193" in res.stderr
     res = run(cli.evaluate_main, [checkpoint, "--data", paths["folder"], "--protocol", "caffe"])
     assert res.exit_code == 2
     other = tmp_path / "notes.txt"

@@ -16,7 +16,7 @@ from test_evaluate_hostile import record, write_rec
 
 from dpn_gluon.data import datasets as evdata
 from dpn_gluon.errors import DPNError
-from dpn_gluon.formats.readers import MAX_CLASSES
+from dpn_gluon.variants import MAX_CLASSES
 
 FUZZ = settings(derandomize=True, max_examples=250, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,

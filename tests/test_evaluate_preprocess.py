@@ -120,6 +120,36 @@ def test_normalize_is_subtract_then_scale_rgb_chw():
     assert MEAN_RGB == (124.0, 117.0, 104.0) and SCALE == 0.0167
 
 
+def test_imagenet_normalization_is_paddleclas_normalize_image():
+    """PaddleClas's NormalizeImage (scale 1/255, then mean and std of 0..1 RGB), in float64."""
+    hwc = synthetic(8, 10, seed=4)
+    out = pp.normalize(hwc, "imagenet")
+    assert out.dtype == np.float32 and out.shape == (3, 8, 10)
+    ref = (hwc.astype(np.float64) / 255.0 - np.array([0.485, 0.456, 0.406])) / \
+        np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(out, ref.transpose(2, 0, 1), rtol=0, atol=1e-5)
+    batch = pp.normalize(np.stack([hwc, hwc]), "imagenet")
+    np.testing.assert_array_equal(batch[1], out)
+
+
+@pytest.mark.parametrize("shape,scaled,offset", [
+    ((200, 300), (384, 256), (80, 16)),        # percent 256/200: 300 x 1.28 = 384
+    ((375, 500), (341, 256), (58, 16)),        # 500 x 256/375 = 341.33 -> 341
+    ((301, 217), (256, 355), (16, 65)),        # 301 x 256/217 = 355.1 -> 355 (tall)
+])
+def test_paddleclas_protocol_is_its_resize_short_and_crop(shape, scaled, offset):
+    """PaddleClas's ResizeImage(resize_short=256): both sides times 256/short, rounded, OpenCV
+    INTER_LINEAR; then CropImage(224) with a floored offset. Sizes worked out by hand here."""
+    cv2 = pytest.importorskip("cv2")
+    h, w = shape
+    hwc = synthetic(h, w, seed=7)
+    assert pp.resize_size(224, "paddleclas") == 256
+    got = pp.resize_crop(Image.fromarray(hwc), 224, "paddleclas")
+    want = cv2.resize(hwc, scaled, interpolation=cv2.INTER_LINEAR)
+    x, y = offset
+    np.testing.assert_array_equal(got, want[y:y + 224, x:x + 224])
+
+
 def test_preprocess_decodes_rgb_from_any_mode(tmp_path):
     gray = synthetic(50, 60, seed=5)[..., 0]
     path = tmp_path / "gray.png"

@@ -26,13 +26,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import read_as
 from test_hostile_params import _array, _file, _mutate, _mutations
 
 from dpn_gluon import checkpoint, variants
 from dpn_gluon.convert import writers
 from dpn_gluon.errors import DPNError
+from dpn_gluon.formats import base, mxparams, registry, sanity, timm
 from dpn_gluon.formats import canonical as formats
-from dpn_gluon.formats import mxparams, readers, sanity
 
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS = 10            # every read below, refused or not, ends well within this
@@ -65,7 +66,7 @@ def refused(path, call, *args, match: str = "") -> str:
 
 
 def read(path):
-    return formats.read_raw(path, formats.detect(path))
+    return registry.read_file(path)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -136,8 +137,8 @@ def test_safetensors_with_every_header_length_low_byte(tmp_path):
         data = safetensors_bytes(metadata={"pad": "x" * (8 * k)})
         lows.add(data[0])
         path = put(tmp_path, data, "t%d.safetensors" % k)
-        assert formats.detect(path) == "safetensors"
-        raw, metadata = formats.read_raw(path, "safetensors")
+        assert registry.detect(path).format == "safetensors"
+        raw, metadata = read_as(path, "safetensors")
         assert metadata["pad"] == "x" * (8 * k)
         for key, arr in _tensors().items():
             np.testing.assert_array_equal(raw[key], arr)
@@ -161,7 +162,7 @@ def test_converter_output_with_a_long_source_name_reads_back(tmp_path):
     grow = next(d for d in range(256) if -(-(raw_len + d) // 8) * 8 % 256 == 0x80)
     out = write("x" * (1 + grow))
     assert out.read_bytes()[0] == 0x80
-    assert formats.detect(out) == "safetensors"
+    assert registry.detect(out).format == "safetensors"
     back = formats.read(out)
     assert back.arch.name == "dpn68" and back.source.name == out.name
     for key, arr in tensors.items():
@@ -179,12 +180,12 @@ def test_each_format_detected_and_refused_by_every_other_reader(tmp_path):
     for kind, data in seeds().items():
         fmt = kind.split("-")[0]
         path = put(tmp_path, data, kind)
-        assert formats.detect(path) == fmt, kind
-        raw, _ = formats.read_raw(path, fmt)
+        assert registry.detect(path).format == fmt, kind
+        raw, _ = read_as(path, fmt)
         assert sorted(raw) and all(a.nbytes <= len(data) for a in raw.values())
-        for other in formats.FORMATS:
+        for other in registry.NAMES:
             if other != fmt and {fmt, other} != {"mxnet", "gluon"}:
-                refused(path, formats.read_raw, path, other)
+                refused(path, read_as, path, other)
 
 
 def _one_line_or_bounded(path: Path, data: bytes, stats: dict) -> None:
@@ -288,16 +289,16 @@ def test_non_regular_files_refused_before_reading(tmp_path, kind):
     refused(path, formats.read, path)
     refused(path, checkpoint.read_checkpoint, path)
     if kind != "folder":
-        refused(path, formats.read_raw, path, "mxnet")
-        refused(path, formats.read_raw, path, "torch")
-        refused(path, formats.read_raw, path, "safetensors")
+        refused(path, read_as, path, "mxnet")
+        refused(path, read_as, path, "torch")
+        refused(path, read_as, path, "safetensors")
         prefix = tmp_path / "ckpt"
         os.symlink(path, str(prefix) + "-0000.params")
-        refused(str(prefix) + "-0000.params", formats.resolve_source, prefix)
-        for part in (readers.TIMM_CONFIG, readers.TIMM_WEIGHTS):    # inside a timm folder
+        refused(str(prefix) + "-0000.params", registry.resolve, prefix)
+        for part in (timm.CONFIG, timm.WEIGHTS):    # inside a timm folder
             folder = tmp_path / ("timm-" + part)
             folder.mkdir()
-            for name in (readers.TIMM_CONFIG, readers.TIMM_WEIGHTS):
+            for name in (timm.CONFIG, timm.WEIGHTS):
                 if name == part:
                     os.symlink(path, folder / name)
                 else:
@@ -435,7 +436,7 @@ def test_hand_built_views_out_of_range_refused(tmp_path, size, stride, offset, w
     else:
         monkeypatch.setitem(sys.modules, "torch", None)
     path = put(tmp_path, _hand_pth(size, stride, offset, 6), "hand.pth")
-    assert formats.detect(path) == "torch"
+    assert registry.detect(path).format == "torch"
     refused(path, read, path)
 
 
@@ -446,7 +447,7 @@ def test_hand_built_view_reads_when_valid(tmp_path, no_torch):
 
 
 def test_params_with_more_arrays_than_any_dpn_refused_before_parsing(tmp_path, monkeypatch):
-    n = readers.MAX_TENSORS + 1
+    n = base.MAX_TENSORS + 1
     data = _file([_array((1,), data=b"\0" * 4)] * n, ["a%d" % i for i in range(n)])
     path = put(tmp_path, data, "many.params")
     parsed = []
@@ -457,11 +458,11 @@ def test_params_with_more_arrays_than_any_dpn_refused_before_parsing(tmp_path, m
     assert not parsed
     # the largest DPN's own file is within the bound: dpn131's tensors, plus timm's counters
     spec = variants.tensor_spec(variants.get_arch("dpn131"))
-    assert len(spec) + sum(k.endswith("_moving_var") for k in spec) < readers.MAX_TENSORS
+    assert len(spec) + sum(k.endswith("_moving_var") for k in spec) < base.MAX_TENSORS
 
 
 def test_many_tensors_refused_in_every_format(tmp_path):
-    n = readers.MAX_TENSORS + 1
+    n = base.MAX_TENSORS + 1
     many = OrderedDict(("t%d" % i, np.zeros(1, "f4")) for i in range(n))
     path = put(tmp_path, safetensors_bytes(many), "many.safetensors")
     refused(path, read, path, match="holds %d tensors" % n)
@@ -472,7 +473,7 @@ def test_many_tensors_refused_in_every_format(tmp_path):
 
 def test_many_tensors_refused_without_torch_before_the_pickle_ends(tmp_path, no_torch):
     """Zero-size views need no record of their own: the count is bounded while unpickling."""
-    n = readers.MAX_TENSORS + 1
+    n = base.MAX_TENSORS + 1
     one = _hand_pth((0,), (1,), 0, 1)
     with zipfile.ZipFile(io.BytesIO(one)) as z:
         pkl = z.read("archive/data.pkl")
@@ -484,7 +485,7 @@ def test_many_tensors_refused_without_torch_before_the_pickle_ends(tmp_path, no_
         z.writestr("archive/data.pkl", pkl[:pkl.index(b"X\x01\x00\x00\x00w")] + body + b".")
         z.writestr("archive/data/0", b"\0" * 4)
     path = put(tmp_path, out.getvalue(), "zeros.pth")
-    refused(path, read, path, match="more than %d tensors" % readers.MAX_TENSORS)
+    refused(path, read, path, match="more than %d tensors" % base.MAX_TENSORS)
 
 
 def test_a_params_file_is_parsed_once(seeded_checkpoint, monkeypatch):
@@ -602,14 +603,14 @@ BAD_COUNTS = ["²", "+1000", " 1000", "1000 ", "1_000", "١٠٠٠", "1000\n", "0
 
 @pytest.mark.parametrize("value", BAD_COUNTS)
 def test_metadata_class_counts_parsed_strictly(tmp_path, value):
-    assert readers.parse_count(value) is None
+    assert base.parse_count(value) is None
     meta = {"architecture": "dpn68", "classes": value}
     path = put(tmp_path, safetensors_bytes(metadata=meta), "m.safetensors")
     refused(path, read, path, match="metadata says classes")
 
 
 def test_metadata_class_counts_accepted():
-    assert [readers.parse_count(v) for v in ("1", "1000", "4786", "1000000")] == \
+    assert [base.parse_count(v) for v in ("1", "1000", "4786", "1000000")] == \
         [1, 1000, 4786, 1000000]
 
 
@@ -620,7 +621,7 @@ def test_legacy_pth_of_protocols_torch_cannot_load_named(tmp_path, protocol, sai
     """torch.save writes any protocol; torch's weights-only loader reads a legacy file only in
     2 or 3: the others are detected as torch by the magic number and refused by name."""
     path = put(tmp_path, torch_save(torch_state(), True, pickle_protocol=protocol), "old.pth")
-    assert formats.detect(path) == "torch"
+    assert registry.detect(path).format == "torch"
     refused(path, read, path, match="pickled with protocol %s, which torch's" % said)
 
 

@@ -43,7 +43,8 @@ def numpy_allowed(reqs, version: str, python: str) -> bool:
                if r.name == "numpy" and (r.marker is None or r.marker.evaluate(env)))
 
 
-@pytest.mark.parametrize("extra", ["mxnet", "torch", "onnx", "opencv", "report", "test"])
+@pytest.mark.parametrize("extra", ["mxnet", "torch", "onnx", "opencv", "report", "test",
+                                   "paddle"])
 def test_every_extra_keeps_mxnets_numpy_on_311(requires, extra):
     reqs = requires[""] + requires[extra]
     assert numpy_allowed(reqs, "1.23.5", "3.11")
@@ -55,3 +56,15 @@ def test_without_mxnet_any_numpy_on_312(requires):
     for extra in ("torch", "onnx"):             # MXNet does not run on 3.12: no ceiling there
         assert numpy_allowed(requires[""] + requires[extra], "2.4.6", "3.12"), extra
     assert numpy_allowed(requires[""], "2.4.6", "3.11")    # the converter alone: any numpy
+
+
+def test_make_test_installs_paddleclas_reference(requires):
+    """CI (make test) runs tests/test_paddle_reference.py against the paddle it was measured
+    with, so the Makefile's install names the paddle extra."""
+    assert [str(r.specifier) for r in requires["paddle"] if r.name == "paddlepaddle"] \
+        == ["==3.3.1"]
+    install = [line for line in (ROOT / "Makefile").read_text().splitlines()
+               if "pip install" in line and " -e " in line]
+    assert len(install) == 1, install
+    extras = install[0].split('".[', 1)[1].split(']"', 1)[0].split(",")
+    assert "paddle" in extras and "test" in extras

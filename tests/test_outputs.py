@@ -27,8 +27,10 @@ import pytest
 from click.testing import CliRunner
 from test_convert_formats import fast_folder, write_seeded
 
-from dpn_gluon.convert import writers
 from dpn_gluon.convert.cli import main
+from dpn_gluon.formats import base as format_base
+from dpn_gluon.formats import safetensors as st_format
+from dpn_gluon.formats.base import Progress
 from dpn_gluon.safeio import atomic, outputs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -228,7 +230,7 @@ def test_missing_parents_are_created_and_removed_on_failure(models, shm, monkeyp
 
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(writers, "write_safetensors", boom)
+    monkeypatch.setattr(st_format, "write_safetensors", boom)
     out = shm / "fresh" / "deeper" / "x.safetensors"
     assert_one_line_error(run(models / "x-0000.params", "--to", "safetensors", "-o", out,
                               "--no-check"), "No space left")
@@ -379,7 +381,7 @@ def test_other_write_errors_are_one_line(models, shm, monkeypatch, target, code)
 
     def write(self, data):
         raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
-    monkeypatch.setattr(writers._Progress, "write", write)
+    monkeypatch.setattr(Progress, "write", write)
     folder = shm / ("errno-%s-%s" % (target, code))
     r = run(models / "x-0000.params", "--to", target, "-o", folder / NAME[target], "--no-check")
     assert_one_line_error(r, NAME[target], os.strerror(getattr(errno, code)))
@@ -446,7 +448,7 @@ class _Bar:
 def test_every_big_write_has_a_progress_bar_that_finishes(models, shm, monkeypatch, target):
     import tqdm
     monkeypatch.setattr(tqdm, "tqdm", _Bar)
-    monkeypatch.setattr(writers, "PROGRESS_MIN_BYTES", 1)
+    monkeypatch.setattr(format_base, "PROGRESS_MIN_BYTES", 1)
     _Bar.made = []
     r = run(models / "x-0000.params", "--to", target, "-o", shm / ("bar-" + NAME[target]),
             "--force", "--no-check")
@@ -642,7 +644,7 @@ def test_a_failure_after_the_commit_puts_the_previous_outputs_back(models, shm, 
 
 
 def test_our_safetensors_writer_reads_back_with_the_library(tmp_path):
-    """writers.write_safetensors against safetensors' own reader: every dtype a checkpoint
+    """formats.safetensors.write_safetensors against safetensors' own reader: every dtype a checkpoint
     here holds, 0-d and big-endian arrays, metadata; and the same bytes whatever the order
     the metadata dict was built in."""
     from safetensors import safe_open
@@ -658,7 +660,7 @@ def test_our_safetensors_writer_reads_back_with_the_library(tmp_path):
     for i, order in enumerate((meta, dict(reversed(list(meta.items()))))):
         paths.append(tmp_path / ("t%d.safetensors" % i))
         with open(paths[-1], "wb") as f:
-            writers.write_safetensors(f, tensors, order)
+            st_format.write_safetensors(f, tensors, order)
     assert paths[0].read_bytes() == paths[1].read_bytes()
     got = load_file(str(paths[0]))
     assert sorted(got) == sorted(tensors)

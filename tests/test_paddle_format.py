@@ -19,7 +19,7 @@ def _file(arch_name):
     fc = next(k[:-len("_weight")] for k in w if k.startswith("fc6") and k.endswith("_weight"))
     arch = variants.ARCHS[arch_name]
     buf = io.BytesIO()
-    paddle.write(buf, paddle.to_paddle(arch, fc, w), paddle.structure_map(arch))
+    paddle.dump_state(buf, paddle.to_paddle(arch, fc, w), paddle.structure_map(arch))
     return w, fc, buf.getvalue()
 
 
@@ -31,7 +31,7 @@ def _affine(gamma, var, eps):
 @pytest.mark.parametrize("arch_name,count", [("dpn68", 361), ("dpn68b", 361), ("dpn92", 481)])
 def test_round_trip_keeps_every_batchnorm(arch_name, count):
     w, fc, data = _file(arch_name)
-    raw = paddle.read("x.pdparams", io.BytesIO(data), 2000)
+    raw = paddle.load_state("x.pdparams", io.BytesIO(data), 2000)
     assert len(raw) == count
     # each BN's gamma / sqrt(var + eps) under Paddle's 1e-5 equals the authors' under 1e-3
     for name, gamma in w.items():
@@ -56,7 +56,7 @@ def test_round_trip_keeps_every_batchnorm(arch_name, count):
 
 def test_parameter_names_are_read_too():
     w, fc, data = _file("dpn68")
-    raw = paddle.read("x", io.BytesIO(data), 2000)
+    raw = paddle.load_state("x", io.BytesIO(data), 2000)
     by_param = {paddle.structure_map(variants.ARCHS["dpn68"])[k]: v for k, v in raw.items()}
     arch, classes, back = paddle.from_paddle(by_param, "x")
     _, _, direct = paddle.from_paddle(raw, "x")
@@ -75,7 +75,7 @@ def test_a_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path):
     marker = tmp_path / "ran"
     data = pickle.dumps({"out.weight": _Shell(marker)}, protocol=4)
     with pytest.raises(CheckpointError, match="names posix.system"):
-        paddle.read("evil.pdparams", io.BytesIO(data), 10)
+        paddle.load_state("evil.pdparams", io.BytesIO(data), 10)
     assert not marker.exists()
 
 
@@ -83,5 +83,5 @@ def test_a_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path):
 def test_a_truncated_file_is_one_line(cut):
     _, _, data = _file("dpn68")
     with pytest.raises(CheckpointError) as e:
-        paddle.read("cut.pdparams", io.BytesIO(data[:cut]), 2000)
+        paddle.load_state("cut.pdparams", io.BytesIO(data[:cut]), 2000)
     assert "\n" not in str(e.value)

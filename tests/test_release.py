@@ -349,11 +349,50 @@ def test_release_names_are_unique(tmp_path):
     assert [name for name, _ in find_checkpoints(tmp_path)] == ["a-0000", "a-0001", "b"]
 
 
+def test_release_finds_paddleclas_files_beside_the_authors(tmp_path):
+    from dpn_gluon.convert.release import find_checkpoints
+    for name in ("a-0000.params", "a.pdparams", "DPN92_pretrained.pdparams", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [name for name, _ in find_checkpoints(tmp_path)] == \
+        ["DPN92_pretrained", "a", "a-0000"]
+
+
+def test_release_of_a_pdparams_writes_its_weight_set(ckpts, tmp_path):
+    """A PaddleClas file released: a timm folder and an ONNX file that carry ImageNet's
+    normalization and say whose weights they are (the file made by --to paddle, whose
+    tensors test_convert_paddle.py checks)."""
+    pytest.importorskip("onnx")
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    assert run(ckpts["in1k"], "--to", "paddle", "-o", src / "DPN68.pdparams",
+               "--no-check").exit_code == 0
+    result = run("release", src, "-o", out, "--no-check")
+    assert result.exit_code == 0, result.stderr
+    entry = json.loads((out / "MANIFEST.json").read_text())["entries"][0]
+    assert (entry["name"], entry["source"], entry["arch"]) == ("DPN68", "DPN68.pdparams", "dpn68")
+    config = json.loads((out / "DPN68" / "config.json").read_text())
+    assert config["pretrained_cfg"]["mean"] == [0.485, 0.456, 0.406]
+    import onnx
+    props = {p.key: p.value for p in onnx.load(str(out / "DPN68.onnx")).metadata_props}
+    assert props["normalization_name"] == "imagenet"
+    card = (out / "DPN68" / "README.md").read_text()     # whose weights, which recipe, which input
+    assert "PaddleClas's weights" in card and "mixup 0.2" in card
+    assert "| 224 | 0.768 | 0.934 |" in card and "(0.485, 0.456, 0.406)" in card
+    assert "124, 117, 104" not in card and "published by the authors" not in card
+    assert config["pretrained_cfg"]["origin_url"] == "https://github.com/PaddlePaddle/PaddleClas"
+
+
 # -- list and the command line --------------------------------------------------------
 
 def test_list_gives_the_published_table_of_the_readme():
-    rows = {r["name"]: r for r in json.loads(run("list", "--json").stdout)}
+    every = {r["name"]: r for r in json.loads(run("list", "--json").stdout)}
+    rows = {n: r for n, r in every.items() if r["weight_set"] == "authors"}
     assert set(rows) == set(variants.CHECKPOINTS)
+    paddle_rows = {n: r for n, r in every.items() if r["weight_set"] == "paddleclas"}
+    assert set(paddle_rows) == {"DPN68", "DPN92", "DPN98", "DPN107", "DPN131"}
+    # PaddleClas's published accuracy (top-1 0.768 for DPN68, top-5 0.951 for DPN131), as errors
+    assert (paddle_rows["DPN68"]["top1_err_224"], paddle_rows["DPN131"]["top5_err_224"]) == \
+        (23.2, 4.9)
     readme = (ROOT / "README.md").read_text().splitlines()
     start = readme.index("| checkpoint | 224 top-1 | 224 top-5 | 320 top-1 | 320 top-5 | "
                          "320 mean-max top-1 | 320 mean-max top-5 |")
@@ -373,6 +412,7 @@ def test_list_gives_the_published_table_of_the_readme():
             assert rows[cells[0].split(" ")[0]]["params"] == int(cells[4].replace(",", ""))
     text = run("list").stdout
     assert "dpn107-extra" in text and "21.51 / 5.52" in text
+    assert "DPN107" in text and "19.10 / 4.70" in text and "PaddleClas" in text
 
 
 @pytest.mark.parametrize("main", ["convert", "evaluate", "predict"])

@@ -15,9 +15,10 @@ from typing import List, Optional
 
 from .. import variants
 from ..errors import DPNError
+from ..formats import timm
 from ..safeio.atomic import atomic_write
 
-CARD = "README.md"
+CARD = timm.CARD
 #: cypw/DPNs states no licence: the Hub's "other", and the card says so.
 DEFAULT_LICENSE = "other"
 #: What a --license value may look like: a Hub licence identifier (apache-2.0, mit, other).
@@ -96,6 +97,29 @@ def parity_summary(report) -> str:
     return " ".join(parts) if parts else NOT_CHECKED
 
 
+def _paddle_published(arch: str) -> List[str]:
+    found = [p for p in variants.PADDLECLAS_CHECKPOINTS.values() if p.arch == arch]
+    if not found:
+        return ["PaddleClas published no accuracy for this architecture."]
+    p = found[0]
+    return ["Single-crop ImageNet-1k validation accuracy **published by PaddleClas** for its "
+            "`%s` weights (224 crop after a 256 short-side resize), not measured by this "
+            "conversion; it holds for these weights only if they are that file (compare the "
+            "source sha256 below)." % p.name, "",
+            "| setting | top-1 | top-5 |", "| --- | --- | --- |",
+            "| 224 | %.3f | %.3f |" % (p.top1, p.top5)]
+
+
+def _input_line(weights) -> str:
+    if weights.normalization == "authors":
+        return ("- input: RGB, `(pixel - (124, 117, 104)) * 0.0167`; 224 x 224 with a bicubic "
+                "short-side resize and a 100 % center crop")
+    norm = weights.norm
+    return ("- input: RGB, `(pixel / 255 - %s) / %s` (the %s normalization these weights were "
+            "trained with, in `config.json`); PaddleClas evaluates at 224 x 224 after a "
+            "bilinear short-side resize to 256" % (norm.mean, norm.std, norm.name))
+
+
 def _published_table(ckpt: Optional[variants.Checkpoint]) -> List[str]:
     if ckpt is None or ckpt.published is None:
         return ["The authors published no ImageNet-1k error for this checkpoint."]
@@ -119,20 +143,31 @@ def model_card(weights, report=None, checked: bool = False) -> str:
               if weights.labels else "no class names (pass `dpn-convert --labels FILE`)")
     licence = ("`%s`" % weights.license if weights.license != DEFAULT_LICENSE else
                "`other`: cypw/DPNs, where the weights come from, states no licence; ask the "
-               "authors before redistributing")
+               "authors before redistributing" if weights.weight_set == "authors" else
+               "`other`: PaddleClas publishes these weights in its repository (Apache-2.0); "
+               "check its terms before redistributing")
+    theirs = weights.weight_set == "authors"
+    ckpt = ckpt if theirs else None
+    wset = variants.WEIGHT_SETS[weights.weight_set]
     name = ckpt.name if ckpt else arch.name
+    intro = ("The authors' (Chen et al., NIPS 2017) %s weights, converted from MXNet by "
+             "`dpn-convert` (dpn-gluon) to a timm folder." % arch.paper if theirs else
+             "%s's %s weights (%s; %s), converted from PaddlePaddle's `.pdparams` by "
+             "`dpn-convert` (dpn-gluon) to a timm folder. PaddleClas's BatchNorm epsilon "
+             "(1e-5) is folded into the scales, so the graph is the authors' (epsilon 1e-3)."
+             % (wset.publisher, arch.paper, wset.url, wset.recipe))
     out = [front_matter(weights, ckpt),
-           "# %s: Dual Path Network (%s)" % (name, arch.paper), "",
-           "The authors' (Chen et al., NIPS 2017) %s weights, converted from MXNet by "
-           "`dpn-convert` (dpn-gluon) to a timm folder." % arch.paper, "",
+           "# %s: Dual Path Network (%s)%s" % (name, arch.paper,
+                                                "" if theirs else ", PaddleClas's weights"), "",
+           intro, "",
            "## Model details", "",
            "- architecture: `%s` (timm's name), %s unit" % (arch.name, weights.unit),
            "- parameters: %.2f M" % (params / 1e6),
            "- GMACs: %.2f at 224 x 224, %.2f at 320 x 320" % (gmacs[224], gmacs[320]),
            "- classes: %d%s, classifier `%s` in the authors' graph; %s"
            % (weights.classes, " (%s)" % ckpt.dataset if ckpt else "", weights.classifier, labels),
-           "- input: RGB, `(pixel - (124, 117, 104)) * 0.0167`; 224 x 224 with a bicubic "
-           "short-side resize and a 100 % center crop",
+           "- weight set: %s (%s), trained by %s" % (wset.publisher, wset.url, wset.recipe),
+           _input_line(weights),
            "- the authors' test setting: 320 x 320 (100 % crop) with the mean-max head "
            "(average pool 7x7 stride 1, the classifier as a 1x1 conv, then the mean of global "
            "average and max pooling); `pretrained_cfg.test_input_size` is 320, and timm "
@@ -140,7 +175,8 @@ def model_card(weights, report=None, checked: bool = False) -> str:
            "- licence: %s" % licence,
            "- paper: [Dual Path Networks](https://arxiv.org/abs/1707.01629); original code and "
            "weights: https://github.com/cypw/DPNs", "",
-           "## Published accuracy", ""] + _published_table(ckpt) + [
+           "## Published accuracy", ""] + (_published_table(ckpt) if theirs else
+                                           _paddle_published(arch.name)) + [
            "",
            "## Usage", "",
            "timm (this folder, or `hf-hub:USER/REPO` once uploaded):", "",

@@ -31,7 +31,7 @@ from .. import variants
 from ..deps import importable
 from ..errors import DPNError
 from ..formats import canonical as formats
-from ..formats import names
+from ..formats import names, registry
 from ..onnx_graph import FP16_RTOL
 
 if TYPE_CHECKING:
@@ -176,8 +176,9 @@ def _check_written(weights, target, files, numeric, log, device, tolerance, stag
     formats.release(weights.tensors.values())    # the write touched them all
     stages("reading back")
     try:
-        fmt = formats.detect(main)
-        raw, metadata = formats.read_raw(main, fmt)
+        source = registry.detect(main)
+        fmt = source.format
+        raw, metadata = registry.read_raw(source)
         back = formats.canonicalize(raw, metadata, main, fmt, classifier=weights.classifier)
     except DPNError as e:
         report.exact = False
@@ -216,7 +217,7 @@ def _check_paddle(report, weights, main, numeric, log, device, tolerance, stages
     from ..formats import paddle
     stages("reading back")
     try:
-        raw, _ = formats.read_raw(main, formats.detect(main))
+        raw, _ = registry.read_file(main)
         back = formats.canonicalize(raw, {}, main, "paddle", classifier=weights.classifier)
     except DPNError as e:
         report.exact = False

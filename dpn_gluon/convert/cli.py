@@ -33,8 +33,8 @@ import click
 from .. import variants
 from ..cliutil import Number, OneLineGroup, labels_option, quiet_stderr, version_option
 from ..errors import CheckpointError, DPNError
-from ..formats.canonical import TARGETS
 from ..onnx_graph import DEFAULT_OPSET, OPSETS
+from ..safeio.outputs import TARGETS
 from .parity import DEVICES, DTYPES, MX_DEVICES, RUNTIMES
 
 PROG = "dpn-convert"
@@ -61,7 +61,7 @@ class _DefaultGroup(OneLineGroup):
 
 def _names_a_checkpoint(arg: str) -> bool:
     """SRC of ``convert``: a file or folder, or the PREFIX of ``PREFIX-NNNN.params`` /
-    ``PREFIX-symbol.json`` (formats.resolve_source says the rest)."""
+    ``PREFIX-symbol.json`` (formats.registry.resolve says the rest)."""
     path = Path(arg)
     return (path.exists() or Path(arg + "-symbol.json").exists()
             or any(path.parent.glob(glob.escape(path.name) + "-*.params")))
@@ -288,9 +288,10 @@ def check_command(reference, candidate, runtime, device, mx_device, dtype, size,
 @main.command("list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record (a list of rows) on stdout.")
 def list_command(as_json):
-    """The authors' released checkpoints: architecture, classes, classifier, parameters and
-    their published single-crop ImageNet-1k top-1 / top-5 error (%) at 224 and at 320 with
-    the mean-max head (none for ImageNet-5k and Places365)."""
+    """Every published DPN weight set: the authors' ten checkpoints and PaddleClas's five, with
+    architecture, classes, classifier, parameters and the published single-crop ImageNet-1k
+    top-1 / top-5 error (%) at 224 (and, the authors', at 320 with the mean-max head; none
+    for ImageNet-5k and Places365)."""
     from .release import catalog
     rows = catalog()
     if as_json:
@@ -301,6 +302,8 @@ def list_command(as_json):
     click.echo(head)
     click.echo("-" * len(head))
     for r in rows:
+        if r["weight_set"] != "authors":
+            continue
         pair = ["%5.2f / %-5.2f" % (r[k1], r[k5]) if k1 in r else "%-13s" % "-"
                 for k1, k5 in (("top1_err_224", "top5_err_224"),
                                ("top1_err_320_mean_max", "top5_err_320_mean_max"))]
@@ -309,6 +312,19 @@ def list_command(as_json):
             *pair)).rstrip())
     click.echo("errors (%) as the authors published them (cypw/DPNs README); 320mm: 320 x 320 "
                "with their mean-max head")
+    click.echo("")
+    head = "%-16s %-7s %7s %-10s %8s   %-13s" % (
+        "PaddleClas", "arch", "classes", "classifier", "params", "224 top-1/5")
+    click.echo(head.rstrip())
+    click.echo("-" * len(head.rstrip()))
+    for r in rows:
+        if r["weight_set"] == "paddleclas":
+            click.echo(("%-16s %-7s %7d %-10s %7.2fM   %5.2f / %-5.2f" % (
+                r["name"], r["arch"], r["classes"], "out", r["params"] / 1e6,
+                r["top1_err_224"], r["top5_err_224"])).rstrip())
+    click.echo("errors (%%) from the accuracy PaddleClas published (its model zoo): %s, trained "
+               "by PaddleClas's recipe for its ImageNet normalization; .pdparams files, read and "
+               "written by dpn-convert (--to paddle)" % variants.WEIGHT_SETS["paddleclas"].url)
     return 0
 
 
@@ -357,12 +373,12 @@ def release_command(src_dir, out, check, force, labels_file, license_, as_json, 
 
 def _inputs(*paths: Path):
     """The files a check reads, as the reader resolves them (a PREFIX names PREFIX-0000.params)."""
-    from ..formats.canonical import resolve_source
+    from ..formats.registry import resolve
     found = []
     for path in paths:
         found.append(path)
         try:
-            found.append(resolve_source(path))
+            found.append(resolve(path))
         except DPNError:
             pass                # the reader says what is wrong with it, after the plan
     return found

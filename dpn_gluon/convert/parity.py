@@ -35,7 +35,6 @@ import importlib
 import io
 import os
 import sys
-import tempfile
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -66,7 +65,7 @@ TOLERANCES = {"float32": 1e-5, "float16": 1e-2, "bfloat16": 6e-2}
 #: Candidate dtypes that must also agree with the reference's top-1 class on every image.
 TOP1_DTYPES = ("float16", "bfloat16")
 
-MIN_SIZE, MIN_SIZE_MEAN_MAX = 32, 193
+MIN_SIZE, MIN_SIZE_MEAN_MAX = variants.MIN_INPUT_SIZE["global"], variants.MIN_INPUT_SIZE["mean_max"]
 
 WeightsLike = Union["object", Mapping[str, np.ndarray]]   # formats.Weights or canonical tensors
 
@@ -391,7 +390,7 @@ def onnx_taps(arch: variants.Arch, classes: int, classifier: str, tensors, x: np
     import onnx
     import onnxruntime as ort
 
-    from ..onnx_graph import export_onnx
+    from ..onnx_graph import onnx_bytes
     providers = ["CPUExecutionProvider"]
     if device == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -399,29 +398,28 @@ def onnx_taps(arch: variants.Arch, classes: int, classifier: str, tensors, x: np
                            "(install onnxruntime-gpu)")
         providers = ["CUDAExecutionProvider"]
     taps = variants.tap_names(arch)
-    with tempfile.TemporaryDirectory(prefix="dpn-parity-") as tmp:
-        if model_path is None:
-            model = export_onnx(tensors, Path(tmp) / "taps.onnx", arch.name, classes, classifier,
-                                mean_max=mean_max, tap_outputs=True)
-            model = str(model)
-        else:
-            proto = onnx.load(str(model_path))
-            produced = {o for n in proto.graph.node for o in n.output}
-            missing = [t for t in taps[:-1] if t not in produced]
-            if missing or "logits" not in {o.name for o in proto.graph.output}:
-                raise DPNError("%s: not dpn-convert's %s graph: no node output %s"
-                               % (model_path, arch.name, (missing or ["logits"])[0]))
-            outputs = {o.name for o in proto.graph.output}
-            inner = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-            proto.graph.output.extend(onnx.helper.make_tensor_value_info(t, inner, None)
-                                      for t in taps[:-1] if t not in outputs)
-            model = proto.SerializeToString()
-            del proto
-        sess = ort.InferenceSession(model, providers=providers)
-        if device == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
-            raise DPNError("--device cuda: onnxruntime's CUDA provider did not load")
-        names = [o.name for o in sess.get_outputs()]
-        got = dict(zip(names, sess.run(None, {"data": x})))
+    if model_path is None:       # built in memory: onnxruntime takes the bytes
+        model = onnx_bytes(tensors, arch.name, classes, classifier, mean_max=mean_max,
+                           tap_outputs=True)
+    else:
+        proto = onnx.load(str(model_path))
+        produced = {o for n in proto.graph.node for o in n.output}
+        missing = [t for t in taps[:-1] if t not in produced]
+        if missing or "logits" not in {o.name for o in proto.graph.output}:
+            raise DPNError("%s: not dpn-convert's %s graph: no node output %s"
+                           % (model_path, arch.name, (missing or ["logits"])[0]))
+        outputs = {o.name for o in proto.graph.output}
+        inner = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        proto.graph.output.extend(onnx.helper.make_tensor_value_info(t, inner, None)
+                                  for t in taps[:-1] if t not in outputs)
+        model = proto.SerializeToString()
+        del proto
+    sess = ort.InferenceSession(model, providers=providers)
+    del model
+    if device == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
+        raise DPNError("--device cuda: onnxruntime's CUDA provider did not load")
+    names = [o.name for o in sess.get_outputs()]
+    got = dict(zip(names, sess.run(None, {"data": x})))
     return OrderedDict((t, got[t]) for t in taps)
 
 

@@ -19,8 +19,8 @@ from .. import deps
 from .. import labels as class_labels
 from ..errors import DPNError
 from ..formats import canonical as formats
-from ..formats import sanity
-from ..safeio.outputs import conversion_plan
+from ..formats import registry, sanity
+from ..safeio.outputs import TARGETS, conversion_plan
 from . import card, writers
 from .check import CheckReport, check_written, importable
 
@@ -84,16 +84,15 @@ def convert(src: PathLike, to: str, out: Optional[PathLike] = None, arch: Option
         if log:
             log(msg)
 
-    if to not in formats.TARGETS:
-        raise DPNError("unknown target format %r (choose from %s)"
-                               % (to, ", ".join(formats.TARGETS)))
+    if to not in TARGETS:
+        raise DPNError("unknown target format %r (choose from %s)" % (to, ", ".join(TARGETS)))
     writers.check_onnx_options(to, onnx_options)
     if to == "onnx":          # before reading a checkpoint of hundreds of MB
         deps.require("onnx", "--to onnx")
-    path = formats.resolve_source(src, epoch)
-    fmt = formats.detect(path)
+    source = registry.detect(registry.resolve(src, epoch))      # resolved and detected once
+    path, fmt = source.path, source.format
     plan = conversion_plan(path, fmt, to, out, force, report)   # refuse early, before any work
-    weights = formats.read(path, arch=arch, classifier=classifier)
+    weights = formats.read_source(source, arch=arch, classifier=classifier)
     if labels is not None:
         weights.labels = list(class_labels.read_file(labels, weights.classes).names)
     if license is not None:

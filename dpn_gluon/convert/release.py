@@ -1,7 +1,8 @@
-"""``dpn-convert release``: every authors' checkpoint in a folder, as Hub-ready outputs.
+"""``dpn-convert release``: every DPN checkpoint in a folder, as Hub-ready outputs.
 
-For each ``PREFIX-NNNN.params`` in SRC_DIR (named PREFIX, or PREFIX-NNNN where a prefix has
-several epochs; the architecture is identified from the tensors) it writes ``OUT/NAME/`` (a
+For each ``PREFIX-NNNN.params`` (the authors') or ``NAME.pdparams`` (PaddleClas's) in SRC_DIR
+(named PREFIX, or PREFIX-NNNN where a prefix has several epochs; the architecture is
+identified from the tensors) it writes ``OUT/NAME/`` (a
 timm folder with its model card) and ``OUT/NAME.onnx``, each through
 :func:`dpn_gluon.convert.pipeline.convert`, and records them in ``OUT/MANIFEST.json`` (and the
 same as tables in ``MANIFEST.md``), rewritten atomically after every checkpoint so that an
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +36,7 @@ from .. import labels as class_labels
 from .. import variants
 from ..errors import DPNError
 from ..files import read_bounded
+from ..formats import mxnet, paddle
 from ..formats.canonical import read, sha256_of
 from ..safeio.atomic import Transaction, check_writable
 from ..safeio.outputs import TIMM_FILES, Output, Plan
@@ -45,7 +46,6 @@ MANIFEST_JSON, MANIFEST_MD = "MANIFEST.json", "MANIFEST.md"
 MANIFEST_VERSION = 1
 #: The most a MANIFEST.json may hold (ten checkpoints take about 6 KB).
 MAX_MANIFEST_BYTES = 16 << 20
-_PARAMS = re.compile(r"^(?P<prefix>.+)-(?P<epoch>\d{4})\.params$")
 
 
 @dataclass
@@ -65,27 +65,36 @@ class Release:
 
 
 def find_checkpoints(src_dir: Path) -> List[Tuple[str, Path]]:
-    """(name, path) of every ``PREFIX-NNNN.params`` file in ``src_dir``, sorted by name;
-    names are unique (the file names without ``.params`` where prefixes would collide)."""
+    """(name, path) of every ``PREFIX-NNNN.params`` (the authors') and ``NAME.pdparams``
+    (PaddleClas's) file in ``src_dir``, sorted by name; names are unique (the file names
+    without their suffix where prefixes would collide)."""
     src_dir = Path(src_dir)
     if not src_dir.is_dir():
         raise DPNError("%s: not a folder" % src_dir)
     found: Dict[str, List[Path]] = {}
     for path in sorted(src_dir.iterdir()):
-        m = _PARAMS.match(path.name)
-        if m and path.is_file():
-            found.setdefault(m.group("prefix"), []).append(path)
+        if not path.is_file():
+            continue
+        if mxnet.is_epoch_file(path):
+            found.setdefault(mxnet.prefix_of(path).name, []).append(path)
+        elif path.suffix == paddle.SUFFIX:
+            found.setdefault(path.stem, []).append(path)
     out = []
     for prefix, paths in found.items():
         for path in paths:
-            out.append((prefix if len(paths) == 1 else path.name[:-len(".params")], path))
+            out.append((prefix if len(paths) == 1 else _stem(path), path))
     if not out:
-        raise DPNError("%s: no PREFIX-NNNN.params checkpoint in the folder" % src_dir)
+        raise DPNError("%s: no PREFIX-NNNN.params or NAME.pdparams checkpoint in the folder"
+                       % src_dir)
     if len({name for name, _ in out}) < len(out):
         # a-0000.params + a-0001.params are a-0000 and a-0001, as is a-0000-0000.params
         # alone: two entries would share outputs; the file names themselves are unique
-        out = [(path.name[:-len(".params")], path) for _, path in out]
+        out = [(_stem(path), path) for _, path in out]
     return sorted(out)
+
+
+def _stem(path: Path) -> str:
+    return path.name[:-len(path.suffix)]
 
 
 def entry_files(name: str) -> Set[str]:
@@ -281,9 +290,17 @@ def catalog() -> List[dict]:
     for c in variants.CHECKPOINTS.values():
         row = {"name": c.name, "arch": c.arch, "classes": c.classes, "classifier": c.classifier,
                "dataset": c.dataset,
-               "params": variants.count_params(variants.ARCHS[c.arch], c.classes)}
+               "params": variants.count_params(variants.ARCHS[c.arch], c.classes),
+               "weight_set": "authors"}
         for setting, (top1, top5) in zip(variants.PUBLISHED_SETTINGS, c.published or ()):
             key = setting.replace(" ", "_").replace("-", "_")
             row["top1_err_" + key], row["top5_err_" + key] = top1, top5
         rows.append(row)
+    for p in variants.PADDLECLAS_CHECKPOINTS.values():
+        # published as accuracy; shown as error (%) like the authors' table
+        rows.append({"name": p.name, "arch": p.arch, "classes": 1000, "classifier": "fc6",
+                     "dataset": "ImageNet-1k",
+                     "params": variants.count_params(variants.ARCHS[p.arch], 1000),
+                     "weight_set": "paddleclas", "top1_err_224": round(100 * (1 - p.top1), 2),
+                     "top5_err_224": round(100 * (1 - p.top5), 2)})
     return rows

@@ -34,8 +34,8 @@ import numpy as np
 
 from ..errors import DPNError
 from ..files import open_regular
-from ..formats.readers import MAX_CLASSES
 from ..safeio.atomic import worker_signals
+from ..variants import MAX_CLASSES
 from .images import MAX_IMAGE_BYTES
 from .preprocess import ImageError, load_image, normalize, resize_crop
 
@@ -320,8 +320,10 @@ class Batch:
 
 
 def iter_batches(dataset: Dataset, crop: int, protocol: str, batch_size: int,
-                 workers: int = 0, strict: bool = False) -> Iterator[Batch]:
-    """Preprocessed batches in dataset order; ``workers`` processes decode (0: in-process)."""
+                 workers: int = 0, strict: bool = False,
+                 normalization: str = "authors") -> Iterator[Batch]:
+    """Preprocessed batches in dataset order; ``workers`` processes decode (0: in-process);
+    normalized as the checkpoint's weight set expects."""
     if batch_size < 1:
         raise DPNError("batch size must be positive, got %d" % batch_size)
     tasks = ((i, src, dataset.name(i)) for i, src in enumerate(dataset.sources))
@@ -344,10 +346,10 @@ def iter_batches(dataset: Dataset, crop: int, protocol: str, batch_size: int,
             arrays.append(array)
             idx.append(i)
             if len(arrays) == batch_size:
-                yield _batch(dataset, arrays, idx, skipped)
+                yield _batch(dataset, arrays, idx, skipped, normalization)
                 arrays, idx, skipped = [], [], []
         if arrays or skipped:
-            yield _batch(dataset, arrays, idx, skipped)
+            yield _batch(dataset, arrays, idx, skipped, normalization)
     finally:
         if pool is not None:
             pool.terminate()
@@ -355,7 +357,8 @@ def iter_batches(dataset: Dataset, crop: int, protocol: str, batch_size: int,
 
 
 def _batch(dataset: Dataset, arrays: Sequence[np.ndarray], idx: List[int],
-           skipped: List[str]) -> Batch:
+           skipped: List[str], normalization: str = "authors") -> Batch:
     index = np.asarray(idx, dtype=np.int64)
-    data = normalize(np.stack(arrays)) if arrays else np.zeros((0, 3, 0, 0), np.float32)
+    data = normalize(np.stack(arrays), normalization) if arrays else \
+        np.zeros((0, 3, 0, 0), np.float32)
     return Batch(data, dataset.labels[index], index, skipped)

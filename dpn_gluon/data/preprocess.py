@@ -1,7 +1,8 @@
 """The one preprocessing function of dpn-evaluate and dpn-predict, for every runtime.
 
-Two protocols, both bicubic and both ending in the authors' normalization
-``(pixel - MEAN_RGB) * SCALE`` on 0..255 RGB values, float32 CHW:
+Three protocols (resize and crop), each then normalized the way the checkpoint's weight set
+expects (``normalize``): the authors' ``(pixel - MEAN_RGB) * SCALE`` on 0..255 RGB values,
+or ImageNet's ``(pixel / 255 - mean) / std`` (PaddleClas's weights), float32 CHW:
 
 - ``authors``: resize so the SHORT side equals the crop size, then a 100 % center crop
   (cypw/DPNs ``score.py`` with cypw/mxnet's ``aug_torch``; docs/reference/original-dpn.md
@@ -9,6 +10,10 @@ Two protocols, both bicubic and both ending in the authors' normalization
 - ``timm``: resize the short side to ``floor(crop / 0.875)``, then center crop (timm's
   ``_cfg`` for the ``dpn*.mx_in1k`` weights: crop_pct 0.875, bicubic, mean (124,117,104)/255,
   std 1/(0.0167*255), which is the same normalization; docs/reference/pytorch-ports.md 2.4 and 3.4).
+- ``paddleclas``: PaddleClas's eval transforms for its DPN weights (its DPN configs and
+  ``deploy/python/preprocess.py``): the short side resized to ``round(crop * 256 / 224)``
+  (256 at 224) with OpenCV's ``INTER_LINEAR``, the other side ``round()``-ed, then a center
+  crop whose offset floors. It needs OpenCV (the ``opencv`` extra).
 
 Each protocol resizes with the kernel of the pipeline it reproduces: ``authors`` with OpenCV's
 bicubic (a = -0.75, no antialiasing when shrinking), which their MXNet iterator called:
@@ -42,6 +47,7 @@ from typing import Tuple
 import numpy as np
 from PIL import Image
 
+from .. import deps, variants
 from ..errors import DPNError
 from ..variants import MEAN_RGB, SCALE
 from .images import ImageError, ImageSource, load_image, source_name
@@ -49,9 +55,11 @@ from .images import ImageError, ImageSource, load_image, source_name
 __all__ = ["PROTOCOLS", "ImageError", "load_image", "resize_crop", "normalize", "preprocess",
            "resize_size", "short_side_size", "authors_resize_backend"]
 
-PROTOCOLS = ("authors", "timm")
+PROTOCOLS = ("authors", "timm", "paddleclas")
 #: timm's crop fraction for the converted DPN weights (``_cfg(crop_pct=0.875)``).
 TIMM_CROP_PCT = 0.875
+#: PaddleClas's eval resize and crop for its DPNs (ResizeImage resize_short / CropImage size).
+PADDLECLAS_RESIZE, PADDLECLAS_CROP = 256, 224
 
 #: Largest resized image (before the crop): 16 Mi pixels, 48 MB as 8-bit RGB.
 MAX_RESIZED_PIXELS = 1 << 24
@@ -63,6 +71,8 @@ def resize_size(crop: int, protocol: str) -> int:
         return crop
     if protocol == "timm":
         return int(np.floor(crop / TIMM_CROP_PCT))
+    if protocol == "paddleclas":
+        return int(round(crop * PADDLECLAS_RESIZE / PADDLECLAS_CROP))
     raise DPNError("unknown protocol %r (choose from %s)" % (protocol, ", ".join(PROTOCOLS)))
 
 
@@ -80,6 +90,8 @@ def resize_crop(img, crop: int, protocol: str = "authors", name: str = "<image>"
     timm's (torchvision) transforms on PIL images, computed for the crop's box only.
     """
     img = img if img.mode == "RGB" else img.convert("RGB")
+    if protocol == "paddleclas":
+        return _paddleclas_resize_crop(img, crop, name)
     w, h = short_side_size(img.width, img.height, resize_size(crop, protocol))
     left, top = _crop_offset(w - crop, protocol), _crop_offset(h - crop, protocol)
     if protocol == "authors":
@@ -101,6 +113,24 @@ def resize_crop(img, crop: int, protocol: str = "authors", name: str = "<image>"
     sx, sy = img.width / w, img.height / h
     box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
     return np.asarray(img.resize((crop, crop), Image.BICUBIC, box=box), dtype=np.uint8)
+
+
+def _paddleclas_resize_crop(img, crop: int, name: str) -> np.ndarray:
+    """PaddleClas's ResizeImage(resize_short) + CropImage: both sides scaled by
+    ``short / min(w, h)`` and rounded, ``cv2.resize`` INTER_LINEAR, a center crop that floors."""
+    cv2 = _cv2()
+    if cv2 is None:
+        deps.require("cv2", "--protocol paddleclas (PaddleClas resizes with OpenCV's bilinear)")
+    short = resize_size(crop, "paddleclas")
+    percent = float(short) / min(img.width, img.height)
+    w, h = int(round(img.width * percent)), int(round(img.height * percent))
+    if w * h > MAX_RESIZED_PIXELS:
+        raise ImageError("%s: %dx%d: aspect ratio too extreme: PaddleClas's resize would make a "
+                         "%dx%d image (at most %d pixels)" % (name, img.width, img.height, w, h,
+                                                              MAX_RESIZED_PIXELS))
+    resized = cv2.resize(np.asarray(img), (w, h), interpolation=cv2.INTER_LINEAR)
+    top, left = (h - crop) // 2, (w - crop) // 2
+    return np.ascontiguousarray(resized[top:top + crop, left:left + crop])
 
 
 @lru_cache(maxsize=None)
@@ -195,18 +225,26 @@ def _crop_offset(excess: int, protocol: str) -> int:
     return int(round(excess / 2.0)) if protocol == "timm" else excess // 2
 
 
-def normalize(hwc: np.ndarray) -> np.ndarray:
-    """uint8 RGB ``(..., H, W, 3)`` -> float32 ``(..., 3, H, W)``: ``(pixel - MEAN_RGB) * SCALE``.
+def normalize(hwc: np.ndarray, normalization: str = "authors") -> np.ndarray:
+    """uint8 RGB ``(..., H, W, 3)`` -> float32 ``(..., 3, H, W)``, one image (HWC) or a
+    batch (NHWC), as the weight set expects (``variants.NORMALIZATIONS``).
 
-    Subtract, then scale, as MXNet's iterator; one image (HWC) or a batch (NHWC).
+    ``authors``: ``(pixel - MEAN_RGB) * SCALE``, subtract then scale, as MXNet's iterator.
+    Otherwise ``(pixel * (1/255) - mean) / std`` in float32, as PaddleClas's NormalizeImage.
     """
-    x = hwc.astype(np.float32) - np.asarray(MEAN_RGB, dtype=np.float32)
-    x *= np.float32(SCALE)
+    if normalization == "authors":
+        x = hwc.astype(np.float32) - np.asarray(MEAN_RGB, dtype=np.float32)
+        x *= np.float32(SCALE)
+    else:
+        norm = variants.NORMALIZATIONS[normalization]
+        x = hwc.astype(np.float32) * np.float32(1.0 / 255.0)
+        x -= np.asarray(norm.mean, dtype=np.float32)
+        x /= np.asarray(norm.std, dtype=np.float32)
     return np.ascontiguousarray(np.moveaxis(x, -1, -3))
 
 
 def preprocess(source: ImageSource, crop: int, protocol: str = "authors",
-               name: str = None) -> np.ndarray:
+               name: str = None, normalization: str = "authors") -> np.ndarray:
     """Decode, resize, center crop and normalize one image: float32 ``(3, crop, crop)``."""
     name = name or source_name(source)
-    return normalize(resize_crop(load_image(source, name), crop, protocol, name))
+    return normalize(resize_crop(load_image(source, name), crop, protocol, name), normalization)

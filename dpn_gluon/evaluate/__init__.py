@@ -15,7 +15,7 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from .. import labels
+from .. import deps, labels, variants
 from ..data.datasets import Dataset, iter_batches, open_dataset
 from ..data.preprocess import PROTOCOLS, authors_resize_backend, resize_size
 from ..data.preprocess import preprocess as preprocess_image
@@ -24,26 +24,38 @@ from .metrics import TopKError
 
 __all__ = ["evaluate", "predict", "classify", "settings", "class_names", "open_dataset", "PROTOCOLS"]
 
-#: Smallest input whose final feature map (stride 32) holds the 7x7 average pool of the
-#: authors' mean-max head.
-MEAN_MAX_MIN_SIZE = 224
 
 
-def settings(size: int, protocol: str, mean_max: bool) -> dict:
-    """The preprocessing and head settings, validated, as reported beside the results."""
+def settings(size: int, protocol: str, mean_max: bool, normalization: str = "authors") -> dict:
+    """The preprocessing and head settings, validated, as reported beside the results;
+    ``normalization`` is the checkpoint's (its weight set's)."""
     if protocol not in PROTOCOLS:
         raise DPNError("unknown protocol %r (choose from %s)" % (protocol, ", ".join(PROTOCOLS)))
-    if size < 32:
-        raise DPNError("--size must be at least 32 (the network's stride), got %d" % size)
-    if mean_max and size < MEAN_MAX_MIN_SIZE:
+    if size < variants.MIN_INPUT_SIZE["global"]:
+        raise DPNError("--size must be at least %d (the network's stride), got %d"
+                       % (variants.MIN_INPUT_SIZE["global"], size))
+    if mean_max and size < variants.MIN_INPUT_SIZE["mean_max"]:
         raise DPNError("--mean-max needs --size >= %d (a 7x7 final feature map), got %d"
-                       % (MEAN_MAX_MIN_SIZE, size))
-    return {"protocol": protocol, "size": size, "resize_short": resize_size(size, protocol),
-            "crop": size,
-            "interpolation": "bicubic (%s)" % ("OpenCV" if protocol == "authors" else "PIL"),
-            "resize": authors_resize_backend() if protocol == "authors" else "PIL Image.resize BICUBIC",
-            "mean_rgb": [124.0, 117.0, 104.0],
-            "scale": 0.0167, "mean_max": bool(mean_max)}
+                       % (variants.MIN_INPUT_SIZE["mean_max"], size))
+    if protocol == "paddleclas":
+        deps.require("cv2", "--protocol paddleclas (PaddleClas resizes with OpenCV's bilinear)")
+    record = {"protocol": protocol, "size": size, "resize_short": resize_size(size, protocol),
+              "crop": size, "interpolation": _INTERPOLATION[protocol],
+              "resize": authors_resize_backend() if protocol == "authors" else _RESIZE[protocol],
+              "normalization": normalization}
+    if normalization == "authors":
+        record.update({"mean_rgb": list(variants.MEAN_RGB), "scale": variants.SCALE})
+    else:
+        norm = variants.NORMALIZATIONS[normalization]
+        record.update({"mean_rgb": [round(m * 255, 6) for m in norm.mean],
+                       "std_rgb": [round(s * 255, 6) for s in norm.std]})
+    record["mean_max"] = bool(mean_max)
+    return record
+
+
+_INTERPOLATION = {"authors": "bicubic (OpenCV)", "timm": "bicubic (PIL)",
+                  "paddleclas": "bilinear (OpenCV)"}
+_RESIZE = {"timm": "PIL Image.resize BICUBIC", "paddleclas": "OpenCV cv2.resize INTER_LINEAR"}
 
 
 def evaluate(runtime, dataset: Dataset, size: int, protocol: str = "authors",
@@ -64,7 +76,8 @@ def evaluate(runtime, dataset: Dataset, size: int, protocol: str = "authors",
     refusal, every image unreadable included, prints none, so the refusal stays one line).
     """
     from tqdm import tqdm
-    record = settings(size, protocol, mean_max)
+    normalization = getattr(runtime, "normalization", "authors")
+    record = settings(size, protocol, mean_max, normalization)
     if class_names is not None:
         labels.check_count(class_names, runtime.classes, class_names.source)
         dataset = dataset.relabel(list(class_names.names))
@@ -76,7 +89,8 @@ def evaluate(runtime, dataset: Dataset, size: int, protocol: str = "authors",
     bar, done = None, 0
     start = time.perf_counter()
     try:
-        for batch in iter_batches(dataset, size, protocol, batch_size, workers, strict):
+        for batch in iter_batches(dataset, size, protocol, batch_size, workers, strict,
+                                  normalization):
             if len(batch.labels) and bar is None:
                 # the notes and the bar start with the first scored images: a data set with
                 # none readable ends in one line
@@ -120,7 +134,9 @@ def predict(runtime, images: Sequence, size: int = 224, protocol: str = "authors
     """
     if names is None:
         names = labels.for_checkpoint(getattr(runtime, "labels", None), runtime.classes)
-    batch = np.stack([preprocess_image(img, size, protocol) for img in images])
+    normalization = getattr(runtime, "normalization", "authors")
+    batch = np.stack([preprocess_image(img, size, protocol, normalization=normalization)
+                      for img in images])
     return classify(runtime, [str(img) for img in images], batch, top, names)
 
 

@@ -41,10 +41,13 @@ def _common(fn):
         click.option("--protocol", type=click.Choice(PROTOCOLS), default="authors",
                      show_default=True,
                      help="authors: bicubic short side = crop, 100% center crop. "
-                          "timm: short side = crop/0.875, center crop. Both normalize "
-                          "(pixel - [124,117,104]) * 0.0167."),
+                          "timm: short side = crop/0.875, center crop. paddleclas: OpenCV "
+                          "bilinear short side = crop*256/224, center crop (PaddleClas's "
+                          "eval). Pixels are then normalized as the checkpoint's weights "
+                          "expect: the authors' (pixel - [124,117,104]) * 0.0167, or "
+                          "ImageNet's mean/std for PaddleClas's weights."),
         click.option("--mean-max", is_flag=True,
-                     help="The authors' mean-max test head (needs --size >= 224; "
+                     help="The authors' mean-max test head (needs --size >= 193; "
                           "their third column at 320)."),
         click.option("--runtime", type=click.Choice(RUNTIMES), default="gluon",
                      show_default=True, help="Run the checkpoint in MXNet Gluon, PyTorch or "
@@ -117,10 +120,14 @@ def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, dev
         checkpoint, record["checkpoint_arch"], record["classes"], record["classifier"]))
     click.echo("data        %s  (%s: %d images, %d skipped)" % (
         record["data"], record["data_format"], record["images"], record["skipped"]))
+    norm = ("mean=(124,117,104) scale=0.0167" if record["normalization"] == "authors" else
+            "normalization=%s mean=(%s) std=(%s)" % (
+                record["normalization"], ",".join("%g" % m for m in record["mean_rgb"]),
+                ",".join("%g" % s for s in record["std_rgb"])))
     click.echo("settings    protocol=%s size=%d resize_short=%d crop=%d %s "
-               "mean=(124,117,104) scale=0.0167 mean_max=%s runtime=%s device=%s batch=%d"
+               "%s mean_max=%s runtime=%s device=%s batch=%d"
                % (record["protocol"], record["size"], record["resize_short"], record["crop"],
-                  record["interpolation"].replace(" ", ""),
+                  record["interpolation"].replace(" ", ""), norm,
                   "on" if record["mean_max"] else "off", record["runtime"],
                   ",".join(record["devices"]), record["batch_size"]))
     click.echo("top-1 error %.2f %%" % record["top1_error"])
@@ -163,7 +170,8 @@ def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, dev
         files, arrays = [], []
         for image in images[start:start + PREDICT_BATCH]:
             try:
-                arrays.append(preprocess(image, size, protocol, name=str(image)))
+                arrays.append(preprocess(image, size, protocol, name=str(image),
+                                         normalization=rt.normalization))
                 files.append(str(image))
             except DPNError as err:
                 bad += 1
@@ -182,6 +190,7 @@ def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, dev
     if as_json:
         click.echo(json.dumps({"checkpoint": str(checkpoint), "classes": rt.classes,
                                "protocol": protocol, "size": size, "mean_max": mean_max,
+                               "normalization": rt.normalization,
                                "runtime": rt.kind, "predictions": results,
                                "bad_images": bad}))
     return 2 if bad else 0

@@ -1,32 +1,10 @@
-"""Checkpoint formats: what a file is, and its tensors read to canonical names.
+"""Canonical form: a checkpoint's tensors under the authors' names, validated against the
+variant table, whatever format they came from.
 
-The data flow of a conversion (DESIGN.md, principle 7), one function per arrow::
-
-    detect(path)                     -> format name, from the content (never the extension)
-    read_raw(path, fmt)              -> {stored key: array}, metadata    (both in .readers)
-    canonicalize(raw, metadata, ...) -> Weights: variant + {canonical name: array}, validated
-                                        against the variant table (variants.identify)
-    rename_for(weights, target)      -> {target key: array}, through the one name table
-    write(weights, target, out, ...) -> the files, written atomically (dpn_gluon.convert.writers)
-
-Formats, and what they must stay compatible with:
-
-- ``mxnet``: the authors' ``PREFIX-0000.params`` (``arg:``/``aux:`` keys, as
-  ``mx.model.save_checkpoint`` writes) and ``PREFIX-symbol.json``;
-- ``gluon``: a Gluon ``save_parameters`` file (structural names,
-  ``features.conv2_1.c1x1_a.bn.running_mean``); files keyed by Gluon parameter names (the
-  authors' names with ``running_mean/var``) are read too;
-- ``torch``: a ``torch.save`` state_dict with timm's keys (plain, or wrapped as
-  ``{'state_dict': ...}`` / ``{'model': ...}``), loaded with ``weights_only=True`` only;
-- ``safetensors``: timm's keys, plus string metadata (architecture, classes, the authors'
-  classifier name, source file and sha256, the authors' normalization);
-- ``timm``: a folder with ``config.json`` + ``model.safetensors``, as timm's
-  ``push_to_hf_hub`` writes and ``timm.create_model('local-dir:PATH')`` reads;
-- ``onnx`` (target only): delegated to :mod:`dpn_gluon.onnx_graph`.
-
-Hostile input: every reader is bounded by the file's size before it allocates (a lying
-header, a zip bomb, a storage declared larger than the file), runs no code from the file,
-and refuses anything it does not expect in one line naming the file (docs/hostile.md).
+    registry.detect(path) -> registry.read_raw(source)    (the format's module)
+    canonicalize(raw, metadata, ...) -> Weights: variant + {canonical name: array}
+    Weights.renamed(scheme)          -> {key in a format's scheme: array}, through names.py
+    registry.FORMATS[target].write(weights, ...) (dpn_gluon.convert.writers stages it)
 
 Memory: sources are memory-mapped (``.params``, torch ``mmap=True``) or read tensor by
 tensor (safetensors), arrays stay views through renaming, and writers stream from them, so a
@@ -50,22 +28,8 @@ from .. import labels as class_labels
 from .. import variants
 from ..errors import CheckpointError, DPNError, KeyMismatch
 from ..files import open_regular
-from . import names
-from .readers import TIMM_WEIGHTS, _arch_name, detect, parse_count, read_raw, resolve_source
-
-FORMATS = ("mxnet", "gluon", "torch", "safetensors", "timm", "paddle")
-TARGETS = FORMATS + ("onnx",)
-
-
-#: The authors' preprocessing in timm's terms (0..1 pixels): mean (124,117,104)/255 and
-#: std 1/(0.0167*255), a bicubic resize and a 100 % center crop (score.py; timm uses 0.875).
-MEAN = variants.NORMALIZATIONS["authors"].mean
-STD = variants.NORMALIZATIONS["authors"].std
-CROP_PCT = 1.0
-INTERPOLATION = "bicubic"
-INPUT_SIZE = (3, 224, 224)
-#: The authors' test setting: 320 x 320, a 100 % crop, their mean-max head.
-TEST_INPUT_SIZE = (3, 320, 320)
+from . import names, registry, timm
+from .base import arch_name, parse_count
 
 PathLike = Union[str, Path]
 
@@ -107,18 +71,28 @@ class Weights:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.tensors.values())
 
+    def renamed(self, scheme: str) -> "OrderedDict[str, np.ndarray]":
+        """:func:`rename_for` this checkpoint: what a format's writer stores."""
+        return rename_for(self, scheme)
+
 
 # -- read ---------------------------------------------------------------------------------
 
 def read(src: PathLike, arch: Optional[str] = None, classifier: Optional[str] = None,
          epoch: Optional[int] = None, hash_source: bool = True) -> Weights:
     """Any supported checkpoint -> validated :class:`Weights` (tensors are read-only views)."""
-    path = resolve_source(src, epoch)
-    fmt = detect(path)
-    raw, metadata = read_raw(path, fmt)
+    source = registry.detect(registry.resolve(src, epoch))
+    return read_source(source, arch, classifier, hash_source)
+
+
+def read_source(source: registry.Source, arch: Optional[str] = None,
+                classifier: Optional[str] = None, hash_source: bool = True) -> Weights:
+    """:func:`read` of a source already resolved and detected (the pipeline detects once)."""
+    raw, metadata = registry.read_raw(source)
+    path, fmt = source.path, source.format
     weights = canonicalize(raw, metadata, path, fmt, arch=arch, classifier=classifier)
     if hash_source:
-        weights.sha256 = sha256_of(path / TIMM_WEIGHTS if fmt == "timm" else path)
+        weights.sha256 = sha256_of(path / timm.WEIGHTS if fmt == "timm" else path)
     return weights
 
 
@@ -221,7 +195,7 @@ def _check_metadata(metadata: Mapping[str, str], arch: variants.Arch, classes: i
                     head: str = "the classifier"):
     said_arch = metadata.get("config_architecture") or metadata.get("architecture")
     field_of = "config.json" if metadata.get("config_architecture") else "metadata"
-    if said_arch and _arch_name(said_arch) != arch.name:
+    if said_arch and arch_name(said_arch) != arch.name:
         raise CheckpointError("%s: %s says architecture %s, but the tensors are %s"
                               % (where, field_of, said_arch, arch.name))
     said = metadata.get("config_num_classes") or metadata.get("classes")

@@ -27,12 +27,19 @@ from __future__ import annotations
 import pickle
 import re
 from collections import OrderedDict
+from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Tuple
 
 import numpy as np
 
 from .. import variants
 from ..errors import CheckpointError
+from .base import MAX_TENSORS, Progress, mapped
+
+SUFFIX = ".pdparams"
+SUFFIXES = (SUFFIX,)
+#: PaddleClas's config written beside the weights (``tools/eval.py -c NAME.yaml``).
+CONFIG_SUFFIX = ".yaml"
 
 #: BatchNorm epsilon of PaddleClas's DPN (paddle.nn.BatchNorm's default).
 PADDLE_BN_EPS = 1e-5
@@ -50,20 +57,23 @@ _UNITS = ((variants.PROJ_S1, "c1x1_w_func", "match"), (variants.PROJ_S2, "c1x1_w
 
 # -- names ---------------------------------------------------------------------------------
 
-def _unit_names(structured: str, param: str, canonical_bn: str, canonical_conv: str):
-    """(canonical, structured, parameter name) of one BN + conv unit."""
-    for leaf, s_leaf, p_leaf in _BN_LEAVES:
-        yield canonical_bn + leaf, "%s._batch_norm.%s" % (structured, s_leaf), \
-            "%s_%s" % (param, p_leaf)
-    yield canonical_conv, structured + "._conv.weight", param + "_weights"
+def _unit_names(structured: str, param: str, canonical_bn: str, canonical_conv: str,
+                conv_first: bool = False):
+    """(canonical, structured, parameter name) of one BN + conv unit, in the order its layer
+    creates them: PaddleClas's stem (ConvBNLayer) makes its conv first, every block unit
+    (BNACConvLayer) its BN first."""
+    bn = [(canonical_bn + leaf, "%s._batch_norm.%s" % (structured, s_leaf),
+           "%s_%s" % (param, p_leaf)) for leaf, s_leaf, p_leaf in _BN_LEAVES]
+    conv = (canonical_conv, structured + "._conv.weight", param + "_weights")
+    return [conv] + bn if conv_first else bn + [conv]
 
 
 def name_table(arch: variants.Arch, classifier: str = "fc6") -> List[Tuple[str, str, str]]:
     """(canonical name, structured name, parameter name) of every tensor, in PaddleClas's
     state-dict order. For a "b" architecture the ``c1x1-c`` conv row stands for the
     concatenation of ``c1x1-c1`` and ``c1x1-c2``."""
-    rows = list(_unit_names("conv1_x_1_func", "conv1", variants.STEM + "__relu-sp__bn_",
-                            variants.STEM + "__conv_weight"))
+    rows = _unit_names("conv1_x_1_func", "conv1", variants.STEM + "__relu-sp__bn_",
+                       variants.STEM + "__conv_weight", conv_first=True)
     for number, blk in enumerate(arch.blocks(), 1):
         for unit, structured, param in _UNITS:
             if unit in (variants.PROJ_S1, variants.PROJ_S2) and unit != blk.proj_unit:
@@ -248,7 +258,7 @@ def is_pdparams(head: bytes) -> bool:
         head[2] == 0x7D or (head[2] == 0x95 and len(head) >= 12 and head[11] == 0x7D))
 
 
-def read(path, f, max_tensors: int) -> "OrderedDict[str, np.ndarray]":
+def load_state(path, f, max_tensors: int) -> "OrderedDict[str, np.ndarray]":
     """The arrays of a ``.pdparams`` file open as ``f`` (whose ``read(n)`` returns at most
     what remains): a dict of name -> array (plus paddle.save's name map, checked and
     dropped), or one line saying why not."""
@@ -283,7 +293,7 @@ def read(path, f, max_tensors: int) -> "OrderedDict[str, np.ndarray]":
     return out
 
 
-def write(f, state: Mapping[str, np.ndarray], structure: Mapping[str, str]) -> None:
+def dump_state(f, state: Mapping[str, np.ndarray], structure: Mapping[str, str]) -> None:
     """What ``paddle.save(model.state_dict(), path)`` writes: a protocol-4 pickle of the
     arrays by structured name, then the name map, through numpy's own pickling (the same
     bytes for the same tensors)."""
@@ -295,3 +305,80 @@ def write(f, state: Mapping[str, np.ndarray], structure: Mapping[str, str]) -> N
 def state_dict_order(arch: variants.Arch) -> Iterator[str]:
     """Structured names of PaddleClas's model of ``arch``, in its state-dict order."""
     return (s for _, s, _ in name_table(variants.standard_form(arch)))
+
+
+# -- the format ------------------------------------------------------------------------------
+
+def read(path: Path):
+    with mapped(path) as f:
+        return load_state(path, f, MAX_TENSORS), {}
+
+
+def output_files(out: Path) -> List[Path]:
+    """``NAME.yaml`` (PaddleClas's config), then ``NAME.pdparams``: the weights come last,
+    as the file a check reads back."""
+    return [out.with_name(out.stem + CONFIG_SUFFIX) if out.suffix == SUFFIX
+            else out.with_name(out.name + CONFIG_SUFFIX), out]
+
+
+def _list(values) -> str:
+    return "[%s]" % ", ".join(repr(float(v)) for v in values)
+
+
+def config_yaml(weights, weights_file: str) -> str:
+    """A PaddleClas config for these weights: the architecture, the class count, and the eval
+    and infer transforms with the normalization the weight set needs, so that
+    ``python tools/eval.py -c NAME.yaml -o Global.pretrained_model=NAME`` evaluates them as
+    they stand. The authors' weights get their own protocol (bicubic short side = crop,
+    their mean and scale as PaddleClas's mean/std); PaddleClas's get PaddleClas's."""
+    norm = weights.norm
+    crop = variants.INPUT_SIZE[1]
+    if weights.normalization == "authors":
+        resize = ["        - ResizeImage:", "            resize_short: %d" % crop,
+                  "            interpolation: bicubic"]
+    else:
+        resize = ["        - ResizeImage:", "            resize_short: 256"]
+    transforms = (["        - DecodeImage:", "            to_rgb: True",
+                   "            channel_first: False"] + resize +
+                  ["        - CropImage:", "            size: %d" % crop,
+                   "        - NormalizeImage:", "            scale: 1.0/255.0",
+                   "            mean: %s" % _list(norm.mean), "            std: %s" % _list(norm.std),
+                   "            order: ''"])
+    infer = [line[4:] for line in transforms] + ["    - ToCHWImage:"]
+    lines = ["# PaddleClas config for %s: weight set %s, %s normalization; written by dpn-convert."
+             % (weights_file, weights.weight_set, weights.normalization),
+             "# Evaluate: python tools/eval.py -c THIS.yaml -o Global.pretrained_model=%s"
+             % (weights_file[: -len(SUFFIX)] if weights_file.endswith(SUFFIX) else weights_file),
+             "Global:", "  class_num: %d" % weights.classes,
+             "  image_shape: [3, %d, %d]" % (crop, crop), "  device: cpu",
+             "Arch:", "  name: %s" % PADDLE_ARCHS[variants.standard_form(weights.arch).name],
+             "  class_num: %d" % weights.classes,
+             "DataLoader:", "  Eval:", "    dataset:", "      name: ImageNetDataset",
+             "      image_root: ./dataset/ILSVRC2012/",
+             "      cls_label_path: ./dataset/ILSVRC2012/val_list.txt",
+             "      transform_ops:"] + transforms + [
+             "    sampler:", "      name: DistributedBatchSampler", "      batch_size: 64",
+             "      drop_last: False", "      shuffle: False",
+             "    loader:", "      num_workers: 4", "      use_shared_memory: True",
+             "Infer:", "  batch_size: 10", "  transforms:"] + infer + [
+             "  PostProcess:", "    name: Topk", "    topk: 5",
+             "Metric:", "  Eval:", "    - TopkAcc:", "        topk: [1, 5]", ""]
+    return "\n".join(lines)
+
+
+def write(weights, files: List[Path], tx, log, **_):
+    """PaddleClas's names, (in, out) classifier and BatchNorm epsilon 1e-5, numpy's pickling:
+    what ``paddle.save`` writes, without paddle."""
+    config, out = files
+    state = to_paddle(weights.arch, weights.classifier, weights.tensors)
+    log("PaddleClas's BatchNorm epsilon is 1e-5: each gamma is rescaled so that the graph "
+        "computes what the source's does")
+    if weights.normalization != "imagenet":
+        log("these weights expect the %s normalization, not PaddleClas's default ImageNet one: "
+            "%s sets NormalizeImage mean %s and std %s (of 0..1 pixels)"
+            % (weights.normalization, config.name, list(weights.norm.mean),
+               list(weights.norm.std)))
+    with tx.file(out) as f, Progress(f, weights.nbytes, out.name) as bar:
+        dump_state(bar, state, structure_map(weights.arch))
+    with tx.file(config) as f:
+        f.write(config_yaml(weights, out.name).encode("utf-8"))

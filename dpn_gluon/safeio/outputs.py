@@ -18,7 +18,6 @@ as a temp, commits them together and rolls back on failure or interruption.
 from __future__ import annotations
 
 import os
-import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,29 +25,25 @@ from typing import Iterable, List, Optional, Sequence, Union
 
 from .. import deps
 from ..errors import DPNError
+from ..formats import mxnet, registry, timm
 from .atomic import OutputExists, Transaction
 
 PathLike = Union[str, Path]
 
-#: A timm folder's two files (the Hub layout: timm.create_model("hf-hub:...") reads them).
-TIMM_CONFIG, TIMM_WEIGHTS = "config.json", "model.safetensors"
-#: What an earlier timm folder output may hold (README.md: the model card).
-TIMM_FILES = frozenset([TIMM_CONFIG, TIMM_WEIGHTS, "README.md"])
-#: What every timm folder output holds: a non-empty folder without both is not one.
-TIMM_WRITTEN = (TIMM_CONFIG, TIMM_WEIGHTS)
-
+#: What an earlier timm folder output may hold, and what every one holds.
+TIMM_FILES, TIMM_WRITTEN = timm.FILES, timm.WRITTEN
+#: Targets that are not checkpoint formats: model exports, built above the formats.
+EXPORTS = {"onnx": ".onnx"}
+#: Every target dpn-convert writes.
+TARGETS = registry.NAMES + tuple(EXPORTS)
 #: The default suffix of each target (timm is a folder, mxnet a prefix).
-SUFFIX = {"torch": ".pth", "safetensors": ".safetensors", "gluon": ".params", "onnx": ".onnx",
-          "paddle": ".pdparams",
-          "timm": "", "mxnet": ""}
+SUFFIX = {**registry.SUFFIX, **EXPORTS}
+#: Suffixes of reports (``--report``).
+REPORT_SUFFIXES = (".png", ".svg", ".html", ".htm")
 #: Suffixes that say which format a file is; a name with one of these is refused for any
 #: other target. ``.params`` is Gluon's (mxnet takes it as its prefix's), ``.json`` no target's.
-KNOWN_SUFFIXES = {".pth": "torch", ".pt": "torch", ".bin": "torch", ".safetensors": "safetensors",
-                  ".onnx": "onnx", ".params": "gluon", ".pdparams": "paddle", ".json": None,
-                  ".png": None, ".svg": None, ".html": None, ".htm": None}
-REPORT_SUFFIXES = (".png", ".svg", ".html", ".htm")
-
-_EPOCH_PARAMS = re.compile(r"-\d{4}\.params$")
+KNOWN_SUFFIXES = {**registry.KNOWN_SUFFIXES, **{s: t for t, s in EXPORTS.items()},
+                  ".json": None, **{s: None for s in REPORT_SUFFIXES}}
 
 
 @dataclass(frozen=True)
@@ -65,15 +60,6 @@ def _absolute_if_bare(path: Path) -> Path:
     return Path(os.path.abspath(path)) if path.name in ("", ".", "..") else path
 
 
-def mxnet_prefix(out: Path) -> Path:
-    """``back.params``, ``back-0003.params`` and ``back-symbol.json`` all mean prefix ``back``."""
-    name = out.name
-    for pattern in (_EPOCH_PARAMS, re.compile(r"-symbol\.json$"), re.compile(r"\.params$")):
-        if pattern.search(name):
-            return out.with_name(pattern.sub("", name))
-    return out
-
-
 def target_path(src: Path, src_format: str, target: str, out: Optional[PathLike] = None) -> Path:
     """Where ``target`` goes: ``out`` itself, a name derived from SRC inside the folder
     ``out``, or beside SRC (``dpn68-0000.params`` -> ``dpn68.pth``). For ``mxnet`` this is
@@ -81,10 +67,10 @@ def target_path(src: Path, src_format: str, target: str, out: Optional[PathLike]
     always the timm folder itself."""
     if out is not None and (target == "timm" or not Path(out).is_dir()):
         out = _absolute_if_bare(Path(out))
-        return mxnet_prefix(out) if target == "mxnet" else out
+        return mxnet.prefix_of(out) if target == "mxnet" else out
     stem = src.name
-    if src_format == "mxnet" and _EPOCH_PARAMS.search(stem):
-        stem = _EPOCH_PARAMS.sub("", stem)
+    if src_format == "mxnet" and mxnet.is_epoch_file(src):
+        stem = mxnet.prefix_of(src).name
     elif src_format != "timm":
         stem = src.stem if src.suffix else stem
     folder = _absolute_if_bare(Path(out)) if out is not None else src.parent
@@ -93,9 +79,7 @@ def target_path(src: Path, src_format: str, target: str, out: Optional[PathLike]
 
 def output_files(target: str, out: Path) -> List[Path]:
     """The paths a target writes at ``out``."""
-    if target == "mxnet":
-        return [Path("%s-symbol.json" % out), Path("%s-0000.params" % out)]
-    return [out]
+    return registry.FORMATS[target].files(out) if target in registry.FORMATS else [out]
 
 
 def _check_suffix(path: Path, target: str) -> None:
@@ -116,8 +100,8 @@ def input_paths(src: Path, src_format: str) -> List[Path]:
     paths = [src]
     if src_format == "timm" and src.is_dir():
         paths += [p for p in src.iterdir()]
-    if src_format == "mxnet" and _EPOCH_PARAMS.search(src.name):
-        paths.append(src.with_name(_EPOCH_PARAMS.sub("", src.name) + "-symbol.json"))
+    if src_format == "mxnet":
+        paths += mxnet.companions(src)
     return paths
 
 
@@ -257,7 +241,8 @@ def conversion_plan(src: Path, src_format: str, target: str, out: Optional[PathL
     """The plan of ``dpn-convert SRC --to TARGET [-o OUT] [--report FILE]``."""
     where = target_path(src, src_format, target, out)
     _check_suffix(where, target)
-    outputs = [Output(p, folder=(target == "timm")) for p in output_files(target, where)]
+    folder = target in registry.FORMATS and registry.FORMATS[target].folder
+    outputs = [Output(p, folder=folder) for p in output_files(target, where)]
     if report is not None:
         outputs.append(_report_output(Path(report)))
     return Plan(outputs, input_paths(src, src_format), force)

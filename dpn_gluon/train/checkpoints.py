@@ -21,12 +21,12 @@ from typing import Dict, Iterable, List, Mapping, Optional
 
 import numpy as np
 
-from ..checkpoint import PARAMS_SUFFIX, SYMBOL_SUFFIX, write_checkpoint
+from ..checkpoint import write_checkpoint
 from ..errors import DPNError
 from ..files import read_bounded
 from ..formats import mxparams
+from ..formats.mxnet import PARAMS_SUFFIX, SYMBOL_SUFFIX, prefix_of
 from ..safeio.atomic import atomic_write, sweep, temp_owner
-from ..safeio.outputs import mxnet_prefix
 
 STATES_SUFFIX = "-%04d.states"
 RUN_SUFFIX = "-train.json"
@@ -74,7 +74,7 @@ class Run:
     def __init__(self, prefix):
         # dpn-convert's rule for the authors' format: x-0003.params, x.params and
         # x-symbol.json all name prefix x (not x-0003.params-0001.params)
-        self.prefix = mxnet_prefix(Path(prefix))
+        self.prefix = prefix_of(Path(prefix))
 
     def _path(self, suffix: str) -> Path:
         return Path(str(self.prefix) + suffix)
