@@ -450,3 +450,30 @@ def test_no_doubled_words_in_messages_and_docs():
     doubled = re.compile(r"\b(Converting)\s+\1\b")
     for path in [*ROOT.glob("dpn_gluon/**/*.py"), *ROOT.glob("docs/*.md")]:
         assert not doubled.search(path.read_text(encoding="utf-8")), path
+
+
+def test_the_manifest_is_one_commit(tmp_path, monkeypatch):
+    """MANIFEST.json and MANIFEST.md land together or not at all: a failure while the second
+    is written (here its writer fails; a signal or a full disk alike) leaves both as they
+    were, where two separate writes had replaced the JSON already."""
+    from dpn_gluon.convert import release
+    from dpn_gluon.safeio.atomic import Transaction
+    (tmp_path / "MANIFEST.json").write_text("old json")
+    (tmp_path / "MANIFEST.md").write_text("old md")
+    real = Transaction.file
+
+    def second_fails(tx, final):
+        if Path(final).name == "MANIFEST.md":
+            raise OSError(28, "No space left on device")
+        return real(tx, final)
+
+    monkeypatch.setattr(Transaction, "file", second_fails)
+    with pytest.raises(OSError):
+        release.write_manifest(tmp_path, [])
+    assert (tmp_path / "MANIFEST.json").read_text() == "old json"
+    assert (tmp_path / "MANIFEST.md").read_text() == "old md"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MANIFEST.json", "MANIFEST.md"]
+    monkeypatch.undo()
+    release.write_manifest(tmp_path, [])
+    assert json.loads((tmp_path / "MANIFEST.json").read_text())["entries"] == []
+    assert (tmp_path / "MANIFEST.md").read_text() == release.manifest_markdown([])

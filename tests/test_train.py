@@ -287,7 +287,14 @@ def test_kvstore_misuse_is_one_line(data, seeded, tmp_path):
 
 @pytest.mark.parametrize("flag,value", [("--lr", "1e308"), ("--lr", "nan"), ("--lr", "-1"),
                                         ("--wd", "inf"), ("--momentum", "nan"),
-                                        ("--warmup-epochs", "inf")])
+                                        ("--warmup-epochs", "inf"), ("--warmup-epochs", "1e300"),
+                                        ("--size", "100000"), ("--batch-size", "1e9"),
+                                        ("--batch-size", "1000000000"), ("--epochs", "10**9"),
+                                        ("--epochs", "1000000000"), ("--seed", "-1"),
+                                        ("--seed", "99999999999"), ("--threads", "100000"),
+                                        ("--workers", "100000"), ("--max-steps", "0"),
+                                        ("--momentum", "1.5"), ("--wd", "-0.1"),
+                                        ("--lr", "1e-400x")])
 def test_numbers_out_of_range_are_one_line(data, seeded, tmp_path, flag, value):
     line = refused(["--from", seeded, "--data", data[0], flag, value], tmp_path)
     assert flag in line
@@ -325,9 +332,47 @@ RESUME_FAULTS = {
     "nan": ("r-0001.states", lambda p: _edit_states(p, lambda s: s[_first(s)].fill(np.nan)),
             "NaN or Inf"),
     "unknown": ("r-0001.states", lambda p: _edit_states(p, lambda s: s.__setitem__(
-        "mom:no_such_weight", np.zeros(3, np.float32))), "names no weight"),
+        "mom:no_such_weight", np.zeros(3, np.float32))), "names no trained weight"),
+    "aux state": ("r-0001.states", lambda p: _edit_states(p, lambda s: s.__setitem__(
+        "mom:conv1_x_1__relu-sp__bn_moving_mean", np.zeros(64, np.float32))),
+        "names no trained weight"),
     "no params": ("r-0001.params", lambda p: p.unlink(), "r-0001.params: no such checkpoint file"),
+    "missing state": ("r-0001.states", lambda p: _edit_states(p, lambda s: s.pop(_first(s))),
+                      "no state for"),
+    "params dtype": ("r-0001.params", lambda p: _edit_params(p, lambda k, v: v.astype(
+        np.float64) if v.ndim == 4 else v), "not float32"),
+    "params int": ("r-0001.params", lambda p: _edit_params(p, lambda k, v: v.astype(
+        np.int32) if v.ndim == 4 else v), "r-0001.params"),
+    "params shape": ("r-0001.params", lambda p: _edit_params(p, lambda k, v: v[:1]
+                                                             if v.ndim == 4 else v), "r-0001"),
+    "params nan": ("r-0001.params", lambda p: _edit_params(p, lambda k, v: v * np.nan
+                                                           if v.ndim == 4 else v), "NaN or Inf"),
+    "other network": ("r-0001.params", lambda p: write_seeded_checkpoint(
+        p.parent / "x", "dpn92", seed=1) and os.replace(p.parent / "x-0000.params", p),
+        "not the run's network"),
+    "symbol edited": ("r-symbol.json", lambda p: p.write_text("{}"), "r-symbol.json"),
+    "states list": ("r-0001.states", lambda p: p.write_bytes(mxparams.dumps(
+        [np.zeros(3, np.float32)])), "r-0001.states"),
 }
+#: Every file of a run folder damaged in the ways any input can be: each is one line.
+for _name in ("r-train.json", "r-0001.params", "r-0001.states", "r-symbol.json"):
+    RESUME_FAULTS["truncated " + _name] = (
+        _name, lambda p: p.write_bytes(p.read_bytes()[:len(p.read_bytes()) // 2]), _name)
+    RESUME_FAULTS["empty " + _name] = (_name, lambda p: p.write_bytes(b""), _name)
+for _name in ("r-train.json", "r-0001.params", "r-0001.states", "r-symbol.json", "r.log",
+              "r-curves.png"):
+    RESUME_FAULTS["fifo " + _name] = (_name, lambda p: (p.unlink(), os.mkfifo(p)), _name)
+    RESUME_FAULTS["symlink " + _name] = (_name, lambda p: (
+        os.replace(p, p.parent.parent / (p.name + ".real")),
+        p.symlink_to(p.parent.parent / (p.name + ".real"))), _name)
+RESUME_FAULTS["nested states"] = ("r-train.json", lambda p: p.write_text(
+    '{"epoch": 1, "recipe": ' + "[" * 50000 + "]" * 50000 + "}"), "r-train.json")
+
+
+def _edit_params(path: Path, edit):
+    mx = pytest.importorskip("mxnet")             # MXNet's own reader and writer
+    arrays = {k: edit(k, v.asnumpy()) for k, v in mx.nd.load(str(path)).items()}
+    mx.nd.save(str(path), {k: mx.nd.array(v, dtype=v.dtype) for k, v in arrays.items()})
 
 
 @pytest.mark.parametrize("fault", sorted(RESUME_FAULTS))
@@ -338,13 +383,13 @@ def test_resume_from_damaged_files_is_one_line(one_epoch, tmp_path, fault):
     shutil.copytree(folder, run)
     name, damage, why = RESUME_FAULTS[fault]
     damage(run / name)
-    before = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in run.iterdir())
+    before = sorted((p.name, p.lstat().st_size, p.lstat().st_mtime_ns) for p in run.iterdir())
     res = run_cli(args + ["--out", run / "r"])
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1, res.stderr
     assert lines[0].startswith("dpn-train: error: ") and why in lines[0], lines[0]
     assert "looked for" not in lines[0]
-    assert sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
+    assert sorted((p.name, p.lstat().st_size, p.lstat().st_mtime_ns)
                   for p in run.iterdir()) == before        # nothing written, nothing removed
 
 
@@ -501,3 +546,54 @@ def test_temporaries_are_only_this_runs(tmp_path):
     assert run.temporaries() == sorted(temps[n] for n in ours)
     assert run.temporaries([pid]) == run.temporaries()
     assert run.temporaries([pid + 1]) == []                  # another process's: never touched
+
+
+def test_the_temp_rule_is_atomics_own(tmp_path):
+    """Names the real writer makes (a file's temp and the set-aside ``.old`` of a replaced
+    file) are what the one rule, and so the run, recognises."""
+    from dpn_gluon.safeio.atomic import Transaction, temp_owner, temp_prefix
+    from dpn_gluon.train.checkpoints import Run
+    (tmp_path / "w-train.json").write_text("{}")
+    with Transaction() as tx:
+        with tx.file(tmp_path / "w-train.json") as f:
+            f.write(b"[]")
+        staged = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+        tx.commit()
+        aside = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert len(staged) == 1 and staged[0].startswith(temp_prefix("w-train.json"))
+    assert len(aside) == 1 and aside[0].endswith(".old")
+    for name in staged + aside:
+        assert temp_owner(name) == ("w-train.json", os.getpid())
+        assert Run(tmp_path / "w").owns(temp_owner(name)[0])
+
+
+def test_the_launcher_removes_its_killed_workers_temporaries(tmp_path):
+    """Workers killed (SIGKILL) in the middle of writing the run's files: once the launcher
+    has ended every role, their temporaries are gone, and nothing else is touched."""
+    pytest.importorskip("mxnet")
+    from dpn_gluon.train.launch import launch
+    ours = ["w-0002.params", "w-0002.states", "w-train.json"]
+    others = ["w-notes.txt", "x-0001.params"]
+    code = ("import os, signal, sys\n"
+            "from dpn_gluon.safeio.atomic import Transaction\n"
+            "t = Transaction(); t.__enter__()\n"
+            "held = [t.file(os.path.join(sys.argv[1], n)) for n in sys.argv[2:]]\n"
+            "for f in held: f.__enter__().write(b'x')\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    (tmp_path / "w-0001.params").write_bytes(b"kept")
+    env = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + env if env else "")
+    try:
+        status = launch([str(tmp_path)] + ours + others, 2, tmp_path / "w",
+                        worker_command=[sys.executable, "-c", code])
+    finally:
+        os.environ.pop("PYTHONPATH") if env is None else os.environ.__setitem__("PYTHONPATH",
+                                                                                env)
+    assert status == 128 + signal.SIGKILL
+    left = sorted(p.name for p in tmp_path.iterdir())
+    from dpn_gluon.safeio.atomic import temp_owner
+    # the workers' temps of the run's files are gone; theirs of other files are left to
+    # the next transaction's sweep in that folder (a later worker may have swept an
+    # earlier one's already)
+    assert {temp_owner(n)[0] for n in left if temp_owner(n)} == set(others)
+    assert (tmp_path / "w-0001.params").read_bytes() == b"kept"

@@ -38,7 +38,7 @@ from ..errors import DPNError
 from ..files import read_bounded
 from ..formats import mxnet, paddle
 from ..formats.canonical import read, sha256_of
-from ..safeio.atomic import atomic_write
+from ..safeio.atomic import Transaction, check_writable
 from ..safeio.outputs import TIMM_FILES, Output, Plan
 from .pipeline import ConversionResult, convert
 
@@ -253,12 +253,16 @@ def _one(name, path, out, previous, check, force, license, labels_file, user_lab
 
 
 def write_manifest(out: Path, entries: List[dict]) -> None:
-    """MANIFEST.json and MANIFEST.md, each atomically."""
+    """MANIFEST.json and MANIFEST.md in one transaction: both land, or neither (a kill
+    between two separate writes left them disagreeing)."""
     data = {"version": MANIFEST_VERSION, "entries": entries}
-    with atomic_write(out / MANIFEST_JSON, force=True) as f:
-        f.write((json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-    with atomic_write(out / MANIFEST_MD, force=True) as f:
-        f.write(manifest_markdown(entries).encode("utf-8"))
+    texts = {MANIFEST_JSON: json.dumps(data, indent=2, sort_keys=True) + "\n",
+             MANIFEST_MD: manifest_markdown(entries)}
+    with Transaction() as tx:
+        for name, text in texts.items():
+            with tx.file(check_writable(out / name, force=True)) as f:
+                f.write(text.encode("utf-8"))
+        tx.commit()
 
 
 def manifest_markdown(entries: List[dict]) -> str:

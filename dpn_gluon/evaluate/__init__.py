@@ -71,8 +71,9 @@ def evaluate(runtime, dataset: Dataset, size: int, protocol: str = "authors",
     Labels are checked against the runtime's classes before any image is decoded. Images
     that cannot be decoded are skipped and listed in ``skipped_files`` (one line each), or
     raise with ``strict``. ``class_names`` (``--labels``) label class folders named after
-    them in their order instead. ``starting`` is called once every check has passed, just
-    before the first image (a command's notes go there, so that a refusal stays one line).
+    them in their order instead. ``starting`` is called once the first images are decoded and
+    resized, before they are scored (a command's notes go there: a path that ends in a
+    refusal, every image unreadable included, prints none, so the refusal stays one line).
     """
     from tqdm import tqdm
     normalization = getattr(runtime, "normalization", "authors")
@@ -83,22 +84,30 @@ def evaluate(runtime, dataset: Dataset, size: int, protocol: str = "authors",
     elif runtime.classes == 1000:
         dataset = dataset.relabel([synset for synset, _ in imagenet_synsets()])
     dataset.check_labels(runtime.classes)
-    if starting is not None:
-        starting()
     metric = TopKError((1, min(5, runtime.classes)))
     skipped: List[str] = []
-    bar = tqdm(total=len(dataset), unit="img", file=sys.stderr, disable=not progress,
-               desc="%s %s@%d" % (runtime.arch, protocol, size), dynamic_ncols=True)
+    bar, done = None, 0
     start = time.perf_counter()
     try:
         for batch in iter_batches(dataset, size, protocol, batch_size, workers, strict,
                                   normalization):
+            if len(batch.labels) and bar is None:
+                # the notes and the bar start with the first scored images: a data set with
+                # none readable ends in one line
+                if starting is not None:
+                    starting()
+                bar = tqdm(total=len(dataset), initial=done, unit="img", file=sys.stderr,
+                           disable=not progress, dynamic_ncols=True,
+                           desc="%s %s@%d" % (runtime.arch, protocol, size))
             if len(batch.labels):
                 metric.update(runtime(batch.data), batch.labels)
             skipped += batch.skipped
-            bar.update(len(batch.labels) + len(batch.skipped))
+            done += len(batch.labels) + len(batch.skipped)
+            if bar is not None:
+                bar.update(len(batch.labels) + len(batch.skipped))
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     seconds = time.perf_counter() - start
     if not metric.count:
         raise DPNError("%s: none of the %d images could be decoded" % (dataset.path, len(dataset)))

@@ -165,12 +165,7 @@ def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, dev
     names = labels.for_checkpoint(rt.labels, rt.classes, None) if user is None else user
     if user is not None:
         labels.check_count(user, rt.classes, str(labels_file))
-    if not quiet:               # only once every input is accepted: a refusal is one line
-        _note_resize("dpn-predict", protocol)
-        if names is None:
-            click.echo("dpn-predict: no class names for these %d classes: printing indices "
-                       "(pass --labels FILE, one name per line)" % rt.classes, err=True)
-    results, bad = [], 0
+    results, bad, noted = [], 0, quiet
     for start in range(0, len(images), PREDICT_BATCH):     # bounded memory for many images
         files, arrays = [], []
         for image in images[start:start + PREDICT_BATCH]:
@@ -181,6 +176,10 @@ def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, dev
             except DPNError as err:
                 bad += 1
                 _error("dpn-predict", err)
+                continue
+            if not noted:       # notes only on the path that predicts: a refusal is one line
+                noted = True
+                _predict_notes(protocol, names, rt.classes)
         if not arrays:
             continue
         chunk = classify(rt, files, np.stack(arrays), top, names)
@@ -195,6 +194,13 @@ def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, dev
                                "runtime": rt.kind, "predictions": results,
                                "bad_images": bad}))
     return 2 if bad else 0
+
+
+def _predict_notes(protocol: str, names, classes: int) -> None:
+    _note_resize("dpn-predict", protocol)
+    if names is None:
+        click.echo("dpn-predict: no class names for these %d classes: printing indices "
+                   "(pass --labels FILE, one name per line)" % classes, err=True)
 
 
 #: Images preprocessed and run at once by dpn-predict.

@@ -76,6 +76,13 @@ def temp_owner(name: str) -> Optional[Tuple[str, int]]:
     return (m.group("target"), int(m.group("pid"))) if m else None
 
 
+def temp_prefix(final_name: str, pid: Optional[int] = None) -> str:
+    """What every temporary of ``final_name`` by process ``pid`` (default: this one) starts
+    with; ``mkstemp``'s 8 random characters and ``.part`` (or ``.old``) follow. The one
+    writer of :data:`TEMP_NAME`."""
+    return ".%s.%d." % (final_name, os.getpid() if pid is None else pid)
+
+
 def _on_signal(signum, frame):
     for s in SIGNALS:       # one interruption is enough: let the cleanup run undisturbed
         signal.signal(s, signal.SIG_IGN)
@@ -103,7 +110,11 @@ def worker_signals() -> None:
     """For a forked worker process (image decoding pools): the default SIGTERM/SIGHUP, and
     SIGINT ignored. The parent's handlers raise :class:`Interrupted` to run the parent's
     cleanup; in a worker that would unwind at any point, a queue's lock held (and the pool's
-    terminate() then waits forever). Ctrl-C goes to the parent, which stops the pool."""
+    terminate() then waits forever). Ctrl-C goes to the parent, which stops the pool. A
+    pool's process also dies with its parent, whatever kills that
+    (:func:`dpn_gluon.lifeline.follow_pool_parent`; a no-op when called in the parent)."""
+    from ..lifeline import follow_pool_parent
+    follow_pool_parent()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -183,20 +194,23 @@ def _held(path: Union[str, Path]) -> bool:
     return False
 
 
-def sweep(folder: Union[str, Path]) -> List[str]:
+def sweep(folder: Union[str, Path],
+          only: Optional[Callable[[str, int], bool]] = None) -> List[str]:
     """Remove the temporary files and ``.old`` folders of writers that are no longer alive
     (a SIGKILL, a power cut) from ``folder``; returns their names. Only names matching
     :data:`TEMP_NAME` whose pid is not a running process and whose flock no writer holds
-    are touched."""
+    are touched; with ``only``, just those for which ``only(output name, writer pid)`` holds
+    (dpn-train's launcher: its own workers' temporaries of its run's files)."""
     removed = []
     try:
         names = os.listdir(folder)
     except OSError:
         return removed
     for name in names:
-        m = TEMP_NAME.match(name)
+        owner = temp_owner(name)
         path = os.path.join(folder, name)
-        if not m or _alive(int(m.group("pid"))) or _held(path):
+        if not owner or (only is not None and not only(*owner)) or _alive(owner[1]) \
+                or _held(path):
             continue
         with contextlib.suppress(OSError):
             if os.path.isdir(path) and not os.path.islink(path):
@@ -313,7 +327,7 @@ class Transaction:
         if folder not in self._swept:
             self._swept.add(folder)
             sweep(folder)
-        prefix = ".%s.%d." % (final.name, os.getpid())
+        prefix = temp_prefix(final.name)
         try:
             if directory:
                 tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".part", dir=folder))
@@ -411,8 +425,8 @@ class Transaction:
         aside = None
         moved_cwd = directory and _is_cwd(final)
         if os.path.lexists(final):
-            aside = final.with_name(".%s.%d.%s.old" % (
-                final.name, os.getpid(), Path(tmp).name.rsplit(".", 2)[-2]))
+            aside = final.with_name("%s%s.old" % (
+                temp_prefix(final.name), Path(tmp).name.rsplit(".", 2)[-2]))
             os.rename(final, aside)
             self._hold(aside)
         st = os.lstat(tmp)

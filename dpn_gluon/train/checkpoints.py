@@ -26,7 +26,7 @@ from ..errors import DPNError
 from ..files import read_bounded
 from ..formats import mxparams
 from ..formats.mxnet import PARAMS_SUFFIX, SYMBOL_SUFFIX, prefix_of
-from ..safeio.atomic import atomic_write, temp_owner
+from ..safeio.atomic import atomic_write, sweep, temp_owner
 
 STATES_SUFFIX = "-%04d.states"
 RUN_SUFFIX = "-train.json"
@@ -56,6 +56,15 @@ def _record_problem(record) -> Optional[str]:
                 isinstance(entry.get(k), (int, float)) and not isinstance(entry.get(k), bool)
                 for k in ("loss", "train_top1")):
             return "history entry %d is not epoch %d's loss and accuracy" % (number, number)
+    return None
+
+
+def _not_a_weight(value: np.ndarray) -> Optional[str]:
+    """Why ``value`` cannot be one of the run's tensors (all float32 and finite), or None."""
+    if value.dtype != np.float32:
+        return "is %s, not float32" % value.dtype
+    if not np.isfinite(value).all():
+        return "holds NaN or Inf"
     return None
 
 
@@ -108,21 +117,31 @@ class Run:
             found.append(self.log)
         return sorted(found)
 
+    def owns(self, name: str) -> bool:
+        """Whether ``name`` (a file name in the prefix's folder) is one of this run's files."""
+        stem = self.prefix.name
+        return name == self.log.name or (
+            name.startswith(stem) and bool(_OURS.fullmatch(name[len(stem):])))
+
+    def _mine(self, writers: Optional[Iterable[int]]):
+        writers = None if writers is None else set(writers)
+        return lambda target, pid: self.owns(target) and (writers is None or pid in writers)
+
     def temporaries(self, writers: Optional[Iterable[int]] = None) -> List[Path]:
         """Temporary files :mod:`dpn_gluon.safeio.atomic` left for this run's outputs (named by
         its one rule, :func:`~dpn_gluon.safeio.atomic.temp_owner`; only a killed writer leaves
         them), those of the processes ``writers`` only when given."""
-        folder, stem = self.prefix.parent, self.prefix.name
+        folder = self.prefix.parent
         if not folder.is_dir():
             return []
-        writers = None if writers is None else set(writers)
-        found = []
-        for p in folder.iterdir():
-            owner = temp_owner(p.name)
-            if owner and owner[0].startswith(stem) and _OURS.fullmatch(owner[0][len(stem):]) \
-                    and (writers is None or owner[1] in writers):
-                found.append(p)
-        return sorted(found)
+        mine = self._mine(writers)
+        return sorted(p for p in folder.iterdir()
+                      for owner in [temp_owner(p.name)] if owner and mine(*owner))
+
+    def remove_temporaries(self, writers: Iterable[int]) -> List[str]:
+        """Remove what the (ended) processes ``writers`` left of this run's outputs, by
+        :func:`~dpn_gluon.safeio.atomic.sweep` (so only dead writers' and unlocked files)."""
+        return sweep(self.prefix.parent, self._mine(writers))
 
     def read_record(self) -> Optional[dict]:
         """The run record, or None when there is none."""
@@ -143,10 +162,8 @@ class Run:
             f.write(json.dumps(record, indent=1).encode("utf-8"))
 
     def write_symbol(self, arch: str, classes: int, classifier: str) -> None:
-        from ..symbols import get_symbol
-        sym = get_symbol(arch, classes, classifier, head="authors", softmax=True)
         with atomic_write(self.symbol, force=True) as f:
-            f.write(sym.tojson().encode("utf-8"))
+            f.write(self.symbol_json(arch, classes, classifier))
 
     def save(self, epoch: int, tensors: "OrderedDict[str, np.ndarray]",
              states: Dict[str, np.ndarray]) -> Path:
@@ -155,31 +172,68 @@ class Run:
             mxparams.write(f, OrderedDict(("mom:" + k, v) for k, v in states.items()))
         return write_checkpoint(self.prefix, tensors, force=True, epoch=epoch)
 
-    def load_states(self, epoch: int, weights: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def symbol_json(self, arch: str, classes: int, classifier: str) -> bytes:
+        from ..symbols import get_symbol
+        sym = get_symbol(arch, classes, classifier, head="authors", softmax=True)
+        return sym.tojson().encode("utf-8")
+
+    def check_symbol(self, arch: str, classes: int, classifier: str) -> None:
+        """On --resume: an existing PREFIX-symbol.json must be the one this run writes (an
+        edited or truncated one would stay beside every later checkpoint)."""
+        if not self.symbol.exists():
+            return
+        expected = self.symbol_json(arch, classes, classifier)
+        if read_bounded(self.symbol, 1 << 26, "symbol file") != expected:
+            raise DPNError("%s: not this run's graph (%s, %d classes, %s)"
+                           % (self.symbol, arch, classes, classifier))
+
+    def load_epoch(self, epoch: int, arch: str, classes: int, classifier: str
+                   ) -> "OrderedDict[str, np.ndarray]":
+        """Epoch ``epoch``'s weights, read as strictly as any checkpoint, and checked to be
+        the run's network: the same architecture, classes and classifier, float32 and
+        finite like every weight the run writes."""
+        from ..checkpoint import read_checkpoint
+        path = self.params(epoch)
+        found = read_checkpoint(path)
+        if (found[0].name, found[1], found[2]) != (arch, classes, classifier):
+            raise DPNError("%s: holds %s (%d classes, %s), not the run's network %s (%d "
+                           "classes, %s)" % (path, found[0].name, found[1], found[2], arch,
+                                             classes, classifier))
+        tensors = found[3]
+        for name, value in tensors.items():
+            problem = _not_a_weight(value)
+            if problem:
+                raise DPNError("%s: not this run's weights: %s %s" % (path, name[:80], problem))
+        return OrderedDict((k, np.array(v)) for k, v in tensors.items())
+
+    def load_states(self, epoch: int, weights: Mapping[str, np.ndarray],
+                    trained: Iterable[str]) -> Dict[str, np.ndarray]:
         """Epoch ``epoch``'s momentum buffers, each checked against the weight it belongs to
         (``weights``: that epoch's tensors): the same shape, float32 like every weight here,
-        finite. Anything else is refused in one line before training starts."""
+        finite; and one for each of the ``trained`` parameters, no more, no fewer.
+        Anything else is refused in one line before training starts."""
         path = self.states(epoch)
         if not path.is_file():
             raise DPNError("%s: missing, cannot resume epoch %d" % (path, epoch))
-        raw = mxparams.load(path)
+        raw = mxparams.load(path, max_arrays=len(weights) + 1)
         if not isinstance(raw, dict) or not all(k.startswith("mom:") for k in raw):
             raise DPNError("%s: not dpn-train optimizer states" % path)
         states = {k[4:]: v for k, v in raw.items()}
         for name, value in states.items():
             weight = weights.get(name)
-            if weight is None:
-                problem = "names no weight of the network"
+            if weight is None or name not in trained:
+                problem = "names no trained weight of the network"
             elif value.shape != weight.shape:
                 problem = "has shape %s, its weight %s" % (value.shape, weight.shape)
-            elif value.dtype != np.float32:
-                problem = "is %s, not float32" % value.dtype
-            elif not np.isfinite(value).all():
-                problem = "holds NaN or Inf"
             else:
-                continue
-            raise DPNError("%s: not dpn-train optimizer states: mom:%s %s"
-                           % (path, name[:80], problem))
+                problem = _not_a_weight(value)
+            if problem:
+                raise DPNError("%s: not dpn-train optimizer states: mom:%s %s"
+                               % (path, name[:80], problem))
+        missing = [n for n in trained if n not in states]
+        if missing:
+            raise DPNError("%s: not dpn-train optimizer states: no state for %d trained "
+                           "weight(s) (first: %s)" % (path, len(missing), missing[0][:80]))
         return {k: np.array(v) for k, v in states.items()}
 
     def append_log(self, line: str) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from ..cliutil import Number, OneLineCommand, version_option
+from ..deps import MissingDependency, importable, message
 from ..errors import DPNError
 from ..safeio.atomic import Interrupted
 from ..variants import ARCHS
@@ -39,11 +40,15 @@ PROG = "dpn-train"
 @click.option("--val-data", type=click.Path(path_type=Path),
               help="Evaluated after each epoch under the authors' test protocol.")
 @click.option("--val-mean-max", is_flag=True, help="Validate with the authors' mean-max head.")
-@click.option("--size", type=int, default=recipe.DEFAULT_SIZE, show_default=True,
+# Upper bounds on counts: what one machine's training can use, so that a typo is one line
+# instead of a MemoryError, a million processes or an overflow inside MXNet.
+@click.option("--size", type=click.IntRange(max=recipe.MAX_SIZE), default=recipe.DEFAULT_SIZE,
+              show_default=True,
               help="Training crop size (bicubic resize of the random crop).")
-@click.option("--epochs", type=click.IntRange(min=1), default=recipe.DEFAULT_EPOCHS,
+@click.option("--epochs", type=click.IntRange(1, recipe.MAX_EPOCHS), default=recipe.DEFAULT_EPOCHS,
               show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=recipe.DEFAULT_BATCH,
+@click.option("--batch-size", type=click.IntRange(1, recipe.MAX_BATCH),
+              default=recipe.DEFAULT_BATCH,
               show_default=True, help="Global batch: over all devices and workers.")
 # Upper bounds: a rate of 10 (30x the authors' largest) or a decay of 1 already destroys the
 # weights in one step; larger ones only overflow inside MXNet's optimizer.
@@ -56,19 +61,24 @@ PROG = "dpn-train"
               show_default=True)
 @click.option("--lr-schedule", type=click.Choice(recipe.SCHEDULES), default="cosine",
               show_default=True, help="step: /10 at 1/3, 2/3 and 8/9 of training.")
-@click.option("--warmup-epochs", type=Number(min=0.0), default=0.0, show_default=True)
+@click.option("--warmup-epochs", type=Number(0.0, float(recipe.MAX_EPOCHS)), default=0.0,
+              show_default=True)
 @click.option("--freeze-bn", is_flag=True, help="Keep BatchNorm statistics fixed (small batches).")
 @click.option("--devices", default="cpu", show_default=True, help="cpu, cpu:0,1 or gpu:0,1,...")
 @click.option("--kvstore", type=click.Choice(KVSTORES), default=None,
               help="[default: device; dist_sync with --workers]")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
+@click.option("--workers", type=click.IntRange(1, recipe.MAX_PROCESSES), default=None,
               help="Start a scheduler, a server and N workers on this machine (dist kvstore).")
+@click.option("--stall-timeout", type=Number(1.0, 86400.0), default=600.0, show_default=True,
+              metavar="SECONDS", help="With --workers: end the run (one line naming the role, "
+                                      "exit 1) when no worker makes progress for this long.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), metavar="PREFIX",
               help="Writes PREFIX-symbol.json, PREFIX-%04d.params/.states, PREFIX-train.json, "
                    "PREFIX.log, PREFIX-curves.png.")
 @click.option("--resume", is_flag=True, help="Continue the run at PREFIX from its last epoch.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=click.IntRange(min=0), default=4, show_default=True,
+@click.option("--seed", type=click.IntRange(0, 2 ** 31 - 1), default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(0, recipe.MAX_PROCESSES), default=4,
+              show_default=True,
               help="Image decoding processes (0: in the training process).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON summary record on stdout.")
 @click.option("--quiet", "-q", is_flag=True,
@@ -76,10 +86,11 @@ PROG = "dpn-train"
                    "goes to stdout).")
 @click.option("--no-augment", is_flag=True, hidden=True,
               help="Centre crops instead of the recipe (tests: exact gradients).")
-@click.option("--max-steps", type=click.IntRange(min=1), hidden=True,
+@click.option("--max-steps", type=click.IntRange(1, 2 ** 31 - 1), hidden=True,
               help="At most this many steps per epoch (tests, quick checks).")
 def main(start, arch, classes, data, val_data, val_mean_max, size, epochs, batch_size, lr, wd,
-         momentum, lr_schedule, warmup_epochs, freeze_bn, devices, kvstore, workers, out, resume,
+         momentum, lr_schedule, warmup_epochs, freeze_bn, devices, kvstore, workers, stall_timeout,
+         out, resume,
          seed, threads, as_json, quiet, no_augment, max_steps):
     """Train a DPN with the authors' recipe; checkpoints in their format after every epoch.
 
@@ -96,6 +107,8 @@ def main(start, arch, classes, data, val_data, val_mean_max, size, epochs, batch
                    augment=not no_augment, max_steps=max_steps, progress=not quiet,
                    as_json=as_json)
     check(opts)
+    if not importable("mxnet"):      # found, not imported: the launcher itself never needs it
+        raise MissingDependency(message("mxnet", PROG))
     try:
         if workers and not opts.distributed:
             raise DPNError("--workers needs a distributed --kvstore "
@@ -105,7 +118,7 @@ def main(start, arch, classes, data, val_data, val_mean_max, size, epochs, batch
             from .launch import launch
             # the workers' kvstore explicitly: without --workers their default is "device"
             return launch(worker_args(sys.argv[1:]) + ["--kvstore", opts.kvstore], workers,
-                          opts.out)
+                          opts.out, stall_s=stall_timeout)
         if opts.distributed and "DMLC_ROLE" not in os.environ:
             raise DPNError("--kvstore %s needs --workers N, or the DMLC_* environment of "
                            "MXNet's parameter server (docs/train.md)" % opts.kvstore)
@@ -150,4 +163,6 @@ def _precheck(opts: Options) -> None:
 
 
 if __name__ == "__main__":
+    from ..lifeline import follow_launcher
+    follow_launcher()            # a worker of dpn-train --workers dies with its launcher
     main(prog_name=PROG)

@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import variants
 from ..errors import DPNError
+from ..lifeline import report_progress
 from ..safeio.atomic import Transaction
 from . import recipe
 from .checkpoints import Run
@@ -181,18 +182,22 @@ def train(opts: Options, argv_line: str = "") -> dict:
     loader = batches(dataset, opts.size, opts.batch_size, Shard(rank, workers), opts.seed,
                      opts.augment, opts.threads)
     steps = loader.steps if opts.max_steps is None else min(loader.steps, opts.max_steps)
-    loader.start()
     first_epoch, history, states = 0, [], None
     if previous is not None:
         first_epoch, history = previous["epoch"], previous["history"]
-        tensors = OrderedDict(_read_epoch(run, first_epoch))
-        states = run.load_states(first_epoch, tensors)
+        run.check_symbol(arch.name, classes, classifier)
+        tensors = run.load_epoch(first_epoch, arch.name, classes, classifier)
+        # SGD keeps a momentum buffer for each trained tensor (none without momentum)
+        trained = [k for k in tensors if not variants.is_aux(k)] if opts.momentum else []
+        states = run.load_states(first_epoch, tensors, trained)
+    loader.start()
     net = build_net(arch, classes, classifier, tensors, ctx, opts.seed, opts.freeze_bn)
     trainer = make_trainer(net, opts.base_lr, opts.momentum, opts.wd, kv)
     if opts.distributed:
         share_start(trainer)
     if states is not None:
         set_momentum_states(trainer, states)
+    report_progress()
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     lead = rank == 0
     record = {"rank": rank, "workers": workers, "devices": [str(c) for c in ctx],
@@ -225,6 +230,7 @@ def train(opts: Options, argv_line: str = "") -> dict:
                                                        opts.warmup_epochs))
                 step_loss, step_correct = train_step(net, trainer, loss_fn, data, label, ctx,
                                                      opts.batch_size)
+                report_progress()            # the launcher's watchdog (--stall-timeout)
                 loss_sum, correct = loss_sum + step_loss, correct + step_correct
                 seen += len(label)
                 rate = seen * workers / (time.perf_counter() - start)
@@ -247,6 +253,7 @@ def train(opts: Options, argv_line: str = "") -> dict:
                     "%s=%s" % (k, _fmt(v)) for k, v in entry.items() if k != "epoch")))
                 report.curves(run.curves, history)
                 record["checkpoint"] = str(path)
+                report_progress()
                 if opts.progress:
                     tqdm.write(epoch_line(entry, opts.epochs), file=sys.stderr)
             record.update(epochs=epoch + 1, loss=entry["loss"], train_top1=entry["train_top1"],
@@ -330,11 +337,6 @@ def check_outputs(run: Run, opts: Options) -> Optional[dict]:
     return previous
 
 
-def _read_epoch(run: Run, epoch: int):
-    from ..checkpoint import read_checkpoint
-    return read_checkpoint(run.params(epoch), epoch)[3]
-
-
 def _save(run: Run, epoch: int, net, trainer, opts: Options, history, arch, classes, classifier):
     if not run.symbol.exists():
         run.write_symbol(arch.name, classes, classifier)
@@ -367,6 +369,7 @@ class Validator:
         test_net, ctx = self.net, self.ctx[0]
 
         def forward(batch):
+            report_progress()
             return test_net(mx.nd.array(batch, ctx=ctx)).asnumpy()
 
         runtime = Runtime("gluon", test_net.arch.name, test_net.classes,

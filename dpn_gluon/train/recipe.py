@@ -35,6 +35,12 @@ DEFAULT_WD = 1e-4
 DEFAULT_EPOCHS = 90
 DEFAULT_SIZE = 224
 SCHEDULES = ("step", "cosine")
+#: The largest values dpn-train accepts: far beyond the recipe (224 px, 90 epochs, batches of
+#: 1280 over 40 GPUs), short of what only ends in a MemoryError or a million processes.
+MAX_SIZE = 1024
+MAX_EPOCHS = 10_000
+MAX_BATCH = 65_536
+MAX_PROCESSES = 256
 #: Step schedule: the rate is divided by 10 at these fractions of training (30/60/80 of 90).
 STEP_AT = (1 / 3, 2 / 3, 8 / 9)
 
