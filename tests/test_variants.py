@@ -1,8 +1,11 @@
 """The variant table against the literal figures of docs/reference/original-dpn.md (sections 2, 5, 7)."""
+import sys
+from pathlib import Path
+
 import pytest
 
 from dpn_gluon import variants
-from dpn_gluon.errors import CheckpointError, KeyMismatch
+from dpn_gluon.errors import CheckpointError, DPNError, KeyMismatch
 
 # original-dpn.md section 2: stem (out, kernel), k_R, G, k_sec, inc_sec, feature channels.
 CONFIG = {
@@ -86,3 +89,31 @@ def test_tap_names():
     assert taps[:3] == ["pool1", "conv2_x__1_sum", "conv2_x__1_cat"]
     assert taps[-2:] == ["conv5_x_x__relu-sp__relu", "logits"]
     assert len(taps) == 2 + 2 * 22 + 1
+
+
+# -- class counts: one bound for every reader and model (was test_hostile_more.py) ------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("classes", [10 ** 8, 1_000_001, 0, -3, True, 2.5, "10"])
+def test_class_counts_no_model_can_have_are_refused_before_allocating(classes):
+    """A classifier of 10^8 classes is hundreds of GB: refused, not a MemoryError (or an OOM
+    kill); 0 is not "the default"; bools, floats and strings are not counts."""
+    with pytest.raises(DPNError, match="whole number from 1 to 1000000"):
+        variants.resolve("dpn68", classes)
+    sys.path.insert(0, str(ROOT))
+    try:
+        import hubconf
+    finally:
+        sys.path.remove(str(ROOT))
+    pytest.importorskip("torch")
+    with pytest.raises(DPNError, match="whole number"):
+        hubconf.dpn68(classes=classes)
+
+
+def test_the_bound_is_the_readers_bound():
+    from dpn_gluon.formats import base
+    assert base.MAX_CLASSES == variants.MAX_CLASSES == 1_000_000
+    assert variants.resolve("dpn68", 1_000_000)[1] == 1_000_000
+    assert variants.resolve("dpn68-5k")[1] == 4786
