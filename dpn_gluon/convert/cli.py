@@ -135,7 +135,8 @@ def main(ctx):
               help="Licence identifier for a timm folder's model card and config (default: "
                    "other; cypw/DPNs states none).")
 @click.option("-q", "--quiet", is_flag=True,
-              help="Nothing on stderr on success (a failed check still prints its table).")
+              help="Nothing on stderr on success (a failed check still prints its table); stdout "
+                   "still lists the written paths, one per line, as a script expects.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Print the check's per-layer table even when it passes.")
 def convert_command(src, to, out, arch, classifier, epoch, force, check, strict, as_json,
