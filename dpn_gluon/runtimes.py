@@ -12,6 +12,11 @@ that reads a checkpoint (any format dpn-convert reads) into canonical tensors.
   ``torch.inference_mode``; one device.
 - ``onnx``: :func:`dpn_gluon.onnx_graph.export_onnx` to a temporary file, then an
   ``onnxruntime.InferenceSession`` (CUDA provider on a GPU device when available).
+- ``openvino``: the same ONNX graph read by OpenVINO and compiled for the CPU at
+  ``precision`` (fp32 unless asked; :mod:`dpn_gluon.openvino_ir` sets it explicitly, never
+  OpenVINO's own bfloat16 default); also an IR dpn-convert wrote (``NAME.xml``), run as it is.
+
+``precision`` (``fp32``, ``bf16``) applies to openvino; the other runtimes run fp32 only.
 
 MXNet, torch and onnxruntime are imported only by the runtime that needs them; a missing one
 is a one-line :class:`~dpn_gluon.deps.MissingDependency` naming the extra that installs it
@@ -31,9 +36,14 @@ from .deps import require_choice
 from .errors import CheckpointError, DPNError
 from .files import require_regular
 
-RUNTIMES = ("gluon", "torch", "onnx")
+RUNTIMES = ("gluon", "torch", "onnx", "openvino")
 #: What each runtime imports (checked in this order).
-RUNTIME_PACKAGES = {"gluon": ("mxnet",), "torch": ("torch",), "onnx": ("onnxruntime", "onnx")}
+RUNTIME_PACKAGES = {"gluon": ("mxnet",), "torch": ("torch",), "onnx": ("onnxruntime", "onnx"),
+                    "openvino": ("openvino", "onnx")}
+#: Every precision any runtime offers (--precision); which runtime offers which: PRECISIONS.
+ALL_PRECISIONS = ("fp32", "bf16")
+PRECISIONS = {"gluon": ("fp32",), "torch": ("fp32",), "onnx": ("fp32",),
+              "openvino": ALL_PRECISIONS}
 
 
 @dataclass
@@ -46,6 +56,8 @@ class Runtime:
     forward: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     #: class names the checkpoint file carries (its metadata), None when it has none
     labels: Optional[List[str]] = None
+    #: the precision it computes in (set explicitly where the runtime has a choice)
+    precision: str = "fp32"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self.forward(np.ascontiguousarray(batch, dtype=np.float32)),
@@ -93,17 +105,41 @@ def parse_devices(spec: str) -> Tuple[str, List[int]]:
     raise DPNError("bad --device %r (use cpu, gpu, gpu:0,1, cuda or cuda:N)" % spec)
 
 
-def load_runtime(kind: str, checkpoint, devices: str = "cpu", mean_max: bool = False) -> Runtime:
-    """A :class:`Runtime` of ``kind`` (gluon, torch, onnx) for a checkpoint file."""
+def load_runtime(kind: str, checkpoint, devices: str = "cpu", mean_max: bool = False,
+                 precision: str = "fp32", threads: Optional[int] = None) -> Runtime:
+    """A :class:`Runtime` of ``kind`` (gluon, torch, onnx, openvino) for a checkpoint file,
+    computing in ``precision``; ``threads`` (openvino only) sets its thread count."""
     if kind not in RUNTIMES:
         raise DPNError("unknown runtime %r (choose from %s)" % (kind, ", ".join(RUNTIMES)))
+    check_precision(kind, precision)
     dev_kind, ids = parse_devices(devices)
     require_runtime(kind)
+    if kind == "openvino":
+        from .openvino_ir import check_precision as cpu_has
+        cpu_has(precision)              # before the checkpoint is read: one line, no work
+        from .openvino_ir import is_ir
+        if is_ir(checkpoint):
+            return _openvino_ir(checkpoint, dev_kind, ids, mean_max, precision, threads)
     arch, classes, classifier, tensors, labels = read_model(checkpoint)
-    make = {"gluon": _gluon, "torch": _torch, "onnx": _onnx}[kind]
-    forward, names = make(checkpoint, (arch, classes, classifier, tensors), dev_kind, ids,
-                          mean_max)
-    return Runtime(kind, arch.name, int(classes), classifier, names, forward, labels)
+    model = (arch, classes, classifier, tensors)
+    if kind == "openvino":
+        forward, names = _openvino(checkpoint, model, dev_kind, ids, mean_max, precision,
+                                   threads, labels)
+    else:
+        make = {"gluon": _gluon, "torch": _torch, "onnx": _onnx}[kind]
+        forward, names = make(checkpoint, model, dev_kind, ids, mean_max)
+    return Runtime(kind, arch.name, int(classes), classifier, names, forward, labels, precision)
+
+
+def check_precision(kind: str, precision: str) -> None:
+    """Refuse a precision the runtime does not offer, in one line."""
+    if precision not in ALL_PRECISIONS:
+        raise DPNError("unknown --precision %r (choose from %s)"
+                       % (precision, ", ".join(ALL_PRECISIONS)))
+    if precision not in PRECISIONS[kind]:
+        offer = [k for k in RUNTIMES if precision in PRECISIONS[k]]
+        raise DPNError("--runtime %s runs %s only; --precision %s needs --runtime %s"
+                       % (kind, "/".join(PRECISIONS[kind]), precision, " or ".join(offer)))
 
 
 def require_runtime(kind: str) -> None:
@@ -192,3 +228,42 @@ def _onnx(checkpoint, model, dev_kind, ids, mean_max):
     names = ["cuda:%d" % ids[0]] if dev_kind == "gpu" else ["cpu"]
     return forward, names
 
+
+
+def _cpu_only(dev_kind: str, ids) -> None:
+    if dev_kind == "gpu" or len(ids) > 1:
+        raise DPNError("the openvino runtime runs on the CPU here; use --device cpu")
+
+
+def _openvino(checkpoint, model, dev_kind, ids, mean_max, precision, threads, labels):
+    from .openvino_ir import compile_model, from_tensors
+    _cpu_only(dev_kind, ids)
+    arch, classes, classifier, tensors = model
+    compiled = compile_model(from_tensors(tensors, arch, classes, classifier, mean_max,
+                                          labels=labels), precision, threads)
+    return _openvino_forward(compiled), ["cpu"]
+
+
+def _openvino_ir(path, dev_kind, ids, mean_max, precision, threads) -> Runtime:
+    """An IR dpn-convert wrote, run as it is (its head must be the one asked for)."""
+    from .openvino_ir import compile_model, read_ir
+    _cpu_only(dev_kind, ids)
+    ir = read_ir(path)
+    if ir.mean_max != mean_max:
+        raise DPNError("%s: the IR has the %s head: %s --mean-max"
+                       % (path, "mean-max" if ir.mean_max else "global",
+                          "pass" if ir.mean_max else "drop"))
+    compiled = compile_model(ir.load(), precision, threads)
+    return Runtime("openvino", ir.arch.name, int(ir.classes), ir.classifier, ["cpu"],
+                   _openvino_forward(compiled), ir.labels, precision)
+
+
+def _openvino_forward(compiled):
+    request = compiled.create_infer_request()
+    output = compiled.output(0)
+
+    def forward(batch):
+        # the result tensor is reused by the next call: copy it out
+        return np.array(request.infer({0: batch})[output], copy=True)
+
+    return forward

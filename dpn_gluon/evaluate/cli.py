@@ -17,7 +17,7 @@ from .. import labels
 from ..cliutil import OneLineCommand, labels_option, version_option
 from ..data.preprocess import PROTOCOLS, authors_resize_backend
 from ..errors import DPNError
-from ..runtimes import RUNTIMES
+from ..runtimes import ALL_PRECISIONS, RUNTIMES
 
 
 def _error(prog: str, message) -> None:
@@ -47,8 +47,14 @@ def _common(fn):
                      help="The authors' mean-max test head (needs --size >= 224; "
                           "their third column at 320)."),
         click.option("--runtime", type=click.Choice(RUNTIMES), default="gluon",
-                     show_default=True, help="Run the checkpoint in MXNet Gluon, PyTorch or "
-                                             "ONNX Runtime (same preprocessing)."),
+                     show_default=True, help="Run the checkpoint in MXNet Gluon, PyTorch, "
+                                             "ONNX Runtime or OpenVINO (same preprocessing); "
+                                             "openvino also runs an IR (NAME.xml) "
+                                             "dpn-convert wrote."),
+        click.option("--precision", type=click.Choice(ALL_PRECISIONS), default="fp32",
+                     show_default=True,
+                     help="Compute precision, always set explicitly: bf16 with --runtime "
+                          "openvino on a CPU with AVX512_BF16 or AMX (docs/openvino.md)."),
         click.option("--device", default="cpu", show_default=True,
                      help="cpu, gpu, gpu:0,1 (Gluon splits each batch over the GPUs), "
                           "cuda or cuda:N."),
@@ -83,8 +89,8 @@ def _json_safe(value):
 @click.option("--quiet", "-q", is_flag=True,
               help="Nothing on stderr on success: no bar, no notes (the report still goes to "
                    "stdout).")
-def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, device, as_json,
-                  labels_file, batch_size, workers, limit, strict, quiet):
+def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, precision, device,
+                  as_json, labels_file, batch_size, workers, limit, strict, quiet):
     """Top-1 / top-5 error (%) of CHECKPOINT on a labelled image set.
 
     CHECKPOINT is any file dpn-convert reads: the authors' PREFIX-0000.params (or PREFIX),
@@ -99,12 +105,13 @@ def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, dev
     settings(size, protocol, mean_max)
     names = labels.read_file(labels_file) if labels_file is not None else None
     dataset = open_dataset(data, root).subset(limit)
-    rt = load_runtime(runtime, checkpoint, device, mean_max)
+    rt = load_runtime(runtime, checkpoint, device, mean_max, precision)
     # the note only once every input is accepted: a refusal stays one line
     starting = None if quiet else (lambda: _note_resize("dpn-evaluate", protocol))
     record = evaluate(rt, dataset, size, protocol, mean_max, batch_size, workers, strict,
                       progress=not quiet, class_names=names, starting=starting)
     record["checkpoint"] = str(checkpoint)
+    record["precision"] = rt.precision
     if record["skipped"]:
         shown = record["skipped_files"][:3]
         click.echo("dpn-evaluate: warning: skipped %d unreadable image(s): %s%s" % (
@@ -118,10 +125,11 @@ def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, dev
     click.echo("data        %s  (%s: %d images, %d skipped)" % (
         record["data"], record["data_format"], record["images"], record["skipped"]))
     click.echo("settings    protocol=%s size=%d resize_short=%d crop=%d %s "
-               "mean=(124,117,104) scale=0.0167 mean_max=%s runtime=%s device=%s batch=%d"
+               "mean=(124,117,104) scale=0.0167 mean_max=%s runtime=%s precision=%s device=%s "
+               "batch=%d"
                % (record["protocol"], record["size"], record["resize_short"], record["crop"],
                   record["interpolation"].replace(" ", ""),
-                  "on" if record["mean_max"] else "off", record["runtime"],
+                  "on" if record["mean_max"] else "off", record["runtime"], rt.precision,
                   ",".join(record["devices"]), record["batch_size"]))
     click.echo("top-1 error %.2f %%" % record["top1_error"])
     click.echo("top-5 error %.2f %%" % record["top5_error"])
@@ -136,8 +144,8 @@ def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, dev
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True)
 @_common
 @click.option("--quiet", "-q", is_flag=True, help="Nothing on stderr on success.")
-def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, device, as_json,
-                 labels_file, quiet):
+def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, precision, device,
+                 as_json, labels_file, quiet):
     """The top classes of each IMAGE with softmax probabilities.
 
     Classes are named from --labels, else from the names the checkpoint file carries (a
@@ -154,7 +162,7 @@ def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, dev
     from . import classify, settings
     settings(size, protocol, mean_max)
     user = labels.read_file(labels_file) if labels_file is not None else None
-    rt = load_runtime(runtime, checkpoint, device, mean_max)
+    rt = load_runtime(runtime, checkpoint, device, mean_max, precision)
     names = labels.for_checkpoint(rt.labels, rt.classes, None) if user is None else user
     if user is not None:
         labels.check_count(user, rt.classes, str(labels_file))
@@ -183,7 +191,8 @@ def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, dev
     if as_json:
         click.echo(json.dumps({"checkpoint": str(checkpoint), "classes": rt.classes,
                                "protocol": protocol, "size": size, "mean_max": mean_max,
-                               "runtime": rt.kind, "predictions": results,
+                               "runtime": rt.kind, "precision": rt.precision,
+                               "predictions": results,
                                "bad_images": bad}))
     return 2 if bad else 0
 

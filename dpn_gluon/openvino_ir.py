@@ -1,0 +1,234 @@
+"""OpenVINO: the ONNX graph of :mod:`dpn_gluon.onnx_graph` as an OpenVINO model, compiled for
+the CPU at a precision the caller chose, and written as OpenVINO's IR (``NAME.xml`` +
+``NAME.bin``).
+
+Why the precision is always set: OpenVINO's CPU plugin runs float32 models in bfloat16 by
+default wherever the CPU has bfloat16 instructions (AVX512_BF16 or AMX), without saying
+so. A parity tool must not report bfloat16 numbers as float32 ones, so every compile here
+passes ``INFERENCE_PRECISION_HINT`` explicitly (:data:`HINTS`) and then reads the compiled
+model's property back, refusing a compile that ended at another precision.
+
+The model is what onnxruntime runs (the same ONNX bytes, read by OpenVINO's ONNX frontend):
+node outputs carry the authors' op names, so the parity taps are tensor names here too.
+OpenVINO imports the ONNX ``metadata_props`` under rt_info ``framework``; the IR carries
+them under rt_info ``dpn`` instead (:data:`RT_SECTION`: architecture, classes, classifier,
+head, normalization, labels, ...), where :func:`read_ir` reads them back.
+
+``openvino`` is imported inside the functions that need it (the ``openvino`` extra).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from . import variants
+from .deps import require
+from .errors import DPNError
+
+#: What ``--precision`` offers, and OpenVINO's INFERENCE_PRECISION_HINT for each.
+PRECISIONS = ("fp32", "bf16")
+HINTS = {"fp32": "f32", "bf16": "bf16"}
+#: What each precision needs: OpenVINO's OPTIMIZATION_CAPABILITIES entry, the CPU flags
+#: (/proc/cpuinfo) that give it natively, and how a user knows the instruction sets.
+NEEDS = {"bf16": ("BF16", ("avx512_bf16", "amx_bf16"), "AVX512_BF16 or AMX")}
+#: The rt_info section of the IR that holds the ONNX metadata_props.
+RT_SECTION = "dpn"
+#: Max relative difference per tap (max |a - b| / max |ref|) of OpenVINO bf16 against the
+#: authors' graph in float32: measured over seeded checkpoints of every architecture with
+#: ``python -m dpn_gluon.convert.parity --all --runtime openvino --dtype bfloat16``
+#: (docs/openvino.md): worst tap 9.7e-3 (dpn68, 2x3x64x64), so 3e-2.
+BF16_RTOL = 3e-2
+
+
+def _openvino(purpose: str):
+    return require("openvino", purpose)
+
+
+def cpu_flags() -> Optional[set]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux), None where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def check_precision(precision: str, purpose: str = "--runtime openvino") -> None:
+    """Refuse, in one line, a precision that is unknown or that this CPU cannot run natively
+    (OpenVINO would emulate or silently fall back)."""
+    if precision not in PRECISIONS:
+        raise DPNError("unknown --precision %r (choose from %s)"
+                       % (precision, ", ".join(PRECISIONS)))
+    if precision not in NEEDS:
+        return
+    capability, flags, isa = NEEDS[precision]
+    ov = _openvino(purpose)
+    found = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    have = cpu_flags()
+    if capability not in found or (have is not None and not have & set(flags)):
+        raise DPNError("--precision %s needs a CPU with %s, which this one (%s) lacks: use "
+                       "--precision fp32" % (precision, isa, cpu_name()))
+
+
+def cpu_name() -> str:
+    try:
+        return str(_openvino("the CPU's name").Core().get_property("CPU", "FULL_DEVICE_NAME"))
+    except Exception:          # the name only decorates a message
+        return "this CPU"
+
+
+def from_onnx(proto, keep_metadata: bool = True):
+    """An ``ov.Model`` read from an ``onnx.ModelProto`` (or its bytes) by OpenVINO's ONNX
+    frontend, its metadata moved from rt_info ``framework`` to :data:`RT_SECTION`."""
+    ov = _openvino("--runtime openvino")
+    data = proto if isinstance(proto, (bytes, bytearray)) else proto.SerializeToString()
+    model = ov.Core().read_model(bytes(data))
+    rt = model.get_rt_info()
+    framework = {}
+    if "framework" in rt:
+        framework = {k: str(v.astype(str)) for k, v in dict(rt["framework"]).items()}
+        del rt["framework"]
+    for key in sorted(framework) if keep_metadata else ():
+        model.set_rt_info(framework[key], [RT_SECTION, key])
+    return model
+
+
+def from_tensors(tensors: Mapping[str, np.ndarray], arch: variants.Arch, classes: int,
+                 classifier: str, mean_max: bool = False, tap_outputs: bool = False,
+                 labels: Optional[Sequence[str]] = None, normalization: str = "authors"):
+    """The ``ov.Model`` of the ONNX graph :func:`dpn_gluon.onnx_graph.build_onnx` builds."""
+    _openvino("--runtime openvino")
+    from .onnx_graph import build_onnx, label_metadata
+    extra = label_metadata(labels, classes) if labels is not None else None
+    proto = build_onnx(tensors, arch, classes, classifier, mean_max=mean_max,
+                       tap_outputs=tap_outputs, metadata=extra, normalization=normalization)
+    data = proto.SerializeToString()
+    del proto
+    return from_onnx(data)
+
+
+def compile_model(model, precision: str = "fp32", threads: Optional[int] = None):
+    """``model`` compiled for the CPU at ``precision`` (set explicitly, then checked on the
+    compiled model); ``threads`` sets INFERENCE_NUM_THREADS, else OpenVINO's default."""
+    check_precision(precision)
+    ov = _openvino("--runtime openvino")
+    config = {"INFERENCE_PRECISION_HINT": HINTS[precision]}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    compiled = ov.Core().compile_model(model, "CPU", config)
+    got = compiled_precision(compiled)
+    if got != HINTS[precision]:
+        raise DPNError("OpenVINO compiled the model in %s, not the %s asked for"
+                       % (got, HINTS[precision]))
+    return compiled
+
+
+def compiled_precision(compiled) -> str:
+    """The compiled model's INFERENCE_PRECISION_HINT as OpenVINO names it (f32, bf16)."""
+    return compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+
+
+def metadata(model) -> Dict[str, str]:
+    """The :data:`RT_SECTION` rt_info of ``model`` as strings (empty when it has none)."""
+    rt = model.get_rt_info()
+    if RT_SECTION not in rt:
+        return {}
+    return {k: str(v.astype(str)) for k, v in dict(rt[RT_SECTION]).items()}
+
+
+def write_ir(model, xml_path: Union[str, Path], bin_path: Union[str, Path]) -> None:
+    """Serialize ``model`` to ``xml_path`` and ``bin_path`` as they are: float32 weights
+    (no fp16 compression: ``ov.save_model``'s default would compress), explicit paths (so a
+    transaction's temps can be written), the same bytes for the same model."""
+    _openvino("--to openvino")
+    from openvino.passes import Manager, Serialize
+    manager = Manager()
+    manager.register_pass(Serialize(str(xml_path), str(bin_path)))
+    manager.run_passes(model)
+
+
+@dataclass
+class IRModel:
+    """An OpenVINO IR dpn-convert wrote, identified from its rt_info."""
+
+    path: Path
+    arch: variants.Arch
+    classes: int
+    classifier: str
+    mean_max: bool
+    labels: Optional[List[str]]
+    metadata: Dict[str, str]
+
+    def load(self):
+        ov = _openvino("reading the OpenVINO IR %s" % self.path)
+        return ov.Core().read_model(str(self.path), str(bin_path(self.path)))
+
+
+def bin_path(xml: Union[str, Path]) -> Path:
+    return Path(xml).with_suffix(".bin")
+
+
+def is_ir(path: Union[str, Path]) -> bool:
+    """Whether ``path`` names an IR file (``.xml``): dispatch by suffix only here, where the
+    user named the IR as a model to run; :func:`read_ir` checks what it holds."""
+    return Path(path).suffix.lower() == ".xml"
+
+
+def read_ir(path: Union[str, Path]) -> IRModel:
+    """The variant of an IR dpn-convert wrote (its rt_info :data:`RT_SECTION`); one line
+    (:class:`DPNError`) for anything else."""
+    from . import labels as class_labels
+    from .files import require_regular
+    path = Path(path)
+    weights = bin_path(path)
+    for f in (path, weights):
+        if not os.path.exists(f):
+            raise DPNError("%s: no such file (an OpenVINO IR is NAME.xml with NAME.bin)" % f)
+        require_regular(f, "OpenVINO IR file")
+    ov = _openvino("reading the OpenVINO IR %s" % path)
+    try:
+        model = ov.Core().read_model(str(path), str(weights))
+    except Exception as e:     # OpenVINO's parse errors: several lines, one kept
+        raise DPNError("%s: not an OpenVINO IR (%s)"
+                       % (path, " ".join(str(e).split())[:160])) from None
+    props = metadata(model)
+    if "arch" not in props or "classes" not in props:
+        raise DPNError("%s: an OpenVINO IR without dpn-convert's rt_info (%s/arch, classes)"
+                       % (path, RT_SECTION))
+    try:
+        classes = int(props["classes"])
+    except ValueError:
+        raise DPNError("%s: rt_info classes=%r is not a number" % (path, props["classes"])) from None
+    arch, classes, classifier = variants.resolve(props["arch"], classes, props.get("classifier"))
+    names = class_labels.from_metadata(props, classes, str(path)) if "labels" in props else None
+    return IRModel(path, arch, classes, classifier, props.get("head") == "mean_max", names, props)
+
+
+def add_tap_outputs(model, arch: variants.Arch, where: str) -> None:
+    """Make every parity tap (a tensor named after the authors' op) an output of ``model``."""
+    taps = variants.tap_names(arch)[:-1]
+    known = {name for op in model.get_ops() for out in op.outputs() for name in out.names}
+    missing = [t for t in taps if t not in known]
+    if missing:
+        raise DPNError("%s: not dpn-convert's %s graph: no tensor %s" % (where, arch.name, missing[0]))
+    have = {name for out in model.outputs for name in out.names}
+    model.add_outputs([t for t in taps if t not in have])
+
+
+def run_named(compiled, x: np.ndarray) -> Dict[str, np.ndarray]:
+    """Every output of ``compiled`` on ``x``, by each of its tensor names."""
+    result = compiled(np.ascontiguousarray(x, dtype=np.float32))
+    out = {}
+    for port in compiled.outputs:
+        value = np.asarray(result[port], dtype=np.float32)
+        for name in port.names:
+            out[name] = value
+    return out
+
