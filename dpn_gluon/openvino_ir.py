@@ -109,9 +109,22 @@ def from_tensors(tensors: Mapping[str, np.ndarray], arch: variants.Arch, classes
     extra = label_metadata(labels, classes) if labels is not None else None
     proto = build_onnx(tensors, arch, classes, classifier, mean_max=mean_max,
                        tap_outputs=tap_outputs, metadata=extra, normalization=normalization)
+    ours = {n.name for n in proto.graph.node} | {i.name for i in proto.graph.initializer} \
+        | {i.name for i in proto.graph.input}
     data = proto.SerializeToString()
     del proto
-    return from_onnx(data)
+    model = from_onnx(data)
+    number_unnamed_ops(model, ours)
+    return model
+
+
+def number_unnamed_ops(model, ours) -> None:
+    """Name the ops OpenVINO's ONNX frontend creates (``Constant_379``: a counter global to
+    the process, so a second conversion in the same process would get other names, and
+    other bytes) by their type and place in topological order instead."""
+    for index, op in enumerate(model.get_ordered_ops()):
+        if op.get_friendly_name() not in ours:
+            op.set_friendly_name("%s_%d" % (op.get_type_name(), index))
 
 
 def compile_model(model, precision: str = "fp32", threads: Optional[int] = None):

@@ -1,9 +1,10 @@
 """``dpn-convert``: the authors' DPN checkpoints to and from PyTorch, safetensors, timm, Gluon.
 
-    dpn-convert SRC --to {torch,safetensors,timm,mxnet,gluon,onnx} [-o OUT] [--arch NAME]
+    dpn-convert SRC --to {torch,safetensors,timm,mxnet,gluon,onnx,openvino} [-o OUT] [--arch NAME]
                 [--classifier fc6|fc6-1k] [--epoch N] [--force] [--check/--no-check] [--strict]
                 [--json] [--device cpu|cuda] [--tolerance X] [--report FILE.png|.html]
-                [--mean-max] [--fp16] [--opset N]            (the last three: --to onnx)
+                [--mean-max] [--fp16] [--opset N]            (the last three: --to onnx;
+                                                               --mean-max: also openvino)
                 [--labels FILE] [--license ID] [-q|--quiet] [-v|--verbose]
     dpn-convert list [--json]
     dpn-convert release SRC_DIR -o OUT_DIR [--check/--no-check] [--labels FILE] [--license ID]
@@ -94,7 +95,8 @@ def main(ctx):
 @click.option("--to", "to", required=True, type=click.Choice(TARGETS),
               help="Target format: torch (.pth state_dict, timm keys), safetensors, timm "
                    "(folder: config.json + model.safetensors), mxnet (PREFIX-symbol.json + "
-                   "PREFIX-0000.params), gluon (save_parameters file), onnx.")
+                   "PREFIX-0000.params), gluon (save_parameters file), onnx, openvino "
+                   "(IR: NAME.xml + NAME.bin, float32 weights).")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
               help="Output path (for mxnet: the PREFIX), or an existing folder for the default "
                    "name. Default: beside SRC, named after it (dpn68-0000.params -> dpn68.pth).")
@@ -121,7 +123,7 @@ def main(ctx):
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also draw the check's per-layer errors: FILE.png, .svg or .html.")
 @click.option("--mean-max", is_flag=True,
-              help="--to onnx: the authors' test head (classifier as a 1x1 conv over the 7x7 "
+              help="--to onnx or openvino: the authors' test head (classifier as a 1x1 conv over the 7x7 "
                    "average-pooled map, mean of global average and max); inputs >= 193 px, "
                    "the authors tested at 320.")
 @click.option("--fp16", is_flag=True,

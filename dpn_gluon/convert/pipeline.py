@@ -88,8 +88,10 @@ def convert(src: PathLike, to: str, out: Optional[PathLike] = None, arch: Option
         raise DPNError("unknown target format %r (choose from %s)"
                                % (to, ", ".join(formats.TARGETS)))
     writers.check_onnx_options(to, onnx_options)
-    if to == "onnx":          # before reading a checkpoint of hundreds of MB
-        deps.require("onnx", "--to onnx")
+    if to in ("onnx", "openvino"):      # before reading a checkpoint of hundreds of MB
+        deps.require("onnx", "--to " + to)
+    if to == "openvino":
+        deps.require("openvino", "--to openvino")
     path = formats.resolve_source(src, epoch)
     fmt = formats.detect(path)
     plan = conversion_plan(path, fmt, to, out, force, report)   # refuse early, before any work

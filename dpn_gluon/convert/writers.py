@@ -34,6 +34,7 @@ from ..formats.canonical import (
 )
 from ..safeio.atomic import Transaction
 from ..safeio.outputs import TIMM_CONFIG, TIMM_WEIGHTS, conversion_plan
+from . import openvino_writer
 
 #: A bar on every write phase that takes a couple of seconds or more.
 PROGRESS_MIN_BYTES = 64 << 20
@@ -130,13 +131,16 @@ def stage(weights: Weights, target: str, files: List[Path], tx: Transaction, log
           onnx_options: Optional[Mapping] = None) -> None:
     """Write ``weights`` as ``target`` into temps of ``tx`` for ``files``
     (:func:`.outputs.output_files`); the caller commits."""
-    extra = dict(onnx_options or {}) if target == "onnx" else {}
+    taken = openvino_writer.OPTIONS if target == "openvino" else ("mean_max", "fp16", "opset")
+    extra = {k: v for k, v in (onnx_options or {}).items() if k in taken} \
+        if target in ("onnx", "openvino") else {}
     _WRITERS[target](weights, files, tx, log or (lambda msg: None), **extra)
 
 
 def check_onnx_options(target: str, options: Optional[Mapping]) -> None:
     """Refuse ONNX-only options (``--mean-max``, ``--fp16``, ``--opset``) for other targets."""
-    given = sorted(k for k, v in (options or {}).items() if v not in (None, False))
+    given = sorted(k for k, v in (options or {}).items() if v not in (None, False)
+                   and not (target == "openvino" and k in openvino_writer.OPTIONS))
     if given and target != "onnx":
         raise DPNError("--%s applies to --to onnx only, not --to %s"
                        % (given[0].replace("_", "-"), target))
@@ -269,7 +273,8 @@ def _write_paddle(weights: Weights, files: List[Path], tx: Transaction, log):
 
 
 _WRITERS = {"paddle": _write_paddle, "torch": _write_torch, "safetensors": _write_safetensors, "timm": _write_timm,
-            "gluon": _write_gluon, "mxnet": _write_mxnet, "onnx": _write_onnx}
+            "gluon": _write_gluon, "mxnet": _write_mxnet, "onnx": _write_onnx,
+            "openvino": openvino_writer.write_openvino}
 
 
 class _Progress:

@@ -54,7 +54,7 @@ from . import names
 from .readers import TIMM_WEIGHTS, _arch_name, detect, parse_count, read_raw, resolve_source
 
 FORMATS = ("mxnet", "gluon", "torch", "safetensors", "timm", "paddle")
-TARGETS = FORMATS + ("onnx",)
+TARGETS = FORMATS + ("onnx", "openvino")
 
 
 #: The authors' preprocessing in timm's terms (0..1 pixels): mean (124,117,104)/255 and

@@ -39,12 +39,13 @@ TIMM_WRITTEN = (TIMM_CONFIG, TIMM_WEIGHTS)
 
 #: The default suffix of each target (timm is a folder, mxnet a prefix).
 SUFFIX = {"torch": ".pth", "safetensors": ".safetensors", "gluon": ".params", "onnx": ".onnx",
-          "paddle": ".pdparams",
+          "paddle": ".pdparams", "openvino": ".xml",
           "timm": "", "mxnet": ""}
 #: Suffixes that say which format a file is; a name with one of these is refused for any
 #: other target. ``.params`` is Gluon's (mxnet takes it as its prefix's), ``.json`` no target's.
 KNOWN_SUFFIXES = {".pth": "torch", ".pt": "torch", ".bin": "torch", ".safetensors": "safetensors",
-                  ".onnx": "onnx", ".params": "gluon", ".pdparams": "paddle", ".json": None,
+                  ".onnx": "onnx", ".params": "gluon", ".pdparams": "paddle", ".xml": "openvino",
+                  ".json": None,
                   ".png": None, ".svg": None, ".html": None, ".htm": None}
 REPORT_SUFFIXES = (".png", ".svg", ".html", ".htm")
 
@@ -81,6 +82,8 @@ def target_path(src: Path, src_format: str, target: str, out: Optional[PathLike]
     always the timm folder itself."""
     if out is not None and (target == "timm" or not Path(out).is_dir()):
         out = _absolute_if_bare(Path(out))
+        if target == "openvino" and out.suffix.lower() not in KNOWN_SUFFIXES:  # NAME.xml
+            out = out.with_name(out.name + ".xml")
         return mxnet_prefix(out) if target == "mxnet" else out
     stem = src.name
     if src_format == "mxnet" and _EPOCH_PARAMS.search(stem):
@@ -95,6 +98,8 @@ def output_files(target: str, out: Path) -> List[Path]:
     """The paths a target writes at ``out``."""
     if target == "mxnet":
         return [Path("%s-symbol.json" % out), Path("%s-0000.params" % out)]
+    if target == "openvino":        # OpenVINO reads NAME.bin beside NAME.xml
+        return [out, out.with_suffix(".bin")]
     return [out]
 
 
