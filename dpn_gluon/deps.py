@@ -24,6 +24,7 @@ PACKAGES = {
     "matplotlib": ("matplotlib", "report"),
     "cv2": ("opencv-python-headless", "opencv"),
     "openvino": ("openvino", "openvino"),
+    "nncf": ("nncf", "int8"),
 }
 
 

@@ -14,7 +14,15 @@ OpenVINO imports the ONNX ``metadata_props`` under rt_info ``framework``; the IR
 them under rt_info ``dpn`` instead (:data:`RT_SECTION`: architecture, classes, classifier,
 head, normalization, labels, ...), where :func:`read_ir` reads them back.
 
-``openvino`` is imported inside the functions that need it (the ``openvino`` extra).
+int8 is post-training quantization by NNCF 2.14.1's ONNX backend (:func:`quantize_onnx`:
+QuantizeLinear/DequantizeLinear pairs around the convolutions, scales from the user's
+calibration images), compiled with the hint ``f32`` so that whatever OpenVINO does not run
+in int8 runs in float32, not in a silent bf16. It is never applied without
+``--precision int8`` and a calibration set (docs/openvino.md says what it costs and why
+it is not faster than bf16 here).
+
+``openvino`` and ``nncf`` are imported inside the functions that need them (the
+``openvino`` and ``int8`` extras).
 """
 from __future__ import annotations
 
@@ -30,11 +38,14 @@ from .deps import require
 from .errors import DPNError
 
 #: What ``--precision`` offers, and OpenVINO's INFERENCE_PRECISION_HINT for each.
-PRECISIONS = ("fp32", "bf16")
-HINTS = {"fp32": "f32", "bf16": "bf16"}
+PRECISIONS = ("fp32", "bf16", "int8")
+#: int8: the quantized ops run in int8 (OpenVINO reads the QDQ pairs), the rest in float32.
+HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 #: What each precision needs: OpenVINO's OPTIMIZATION_CAPABILITIES entry, the CPU flags
 #: (/proc/cpuinfo) that give it natively, and how a user knows the instruction sets.
-NEEDS = {"bf16": ("BF16", ("avx512_bf16", "amx_bf16"), "AVX512_BF16 or AMX")}
+NEEDS = {"bf16": ("BF16", ("avx512_bf16", "amx_bf16"), "AVX512_BF16 or AMX"),
+         "int8": ("INT8", ("avx512_vnni", "avx_vnni", "amx_int8"),
+                  "VNNI (AVX512_VNNI or AVX_VNNI) or AMX")}
 #: The rt_info section of the IR that holds the ONNX metadata_props.
 RT_SECTION = "dpn"
 #: Max relative difference per tap (max |a - b| / max |ref|) of OpenVINO bf16 against the
@@ -102,8 +113,10 @@ def from_onnx(proto, keep_metadata: bool = True):
 
 def from_tensors(tensors: Mapping[str, np.ndarray], arch: variants.Arch, classes: int,
                  classifier: str, mean_max: bool = False, tap_outputs: bool = False,
-                 labels: Optional[Sequence[str]] = None, normalization: str = "authors"):
-    """The ``ov.Model`` of the ONNX graph :func:`dpn_gluon.onnx_graph.build_onnx` builds."""
+                 labels: Optional[Sequence[str]] = None, normalization: str = "authors",
+                 calibration: Optional[np.ndarray] = None):
+    """The ``ov.Model`` of the ONNX graph :func:`dpn_gluon.onnx_graph.build_onnx` builds;
+    with ``calibration`` (a preprocessed batch), that graph quantized to int8 first."""
     _openvino("--runtime openvino")
     from .onnx_graph import build_onnx, label_metadata
     extra = label_metadata(labels, classes) if labels is not None else None
@@ -111,6 +124,8 @@ def from_tensors(tensors: Mapping[str, np.ndarray], arch: variants.Arch, classes
                        tap_outputs=tap_outputs, metadata=extra, normalization=normalization)
     ours = {n.name for n in proto.graph.node} | {i.name for i in proto.graph.initializer} \
         | {i.name for i in proto.graph.input}
+    if calibration is not None:
+        proto = quantize_onnx(proto, calibration)
     data = proto.SerializeToString()
     del proto
     model = from_onnx(data)
@@ -132,6 +147,10 @@ def compile_model(model, precision: str = "fp32", threads: Optional[int] = None)
     compiled model); ``threads`` sets INFERENCE_NUM_THREADS, else OpenVINO's default."""
     check_precision(precision)
     ov = _openvino("--runtime openvino")
+    quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+    if quantized != (precision == "int8"):
+        raise DPNError("--precision %s: the model is %squantized" % (precision, "" if quantized
+                                                                     else "not "))
     config = {"INFERENCE_PRECISION_HINT": HINTS[precision]}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -245,3 +264,21 @@ def run_named(compiled, x: np.ndarray) -> Dict[str, np.ndarray]:
             out[name] = value
     return out
 
+
+
+def quantize_onnx(proto, calibration: np.ndarray):
+    """The ``onnx.ModelProto`` ``proto`` quantized by NNCF's post-training quantization
+    (its ONNX backend, onnxruntime collecting the statistics) over ``calibration``, a float32
+    NCHW batch already preprocessed; NNCF's logs and progress bars are kept off the
+    command's stdout and stderr."""
+    import contextlib
+    import io
+    import logging
+    nncf = require("nncf", "--precision int8")
+    require("onnxruntime", "--precision int8")
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    samples = [calibration[i:i + 1] for i in range(len(calibration))]
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        return nncf.quantize(proto, nncf.Dataset(samples, lambda x: {"data": x}),
+                             subset_size=len(samples))

@@ -44,7 +44,7 @@ def numpy_allowed(reqs, version: str, python: str) -> bool:
 
 
 @pytest.mark.parametrize("extra", ["mxnet", "torch", "onnx", "opencv", "report", "test",
-                                   "openvino"])
+                                   "openvino", "int8"])
 def test_every_extra_keeps_mxnets_numpy_on_311(requires, extra):
     reqs = requires[""] + requires[extra]
     assert numpy_allowed(reqs, "1.23.5", "3.11")
