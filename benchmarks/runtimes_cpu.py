@@ -24,7 +24,9 @@ Cells:
 - ``gluon fp32``: ``--runtime gluon`` (BatchNorm folded, hybridized);
 - ``onnxruntime fp32``: our ONNX file, all graph optimizations;
 - ``openvino fp32`` / ``openvino bf16``: ``--runtime openvino --precision ...`` (the hint set
-  explicitly); ``openvino, no hint``: what a plain ``compile_model`` gives, with the
+  explicitly); ``openvino int8``: the model ``--precision int8`` builds (NNCF post-training
+  quantization plus the grouped convolutions' weights), calibrated on 16 seeded images other
+  than the accuracy ones; ``openvino, no hint``: what a plain ``compile_model`` gives, with the
   precision it chose read from the compiled model (bf16 on a CPU with bf16 instructions).
 """
 from __future__ import annotations
@@ -63,7 +65,7 @@ def isa() -> str:
     return ", ".join(f.upper() for f in named if f in have) or "?"
 
 
-def build(arch: str, folder: str, threads: int) -> "OrderedDict[str, tuple]":
+def build(arch: str, folder: str, threads: int, int8: bool = True) -> "OrderedDict[str, tuple]":
     """{cell: (precision as run, forward)} for one architecture."""
     import onnxruntime as ort
     import openvino as ov
@@ -101,6 +103,15 @@ def build(arch: str, folder: str, threads: int) -> "OrderedDict[str, tuple]":
                 "openvino", ckpt, precision=precision, threads=threads))
         except Exception as e:        # bf16 on a CPU without it: a missing cell, said why
             print("%s: openvino %s: %s" % (arch, precision, e), file=sys.stderr)
+    if int8:
+        from dpn_gluon import variants
+        from dpn_gluon.convert.parity import seeded_batch
+        a, classes, fc = variants.identify({k: v.shape for k, v in tensors.items()})
+        quantized = openvino_ir.compile_model(openvino_ir.from_tensors(
+            tensors, a, classes, fc, calibration=seeded_batch(16, SIZE, seed=1)), "int8", threads)
+        int8_request = quantized.create_infer_request()
+        cells["openvino int8"] = ("int8", lambda x: np.array(int8_request.infer({0: x})[0],
+                                                              copy=True))
     plain = ov.Core().compile_model(ov.Core().read_model(str(onnx_file)), "CPU",
                                     {"INFERENCE_NUM_THREADS": threads})
     request = plain.create_infer_request()
@@ -152,6 +163,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--images", type=int, default=16)
     p.add_argument("--json", default=None, help="also write the measurements here")
+    p.add_argument("--no-int8", action="store_true", help="without the int8 cell (NNCF)")
     a = p.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MXNET_OMP_MAX_THREADS"):
         os.environ[var] = str(a.threads)          # before MXNet and torch are imported
@@ -166,7 +178,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="dpn-bench-") as folder:
         for arch in a.arch:
             print("%s: building the runtimes" % arch, file=sys.stderr)
-            cells = build(arch, folder, a.threads)
+            cells = build(arch, folder, a.threads, not a.no_int8)
             ref = reference(arch, x)
             acc = {c: accuracy(f, x, ref) for c, (_, f) in cells.items()}
             print("%s: timing %d rounds" % (arch, a.rounds), file=sys.stderr)
