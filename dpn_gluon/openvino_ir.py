@@ -255,8 +255,13 @@ def add_tap_outputs(model, arch: variants.Arch, where: str) -> None:
 
 
 def run_named(compiled, x: np.ndarray) -> Dict[str, np.ndarray]:
-    """Every output of ``compiled`` on ``x``, by each of its tensor names."""
-    result = compiled(np.ascontiguousarray(x, dtype=np.float32))
+    """Every output of ``compiled`` on ``x``, by each of its tensor names.
+
+    Through an infer request with the input copied (``infer``'s default), never
+    ``compiled(x)``: that shares the caller's array (``share_inputs=True``), and with
+    openvino 2026.4.1 two calls on two arrays of one shape gave the second wrong logits
+    (max rel 9.9e-2; docs/openvino.md)."""
+    result = compiled.create_infer_request().infer({0: np.ascontiguousarray(x, np.float32)})
     out = {}
     for port in compiled.outputs:
         value = np.asarray(result[port], dtype=np.float32)
