@@ -95,7 +95,7 @@ def cpu_name() -> str:
         return "this CPU"
 
 
-def from_onnx(proto, keep_metadata: bool = True):
+def from_onnx(proto):
     """An ``ov.Model`` read from an ``onnx.ModelProto`` (or its bytes) by OpenVINO's ONNX
     frontend, its metadata moved from rt_info ``framework`` to :data:`RT_SECTION`."""
     ov = _openvino("--runtime openvino")
@@ -106,7 +106,7 @@ def from_onnx(proto, keep_metadata: bool = True):
     if "framework" in rt:
         framework = {k: str(v.astype(str)) for k, v in dict(rt["framework"]).items()}
         del rt["framework"]
-    for key in sorted(framework) if keep_metadata else ():
+    for key in sorted(framework):
         model.set_rt_info(framework[key], [RT_SECTION, key])
     return model
 
