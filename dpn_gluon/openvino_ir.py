@@ -271,21 +271,37 @@ def run_named(compiled, x: np.ndarray) -> Dict[str, np.ndarray]:
 
 
 
+def _quiet():
+    """stdout and stderr swallowed: NNCF logs and draws progress bars on both."""
+    import contextlib
+    import io
+    sink = io.StringIO()
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(sink))
+    stack.enter_context(contextlib.redirect_stderr(sink))
+    return stack
+
+
+def import_nncf():
+    """NNCF, imported without its "INFO:nncf:NNCF initialized" line on stdout (which would
+    break a command's --json output), its logger then set to errors only."""
+    import logging
+    with _quiet():
+        nncf = require("nncf", "--precision int8")
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    return nncf
+
+
 def quantize_onnx(proto, calibration: np.ndarray, grouped: bool = True):
     """The ``onnx.ModelProto`` ``proto`` quantized by NNCF's post-training quantization
     (its ONNX backend, onnxruntime collecting the statistics) over ``calibration``, a float32
     NCHW batch already preprocessed, then (``grouped``) :func:`quantize_grouped_weights`;
     NNCF's logs and
     progress bars are kept off the command's stdout and stderr."""
-    import contextlib
-    import io
-    import logging
-    nncf = require("nncf", "--precision int8")
+    nncf = import_nncf()
     require("onnxruntime", "--precision int8")
-    logging.getLogger("nncf").setLevel(logging.ERROR)
     samples = [calibration[i:i + 1] for i in range(len(calibration))]
-    sink = io.StringIO()
-    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+    with _quiet():
         quantized = nncf.quantize(proto, nncf.Dataset(samples, lambda x: {"data": x}),
                                   subset_size=len(samples))
     return quantize_grouped_weights(quantized) if grouped else quantized

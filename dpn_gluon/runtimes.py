@@ -166,8 +166,8 @@ def load_runtime(kind: str, checkpoint, devices: str = "cpu", mean_max: bool = F
         from .openvino_ir import check_precision as cpu_has
         cpu_has(precision)              # before the checkpoint is read: one line, no work
         if precision == "int8":
-            from .deps import require
-            require("nncf", "--precision int8")
+            from .openvino_ir import import_nncf
+            import_nncf()
         from .openvino_ir import is_ir
         if is_ir(checkpoint):
             if precision == "int8":

@@ -7,7 +7,10 @@ layers really run in 8 bits). Skipped without OpenVINO and NNCF, or on a CPU wit
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +26,7 @@ needs_int8 = pytest.mark.skipif(
     not all(importable(m) for m in ("openvino", "nncf", "onnx", "onnxruntime")),
     reason='openvino and nncf (pip install "dpn-gluon[int8]")')
 SIZE = 64
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -36,37 +40,90 @@ def images(tmp_path_factory):
     return folder
 
 
+#: Run in a child process: after NNCF has quantized in pytest's own process, a later test's
+#: SIGTERM to that process (tests/test_outputs.py) died of a segmentation fault, which a
+#: plain script doing the same does not (exit 143, its cleanup run); so no NNCF state is left
+#: in the test process.
+CHILD = r"""
+import json, sys
+import numpy as np
+from dpn_gluon import openvino_ir
+from dpn_gluon.checkpoint import seeded_tensors, write_seeded_checkpoint
+from dpn_gluon.onnx_graph import build_onnx
+from dpn_gluon.runtimes import Calibration, load_runtime
+from dpn_gluon.variants import UNIT_B, identify
+images, out, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ckpt = write_seeded_checkpoint(out + "/dpn68", name="dpn68", seed=0, symbol=False)
+calibration = Calibration(images, size)
+rt = load_runtime("openvino", ckpt, precision="int8", calibration=calibration)
+calib, held = calibration.load()
+np.save(out + "/held_logits.npy", rt(held))
+
+def conv_precisions(compiled):
+    found = {"Convolution": [], "GroupConvolution": []}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if info["layerType"].astype(str) == "Convolution":
+            kind = "GroupConvolution" if UNIT_B in op.get_friendly_name() else "Convolution"
+            found[kind].append(info["runtimePrecision"].astype(str))
+    return found
+
+tensors = seeded_tensors("dpn68", 0)
+a, classes, fc = identify({k: v.shape for k, v in tensors.items()})
+ours = openvino_ir.compile_model(openvino_ir.from_tensors(tensors, a, classes, fc,
+                                                          calibration=calib), "int8")
+try:
+    openvino_ir.compile_model(openvino_ir.from_tensors(tensors, a, classes, fc,
+                                                       calibration=calib), "fp32")
+    refused = None
+except Exception as e:
+    refused = str(e)
+nncf_only = openvino_ir.quantize_onnx(build_onnx(tensors, a, classes, fc), calib, grouped=False)
+nncf_only = openvino_ir.compile_model(openvino_ir.from_onnx(nncf_only.SerializeToString()), "int8")
+json.dump({"checkpoint": str(ckpt), "precision": rt.precision, "quantization": rt.quantization,
+           "hint": openvino_ir.compiled_precision(ours), "ours": conv_precisions(ours),
+           "nncf_only": conv_precisions(nncf_only), "fp32_refused": refused},
+          open(out + "/result.json", "w"))
+"""
+
+
+def child(args, tmp, **kw):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable] + args, cwd=tmp, env=env, capture_output=True,
+                          text=True, timeout=1200, **kw)
+
+
 @pytest.fixture(scope="module")
 def int8(images, tmp_path_factory):
     pytest.importorskip("nncf")
-    from dpn_gluon.checkpoint import write_seeded_checkpoint
     from dpn_gluon.openvino_ir import check_precision
     try:
         check_precision("int8")
     except DPNError as e:
         pytest.skip(str(e))
-    ckpt = write_seeded_checkpoint(tmp_path_factory.mktemp("q") / "dpn68", name="dpn68",
-                                   seed=0, symbol=False)
-    return ckpt, load_runtime("openvino", ckpt, precision="int8",
-                              calibration=Calibration(images, SIZE))
+    out = tmp_path_factory.mktemp("q")
+    r = child(["-c", CHILD, str(images), str(out), str(SIZE)], out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads((out / "result.json").read_text())
+    rec["held_logits"] = np.load(out / "held_logits.npy")
+    return rec
 
 
 @needs_int8
 def test_int8_reports_agreement_on_held_out_images(int8, images):
     import onnxruntime as ort
 
-    from dpn_gluon.runtimes import read_model
-    ckpt, rt = int8
-    calib, held = Calibration(images, SIZE).load()
-    q = rt.quantization
-    assert (rt.precision, q["calibration_images"], q["held_out_images"]) == ("int8", 12, 3)
-    # the agreement, recomputed against onnxruntime's fp32 run of the ONNX file
     from dpn_gluon.onnx_graph import export_onnx
-    tensors = read_model(ckpt)[3]
-    path = export_onnx(tensors, ckpt.parent / "fp32.onnx")
+    from dpn_gluon.runtimes import read_model
+    q = int8["quantization"]
+    assert (int8["precision"], q["calibration_images"], q["held_out_images"]) == ("int8", 12, 3)
+    _, held = Calibration(images, SIZE).load()
+    # the agreement, recomputed against onnxruntime's fp32 run of the ONNX file
+    ckpt = Path(int8["checkpoint"])
+    path = export_onnx(read_model(ckpt)[3], ckpt.parent / "fp32.onnx")
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
         ["logits"], {"data": held})[0]
-    got = rt(held)
+    got = int8["held_logits"]
     assert q["top1_agreement_with_fp32"] == pytest.approx(np.mean(got.argmax(1) == want.argmax(1)))
     # quantized for real: far from fp32's 1e-6, but the same function
     err = np.abs(got - want).max() / np.abs(want).max()
@@ -74,55 +131,27 @@ def test_int8_reports_agreement_on_held_out_images(int8, images):
 
 
 @needs_int8
-def test_int8_convolutions_run_in_8_bits(int8, images):
-    from dpn_gluon import openvino_ir
-    from dpn_gluon.checkpoint import seeded_tensors
-    from dpn_gluon.variants import identify
-    calib, _ = Calibration(images, SIZE).load()
-    tensors = seeded_tensors("dpn68", 0)
-    a, classes, fc = identify({k: v.shape for k, v in tensors.items()})
-    model = openvino_ir.from_tensors(tensors, a, classes, fc, calibration=calib)
-    compiled = openvino_ir.compile_model(model, "int8")
-    assert openvino_ir.compiled_precision(compiled) == "f32"      # the rest: not a silent bf16
-    kinds = conv_precisions(compiled)
+def test_int8_convolutions_run_in_8_bits(int8):
+    assert int8["hint"] == "f32"                   # the rest: float32, not a silent bf16
+    kinds = int8["ours"]
     # every convolution, the 22 grouped 3x3 ones included, runs in 8 bits
     assert len(kinds["GroupConvolution"]) == 22 and len(kinds["Convolution"]) >= 49
     assert all(p in ("u8", "i8") for ps in kinds.values() for p in ps), kinds
-    with pytest.raises(DPNError, match="the model is quantized"):
-        openvino_ir.compile_model(model, "fp32")
+    assert "the model is quantized" in int8["fp32_refused"]
     # what NNCF 2.14.1 alone leaves: the grouped ones in float32 (why int8 trailed bf16)
-    from dpn_gluon.onnx_graph import build_onnx
-    nncf_only = openvino_ir.quantize_onnx(build_onnx(tensors, a, classes, fc), calib,
-                                          grouped=False)
-    kinds = conv_precisions(openvino_ir.compile_model(
-        openvino_ir.from_onnx(nncf_only.SerializeToString()), "int8"))
-    assert set(kinds["GroupConvolution"]) == {"f32"}
-
-
-def conv_precisions(compiled):
-    """{kind: [runtime precision]} of the convolutions OpenVINO compiled; grouped: the
-    authors' ``c3x3-b`` units (the runtime model calls every one "Convolution")."""
-    from dpn_gluon.variants import UNIT_B
-    out = {"Convolution": [], "GroupConvolution": []}
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        info = op.get_rt_info()
-        if info["layerType"].astype(str) == "Convolution":
-            kind = "GroupConvolution" if UNIT_B in op.get_friendly_name() else "Convolution"
-            out[kind].append(info["runtimePrecision"].astype(str))
-    return out
+    assert set(int8["nncf_only"]["GroupConvolution"]) == {"f32"}
 
 
 @needs_int8
-def test_predict_says_so_on_stderr(int8, images):
-    ckpt, _ = int8
+def test_predict_says_so_on_stderr(int8, images, tmp_path):
     image = sorted(images.rglob("*.jpg"))[0]
-    res = CliRunner().invoke(cli.predict_main, [str(ckpt), str(image), "--size", str(SIZE),
-                                                "--runtime", "openvino", "--precision", "int8",
-                                                "--calibration", str(images), "--json"])
-    assert res.exit_code == 0, res.output
-    rec = json.loads(res.stdout)
+    r = child(["-c", "from dpn_gluon.evaluate.cli import predict_main; predict_main()",
+               int8["checkpoint"], str(image), "--size", str(SIZE), "--runtime", "openvino",
+               "--precision", "int8", "--calibration", str(images), "--json"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads(r.stdout)
     assert rec["precision"] == "int8" and rec["quantization"]["held_out_images"] == 3
-    line, = [x for x in res.stderr.splitlines() if "int8" in x]
+    line, = [x for x in r.stderr.splitlines() if "int8" in x]
     assert line.startswith("dpn-predict: int8: NNCF post-training quantization calibrated on "
                            "12 images of ") and "held-out images" in line
 
