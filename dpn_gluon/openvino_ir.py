@@ -284,10 +284,20 @@ def _quiet():
 
 def import_nncf():
     """NNCF, imported without its "INFO:nncf:NNCF initialized" line on stdout (which would
-    break a command's --json output), its logger then set to errors only."""
+    break a command's --json output), its logger then set to errors only, and without its
+    usage telemetry: NNCF 2.14.1 sends events (openvino-telemetry, no opt-in dialog) unless
+    ``NNCF_CI`` is set when it is imported, its only use of that variable."""
     import logging
-    with _quiet():
-        nncf = require("nncf", "--precision int8")
+    saved = os.environ.get("NNCF_CI")
+    os.environ["NNCF_CI"] = "1"
+    try:
+        with _quiet():
+            nncf = require("nncf", "--precision int8")
+    finally:
+        if saved is None:
+            del os.environ["NNCF_CI"]
+        else:
+            os.environ["NNCF_CI"] = saved
     logging.getLogger("nncf").setLevel(logging.ERROR)
     return nncf
 
