@@ -14,7 +14,7 @@ $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(PINS)
-	$(PY) -m pip install -q -e ".[mxnet,torch,onnx,test,opencv,paddle]" $(PINS)
+	$(PY) -m pip install -q -e ".[mxnet,torch,onnx,test,opencv,paddle,openvino,int8]" $(PINS)
 	touch $@
 
 demo: venv

@@ -33,6 +33,13 @@ setup(
         # Pin torch yourself first (e.g. torch==2.13.0 for the CPU build) to avoid the CUDA wheels.
         "torch": ["torch>=2.1", MXNET_NUMPY],
         "onnx": ["onnx>=1.16", "onnxruntime>=1.17", MXNET_NUMPY],
+        # --runtime openvino (it compiles the ONNX graph onnx builds) and --to openvino; pinned:
+        # the version whose CPU kernels docs/openvino.md measured
+        "openvino": ["openvino==2026.4.1", "onnx>=1.16", MXNET_NUMPY],
+        # --precision int8: NNCF's post-training quantization (ONNX backend, onnxruntime
+        # collects the statistics); 2.14.1 is the last NNCF that installs beside numpy 1.23
+        "int8": ["nncf==2.14.1", "openvino==2026.4.1", "onnx>=1.16", "onnxruntime>=1.17",
+                 MXNET_NUMPY],
         "report": ["matplotlib>=3.5", MXNET_NUMPY],
         # the authors' bicubic resize (dpn-evaluate/dpn-predict --protocol authors); 4.12+ needs numpy 2
         "opencv": ["opencv-python-headless>=4.5,<4.12", MXNET_NUMPY],

@@ -1,6 +1,6 @@
 """Optional dependencies: import one, or say in one line how to get it.
 
-MXNet, torch, onnx/onnxruntime, matplotlib and OpenCV are extras (setup.py); a command that
+MXNet, torch, onnx/onnxruntime, OpenVINO, matplotlib and OpenCV are extras (setup.py); a command that
 needs one it cannot import fails with a :class:`MissingDependency` (a :class:`DPNError`, so
 exit 2 and one line) naming the package, the extra that installs it and, where there is one,
 the option that would work without it.
@@ -23,6 +23,8 @@ PACKAGES = {
     "onnxruntime": ("onnxruntime", "onnx"),
     "matplotlib": ("matplotlib", "report"),
     "cv2": ("opencv-python-headless", "opencv"),
+    "openvino": ("openvino", "openvino"),
+    "nncf": ("nncf", "int8"),
 }
 
 

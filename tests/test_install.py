@@ -44,7 +44,7 @@ def numpy_allowed(reqs, version: str, python: str) -> bool:
 
 
 @pytest.mark.parametrize("extra", ["mxnet", "torch", "onnx", "opencv", "report", "test",
-                                   "paddle"])
+                                   "paddle", "openvino", "int8"])
 def test_every_extra_keeps_mxnets_numpy_on_311(requires, extra):
     reqs = requires[""] + requires[extra]
     assert numpy_allowed(reqs, "1.23.5", "3.11")
@@ -53,7 +53,7 @@ def test_every_extra_keeps_mxnets_numpy_on_311(requires, extra):
 
 
 def test_without_mxnet_any_numpy_on_312(requires):
-    for extra in ("torch", "onnx"):             # MXNet does not run on 3.12: no ceiling there
+    for extra in ("torch", "onnx", "openvino"):  # MXNet does not run on 3.12: no ceiling there
         assert numpy_allowed(requires[""] + requires[extra], "2.4.6", "3.12"), extra
     assert numpy_allowed(requires[""], "2.4.6", "3.11")    # the converter alone: any numpy
 

@@ -163,11 +163,12 @@ def check_written(weights: "formats.Weights", target: str, files: List[Path], nu
 def _check_written(weights, target, files, numeric, log, device, tolerance, stages):
     log = log or (lambda msg: None)
     report = CheckReport()
-    if target == "onnx":
-        report.notes.append("onnx: no tensor-by-tensor check (the exporter checks its graph)")
+    if target in ("onnx", "openvino"):
+        report.notes.append("%s: no tensor-by-tensor check (the exporter checks its graph)"
+                            % target)
         log("check: " + report.notes[-1])
         if numeric:
-            _numeric(report, weights, log, device, tolerance, onnx_file=files[-1],
+            _numeric(report, weights, log, device, tolerance, onnx_file=files[0],
                      stages=stages)
         return report
     main = files[-1]       # mxnet: PREFIX-0000.params comes after the symbol
@@ -254,7 +255,8 @@ def _numeric(report: CheckReport, weights, log, device, tolerance, reference=Non
         n, first = report.numeric, report.parity.first_failure
         log("check: MXNet graph vs %s on %dx3x%dx%d, %d taps: logits max rel %.2e, "
             "top-5 agreement %.0f%% (%s)"
-            % ("the written ONNX model" if onnx_file else "the PyTorch DPN", n.batch, n.size,
+            % ("the written %s model" % report.parity.runtime if onnx_file else "the PyTorch DPN",
+               n.batch, n.size,
                n.size, len(report.parity.rows), n.max_rel, 100 * n.top5_agreement,
                "ok" if n.passed else "FAILED at %s, tolerance %g"
                % (first.name if first else "the logits' top-5", report.parity.tolerance)))
@@ -282,14 +284,16 @@ def numeric_parity(weights: "formats.Weights", batch: int = 2, size: int = 64, s
     """(ParityReport, None), or (None, why it did not run).
 
     The per-layer report of ``weights`` (the written file, read back) in the PyTorch DPN
-    (or of the written ``onnx_file`` in onnxruntime, as it is) against the authors' graph on
+    (or of the written ``onnx_file`` in onnxruntime, as it is, or of an OpenVINO IR
+    ``NAME.xml`` in OpenVINO at float32) against the authors' graph on
     ``reference`` (the conversion's source; default ``weights`` itself). Both models use a
     global-average head (the authors' 7x7 ``pool5`` is the same function at 224x224 and
     runs only there), so a small seeded batch suffices; float32. ``progress`` is called
     with each stage's name (:func:`dpn_gluon.convert.parity.layer_parity`).
     """
     # look before importing: MXNet and torch cost ~150 MB each, only worth it if both run
-    runtime = ("mxnet", "onnxruntime" if onnx_file else "torch")
+    ir = onnx_file is not None and Path(onnx_file).suffix == ".xml"
+    runtime = ("mxnet", "openvino" if ir else "onnxruntime" if onnx_file else "torch")
     missing = [m for m in runtime if not importable(m)]
     if missing:
         what = " and ".join({"mxnet": "MXNet"}.get(m, m) for m in missing)
@@ -304,12 +308,18 @@ def numeric_parity(weights: "formats.Weights", batch: int = 2, size: int = 64, s
         from .parity import layer_parity, read_onnx
     except (ImportError, OSError) as e:
         return None, "numerical check skipped: %s" % e
-    candidate = read_onnx(onnx_file) if onnx_file else weights
+    if ir:
+        from ..openvino_ir import read_ir
+        candidate = read_ir(onnx_file)
+    else:
+        candidate = read_onnx(onnx_file) if onnx_file else weights
     mean_max = bool(onnx_file) and candidate.mean_max
     if tolerance is None:       # a --fp16 ONNX file: its measured bound (onnx_export.FP16_RTOL)
-        tolerance = FP16_RTOL if onnx_file and candidate.dtype == "float16" else RTOL
+        tolerance = FP16_RTOL if onnx_file and getattr(candidate, "dtype", "") == "float16" \
+            else RTOL
     report = layer_parity(weights if reference is None else reference, candidate,
-                          "onnx" if onnx_file else "torch", device, "float32", batch,
+                          "openvino" if ir else "onnx" if onnx_file else "torch", device,
+                          "float32", batch,
                           MEAN_MAX_SIZE if mean_max else size, seed, tolerance=tolerance,
                           mean_max=mean_max, log=log, progress=progress)
     return report, None

@@ -1,14 +1,15 @@
 """``dpn-convert``: the authors' DPN checkpoints to and from PyTorch, safetensors, timm, Gluon.
 
-    dpn-convert SRC --to {torch,safetensors,timm,mxnet,gluon,onnx} [-o OUT] [--arch NAME]
+    dpn-convert SRC --to {torch,safetensors,timm,mxnet,gluon,onnx,openvino} [-o OUT] [--arch NAME]
                 [--classifier fc6|fc6-1k] [--epoch N] [--force] [--check/--no-check] [--strict]
                 [--json] [--device cpu|cuda] [--tolerance X] [--report FILE.png|.html]
-                [--mean-max] [--fp16] [--opset N]            (the last three: --to onnx)
+                [--mean-max] [--fp16] [--opset N]            (the last three: --to onnx;
+                                                               --mean-max: also openvino)
                 [--labels FILE] [--license ID] [-q|--quiet] [-v|--verbose]
     dpn-convert list [--json]
     dpn-convert release SRC_DIR -o OUT_DIR [--check/--no-check] [--labels FILE] [--license ID]
                 [--force] [--json] [-q]
-    dpn-convert check A B [--runtime torch|onnx] [--device cpu|cuda] [--mx-device cpu|gpu]
+    dpn-convert check A B [--runtime torch|onnx|openvino] [--device cpu|cuda] [--mx-device cpu|gpu]
                 [--dtype float32|float16|bfloat16] [--size N] [--batch N] [--seed N]
                 [--image FILE ...] [--tolerance X] [--report FILE] [--json]
 
@@ -94,7 +95,8 @@ def main(ctx):
 @click.option("--to", "to", required=True, type=click.Choice(TARGETS),
               help="Target format: torch (.pth state_dict, timm keys), safetensors, timm "
                    "(folder: config.json + model.safetensors), mxnet (PREFIX-symbol.json + "
-                   "PREFIX-0000.params), gluon (save_parameters file), onnx.")
+                   "PREFIX-0000.params), gluon (save_parameters file), onnx, openvino "
+                   "(IR: NAME.xml + NAME.bin, float32 weights).")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), default=None,
               help="Output path (for mxnet: the PREFIX), or an existing folder for the default "
                    "name. Default: beside SRC, named after it (dpn68-0000.params -> dpn68.pth).")
@@ -121,7 +123,7 @@ def main(ctx):
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also draw the check's per-layer errors: FILE.png, .svg or .html.")
 @click.option("--mean-max", is_flag=True,
-              help="--to onnx: the authors' test head (classifier as a 1x1 conv over the 7x7 "
+              help="--to onnx or openvino: the authors' test head (classifier as a 1x1 conv over the 7x7 "
                    "average-pooled map, mean of global average and max); inputs >= 193 px, "
                    "the authors tested at 320.")
 @click.option("--fp16", is_flag=True,
@@ -197,16 +199,19 @@ def _require_cuda():
 @click.argument("reference", type=click.Path(path_type=Path))
 @click.argument("candidate", type=click.Path(path_type=Path))
 @click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
-              help="Run CANDIDATE in PyTorch (the timm-layout DPN) or in onnxruntime (its ONNX "
-                   "export with every tap as an output). Default: torch, or onnx when CANDIDATE "
-                   "is an ONNX model dpn-convert wrote, which runs as it is.")
+              help="Run CANDIDATE in PyTorch (the timm-layout DPN), in onnxruntime (its ONNX "
+                   "export with every tap as an output) or in OpenVINO (that graph, compiled "
+                   "for the CPU). Default: torch; onnx when CANDIDATE is an ONNX model, "
+                   "openvino when it is an IR (NAME.xml) dpn-convert wrote, which run as they "
+                   "are.")
 @click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Device of CANDIDATE's runtime.")
 @click.option("--mx-device", type=click.Choice(MX_DEVICES), default="cpu", show_default=True,
               help="Device of the MXNet reference; gpu falls back to the CPU, with a message, "
                    "where the MXNet build has no kernels for the card (Hopper and newer).")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
-              help="CANDIDATE's compute dtype (PyTorch only); REFERENCE runs in float32.")
+              help="CANDIDATE's compute dtype (PyTorch; OpenVINO: float32 or bfloat16, set "
+                   "explicitly); REFERENCE runs in float32.")
 @click.option("--size", type=click.IntRange(32, 1024), default=64, show_default=True,
               help="Input height and width (at least 193 with --mean-max).")
 @click.option("--batch", type=click.IntRange(1, 256), default=2, show_default=True,
@@ -239,30 +244,39 @@ def check_command(reference, candidate, runtime, device, mx_device, dtype, size,
     top-1 class on every image), 1 otherwise, 2 bad input.
     """
     from ..formats.canonical import read
+    from ..openvino_ir import IRModel, is_ir, read_ir
     from ..safeio.outputs import report_plan
     from .parity import OnnxModel, layer_parity, read_onnx
     plan = report_plan(report, _inputs(reference, candidate), force) if report else None
     from ..formats import registry
     ref = read(reference, hash_source=False)
-    source = registry.detect(registry.resolve(candidate))
-    # an ONNX candidate runs as written (its dtype, its head), not as weights in torch
-    cand = read_onnx(candidate) if source.format == "onnx" else \
-        read(candidate, hash_source=False)
+    source = registry.detect(registry.resolve(candidate)) if not is_ir(candidate) else None
+    # an ONNX candidate runs as written (its dtype, its head), not as weights in torch; so
+    # does an OpenVINO IR
+    if source is None:
+        cand = read_ir(candidate)
+    elif source.format == "onnx":
+        cand = read_onnx(candidate)
+    else:
+        cand = read(candidate, hash_source=False)
     for w, role in ((ref, "reference"), (cand, "candidate")):
-        if isinstance(w, OnnxModel):
-            _log("%s: %s, onnx, %s, %d classes, %s head"
-                 % (role, w.path, w.arch.name, w.classes, "mean-max" if w.mean_max else "global"))
+        if isinstance(w, (OnnxModel, IRModel)):
+            _log("%s: %s, %s, %s, %d classes, %s head"
+                 % (role, w.path, "onnx" if isinstance(w, OnnxModel) else "openvino IR",
+                    w.arch.name, w.classes, "mean-max" if w.mean_max else "global"))
             continue
         _log("%s: %s, %s, %s, %d classes, %d tensors (%s)" % (
             role, w.source, w.format, w.arch.name, w.classes, len(w.tensors), ", ".join(w.dtypes)))
-    runtime = runtime or ("onnx" if isinstance(cand, OnnxModel) else "torch")
+    runtime = runtime or ("onnx" if isinstance(cand, OnnxModel)
+                          else "openvino" if isinstance(cand, IRModel) else "torch")
     rep = layer_parity(ref, cand, runtime=runtime, device=device, dtype=dtype, batch=batch,
                        size=size, seed=seed, images=list(images) or None, tolerance=tolerance,
                        mx_device=mx_device, mean_max=mean_max, log=_log)
     if as_json:
         d = rep.to_dict()
         d.update(reference=str(ref.source),
-                 candidate=str(cand.path if isinstance(cand, OnnxModel) else cand.source))
+                 candidate=str(cand.path if isinstance(cand, (OnnxModel, IRModel))
+                               else cand.source))
         click.echo(json.dumps(d, sort_keys=True))
     else:
         click.echo(rep.table())

@@ -10,7 +10,9 @@ The same batch (seeded, or real images with the authors' preprocessing) goes thr
   cpu/cuda in float32, float16 or bfloat16), or the ONNX graph of
   :mod:`dpn_gluon.onnx_graph` with every tap as an output, run by onnxruntime
   (CPU, or the CUDA provider); or an ONNX file dpn-convert wrote, run as written with its
-  tap nodes added as outputs (:func:`read_onnx`).
+  tap nodes added as outputs (:func:`read_onnx`); or that ONNX graph compiled by OpenVINO
+  for the CPU in float32 or bfloat16 (:mod:`dpn_gluon.openvino_ir`, the precision set
+  explicitly), or an OpenVINO IR dpn-convert wrote, its tap tensors added as outputs.
 
 Both are tapped at :func:`dpn_gluon.variants.tap_names`: ``pool1``, every block's
 ``<block>_sum`` (residual path) and ``<block>_cat`` (dense path), the final BN-ReLU and the
@@ -47,8 +49,9 @@ from .. import variants
 from ..deps import require, require_choice
 from ..errors import DPNError
 from ..onnx_graph import FP16_RTOL  # a constant: onnx itself is imported only to run
+from ..openvino_ir import BF16_RTOL as OPENVINO_BF16_RTOL
 
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("torch", "onnx", "openvino")
 DEVICES = ("cpu", "cuda")
 MX_DEVICES = ("cpu", "gpu")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -310,7 +313,10 @@ def reference_taps(arch: variants.Arch, classes: int, classifier: str, tensors, 
 
 
 #: What each runtime of the candidate imports.
-RUNTIME_PACKAGES = {"torch": ("torch",), "onnx": ("onnxruntime", "onnx")}
+RUNTIME_PACKAGES = {"torch": ("torch",), "onnx": ("onnxruntime", "onnx"),
+                    "openvino": ("openvino", "onnx")}
+#: What OpenVINO's --precision calls each candidate dtype it runs.
+OPENVINO_PRECISION = {"float32": "fp32", "bfloat16": "bf16"}
 
 
 def require_runtime(runtime: str) -> None:
@@ -423,6 +429,24 @@ def onnx_taps(arch: variants.Arch, classes: int, classifier: str, tensors, x: np
     return OrderedDict((t, got[t]) for t in taps)
 
 
+def openvino_taps(arch: variants.Arch, classes: int, classifier: str, tensors, x: np.ndarray,
+                  dtype: str = "float32", mean_max: bool = False,
+                  ir=None) -> "OrderedDict[str, np.ndarray]":
+    """Every tap of the ONNX graph (or of ``ir``, an IR dpn-convert wrote, as written)
+    compiled by OpenVINO for the CPU in ``dtype``, set explicitly. Taps made outputs keep
+    their tensors in memory, which can stop OpenVINO fusing a node into the next: the logits
+    of the untapped model are within the same bound (tests/test_openvino.py)."""
+    require_runtime("openvino")
+    from ..openvino_ir import add_tap_outputs, compile_model, from_tensors, run_named
+    if ir is None:
+        model = from_tensors(tensors, arch, classes, classifier, mean_max, tap_outputs=True)
+    else:
+        model = ir.load()
+        add_tap_outputs(model, arch, str(ir.path))
+    got = run_named(compile_model(model, OPENVINO_PRECISION[dtype]), x)
+    return OrderedDict((t, got[t]) for t in variants.tap_names(arch))
+
+
 # -- the comparison ------------------------------------------------------------------------------
 
 def compare_tap(name: str, ref: np.ndarray, got: np.ndarray, tolerance: float) -> TapRow:
@@ -458,7 +482,8 @@ def layer_parity(reference: WeightsLike, candidate: WeightsLike, runtime: str = 
     """Run ``reference`` in the authors' MXNet graph and ``candidate`` in ``runtime``; compare
     every tap. Both are :class:`~dpn_gluon.formats.canonical.Weights` or canonical tensors of
     the same architecture and class count; with ``runtime='onnx'`` the candidate may also be
-    an ONNX file dpn-convert wrote (:func:`read_onnx`), run as it is.
+    an ONNX file dpn-convert wrote (:func:`read_onnx`), run as it is, and with
+    ``runtime='openvino'`` an IR dpn-convert wrote (:func:`dpn_gluon.openvino_ir.read_ir`).
 
     ``images`` (paths) replace the seeded batch (``batch``, ``seed``); ``size`` is the input
     side (at least 32; 193 for the mean-max head). ``tolerance`` defaults to
@@ -483,13 +508,27 @@ def layer_parity(reference: WeightsLike, candidate: WeightsLike, runtime: str = 
     if runtime == "onnx" and dtype != "float32" and not onnx_fp16:
         raise DPNError("--runtime onnx runs the exported float32 graph only, or a file written "
                        "with --fp16 as it is (use --runtime torch for %s)" % dtype)
+    if runtime == "openvino" and dtype not in OPENVINO_PRECISION:
+        raise DPNError("--runtime openvino runs float32 or bfloat16, not %s" % dtype)
     default_tolerance = FP16_RTOL if onnx_fp16 else TOLERANCES[dtype]
+    if runtime == "openvino" and dtype == "bfloat16":
+        default_tolerance = OPENVINO_BF16_RTOL
     if tolerance is None:
         tolerance = default_tolerance
     if not tolerance > 0:
         raise DPNError("--tolerance must be positive, got %g" % tolerance)
     r_arch, r_classes, r_fc, r_tensors = _unpack(reference, "reference")
-    if isinstance(candidate, OnnxModel):
+    from ..openvino_ir import IRModel
+    if isinstance(candidate, IRModel):
+        if runtime != "openvino":
+            raise DPNError("%s: an OpenVINO IR runs with --runtime openvino only" % candidate.path)
+        if candidate.mean_max != mean_max:
+            raise DPNError("%s: the IR has the %s head: %s --mean-max"
+                           % (candidate.path, "mean-max" if candidate.mean_max else "global",
+                              "pass" if candidate.mean_max else "drop"))
+        c_arch, c_classes, c_fc, c_tensors = (candidate.arch, candidate.classes,
+                                              candidate.classifier, {})
+    elif isinstance(candidate, OnnxModel):
         if runtime != "onnx":
             raise DPNError("%s: an ONNX model runs with --runtime onnx only" % candidate.path)
         if candidate.mean_max != mean_max:
@@ -510,6 +549,9 @@ def layer_parity(reference: WeightsLike, candidate: WeightsLike, runtime: str = 
         raise DPNError("per-layer parity needs MXNet, which runs the authors' graph (%s): pip "
                        "install mxnet==1.9.1 (Python <= 3.11)" % str(e).splitlines()[0]) from None
     require_runtime(runtime)      # before the authors' graph runs, not after
+    if runtime == "openvino":
+        from ..openvino_ir import check_precision
+        check_precision(OPENVINO_PRECISION[dtype], "--runtime openvino")
     x = load_images(images, size) if images else seeded_batch(batch, size, seed)
     inputs = "%d image%s" % (len(x), "s" if len(x) > 1 else "") if images else "seeded(%d)" % seed
     ctx, mx_used = mx_context(mx_device, log)
@@ -518,6 +560,11 @@ def layer_parity(reference: WeightsLike, candidate: WeightsLike, runtime: str = 
     progress("%s: the candidate" % runtime)
     if runtime == "torch":
         got = torch_taps(c_arch, c_classes, c_fc, _float32(c_tensors), x, device, dtype, mean_max)
+    elif runtime == "openvino":
+        if device != "cpu":
+            raise DPNError("--runtime openvino runs on the CPU here; use --device cpu")
+        got = openvino_taps(c_arch, c_classes, c_fc, _float32(c_tensors), x, dtype, mean_max,
+                            ir=candidate if isinstance(candidate, IRModel) else None)
     else:
         got = onnx_taps(c_arch, c_classes, c_fc, _float32(c_tensors), x, device, mean_max, log,
                         model_path=candidate.path if isinstance(candidate, OnnxModel) else None,
@@ -527,9 +574,10 @@ def layer_parity(reference: WeightsLike, candidate: WeightsLike, runtime: str = 
     top1, top5 = topk_agreement(ref["logits"], got["logits"])
     notes = []
     if dtype != "float32":
+        how = ("benchmarks.onnx_fp16" if onnx_fp16 else "dpn_gluon.convert.parity --all"
+               + (" --runtime openvino" if runtime == "openvino" else ""))
         notes.append("%s tolerance %g measured on the CPU (python -m %s)"
-                     % (dtype, default_tolerance,
-                        "benchmarks.onnx_fp16" if onnx_fp16 else "dpn_gluon.convert.parity --all"))
+                     % (dtype, default_tolerance, how))
     if mx_used != mx_device:
         notes.append("reference ran on the CPU: MXNet could not use the GPU")
     return ParityReport(r_arch.name, r_classes, runtime, device, mx_used, dtype, len(x), size,
@@ -546,7 +594,8 @@ def _measure(archs: Sequence[str], dtypes: Sequence[str], runtimes: Sequence[str
         tensors = seeded_tensors(name, seed=0)
         for runtime in runtimes:
             for dtype in dtypes:
-                if runtime == "onnx" and dtype != "float32":
+                if (runtime == "onnx" and dtype != "float32"
+                        or runtime == "openvino" and dtype not in OPENVINO_PRECISION):
                     continue
                 rep = layer_parity(tensors, tensors, runtime, device, dtype, batch, size, seed)
                 rows.append(dict(arch=name, runtime=runtime, dtype=dtype, worst_tap=rep.worst.name,
@@ -595,12 +644,16 @@ def main(argv=None) -> int:
     if "onnx" in a.runtime:
         import onnxruntime
         env["onnxruntime"] = onnxruntime.__version__
+    if "openvino" in a.runtime:
+        import openvino
+        env["openvino"] = openvino.__version__
     if a.json:
         print(json.dumps(dict(env=env, rows=rows), indent=1))
         return 0
     print("Device: %(device)s (%(machine)s); Python %(python)s, torch %(torch)s, mxnet %(mxnet)s%(ort)s; "
           "seeded weights, %(batch)dx3x%(size)dx%(size)d, seed %(seed)d."
-          % dict(env, ort=", onnxruntime %s" % env["onnxruntime"] if "onnxruntime" in env else ""))
+          % dict(env, ort="".join(", %s %s" % (k, env[k]) for k in ("onnxruntime", "openvino")
+                                  if k in env)))
     print()
     print("| arch | runtime | dtype | worst tap | max rel (worst tap) | max rel (logits) "
           "| min cosine | top-1 | tolerance | result |")

@@ -87,8 +87,10 @@ def convert(src: PathLike, to: str, out: Optional[PathLike] = None, arch: Option
     if to not in TARGETS:
         raise DPNError("unknown target format %r (choose from %s)" % (to, ", ".join(TARGETS)))
     writers.check_onnx_options(to, onnx_options)
-    if to == "onnx":          # before reading a checkpoint of hundreds of MB
-        deps.require("onnx", "--to onnx")
+    if to in ("onnx", "openvino"):      # before reading a checkpoint of hundreds of MB
+        deps.require("onnx", "--to " + to)
+    if to == "openvino":
+        deps.require("openvino", "--to openvino")
     source = registry.detect(registry.resolve(src, epoch))      # resolved and detected once
     path, fmt = source.path, source.format
     plan = conversion_plan(path, fmt, to, out, force, report)   # refuse early, before any work

@@ -20,6 +20,7 @@ from ..formats import registry
 from ..formats.canonical import Weights
 from ..safeio.atomic import Transaction
 from ..safeio.outputs import TARGETS, conversion_plan
+from . import openvino_writer
 
 
 def write(weights: Weights, target: str, out: Path, force: bool = False,
@@ -51,6 +52,10 @@ def stage(weights: Weights, target: str, files: List[Path], tx: Transaction, log
     if target == "onnx":
         _write_onnx(weights, files, tx, **dict(onnx_options or {}))
         return
+    if target == "openvino":
+        given = {k: v for k, v in (onnx_options or {}).items() if k in openvino_writer.OPTIONS}
+        openvino_writer.write_openvino(weights, files, tx, log, **given)
+        return
     extra = {}
     if target == "mxnet":
         extra["graph"] = symbol_json(weights)
@@ -63,7 +68,8 @@ def stage(weights: Weights, target: str, files: List[Path], tx: Transaction, log
 
 def check_onnx_options(target: str, options: Optional[Mapping]) -> None:
     """Refuse ONNX-only options (``--mean-max``, ``--fp16``, ``--opset``) for other targets."""
-    given = sorted(k for k, v in (options or {}).items() if v not in (None, False))
+    given = sorted(k for k, v in (options or {}).items() if v not in (None, False)
+                   and not (target == "openvino" and k in openvino_writer.OPTIONS))
     if given and target != "onnx":
         raise DPNError("--%s applies to --to onnx only, not --to %s"
                        % (given[0].replace("_", "-"), target))

@@ -17,7 +17,7 @@ from .. import labels
 from ..cliutil import OneLineCommand, labels_option, version_option
 from ..data.preprocess import PROTOCOLS, authors_resize_backend
 from ..errors import DPNError
-from ..runtimes import RUNTIMES
+from ..runtimes import ALL_PRECISIONS, RUNTIMES
 
 
 def _error(prog: str, message) -> None:
@@ -50,8 +50,20 @@ def _common(fn):
                      help="The authors' mean-max test head (needs --size >= 193; "
                           "their third column at 320)."),
         click.option("--runtime", type=click.Choice(RUNTIMES), default="gluon",
-                     show_default=True, help="Run the checkpoint in MXNet Gluon, PyTorch or "
-                                             "ONNX Runtime (same preprocessing)."),
+                     show_default=True, help="Run the checkpoint in MXNet Gluon, PyTorch, "
+                                             "ONNX Runtime or OpenVINO (same preprocessing); "
+                                             "openvino also runs an IR (NAME.xml) "
+                                             "dpn-convert wrote."),
+        click.option("--precision", type=click.Choice(ALL_PRECISIONS), default="fp32",
+                     show_default=True,
+                     help="Compute precision, always set explicitly: bf16 with --runtime "
+                          "openvino on a CPU with AVX512_BF16 or AMX; int8 (openvino) needs "
+                          "--calibration (docs/openvino.md)."),
+        click.option("--calibration", type=click.Path(exists=True, file_okay=False,
+                                                       path_type=Path), default=None,
+                     help="--precision int8: a folder of your images (a few hundred) that "
+                          "calibrate the quantization, preprocessed as --size/--protocol say; "
+                          "one in five is held out to report top-1 agreement with fp32."),
         click.option("--device", default="cpu", show_default=True,
                      help="cpu, gpu, gpu:0,1 (Gluon splits each batch over the GPUs), "
                           "cuda or cuda:N."),
@@ -60,6 +72,21 @@ def _common(fn):
     ]):
         fn = option(fn)
     return fn
+
+
+def _calibration(folder, size: int, protocol: str):
+    from ..runtimes import Calibration
+    return Calibration(folder, size, protocol) if folder is not None else None
+
+
+def _note_quantization(prog: str, rt) -> None:
+    """int8 is never silent: what calibrated it and what it costs, on stderr."""
+    q = rt.quantization
+    if q is not None:
+        click.echo("%s: int8: NNCF post-training quantization calibrated on %d images of %s; "
+                   "top-1 agreement with fp32 on %d held-out images: %.1f %%"
+                   % (prog, q["calibration_images"], q["calibration"], q["held_out_images"],
+                      100 * q["top1_agreement_with_fp32"]), err=True)
 
 
 def _json_safe(value):
@@ -86,8 +113,8 @@ def _json_safe(value):
 @click.option("--quiet", "-q", is_flag=True,
               help="Nothing on stderr on success: no bar, no notes (the report still goes to "
                    "stdout).")
-def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, device, as_json,
-                  labels_file, batch_size, workers, limit, strict, quiet):
+def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, precision,
+                  calibration, device, as_json, labels_file, batch_size, workers, limit, strict, quiet):
     """Top-1 / top-5 error (%) of CHECKPOINT on a labelled image set.
 
     CHECKPOINT is any file dpn-convert reads: the authors' PREFIX-0000.params (or PREFIX),
@@ -102,12 +129,18 @@ def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, dev
     settings(size, protocol, mean_max)
     names = labels.read_file(labels_file) if labels_file is not None else None
     dataset = open_dataset(data, root).subset(limit)
-    rt = load_runtime(runtime, checkpoint, device, mean_max)
+    rt = load_runtime(runtime, checkpoint, device, mean_max, precision,
+                      calibration=_calibration(calibration, size, protocol))
+    if not quiet:
+        _note_quantization("dpn-evaluate", rt)
     # the note only once every input is accepted: a refusal stays one line
     starting = None if quiet else (lambda: _note_resize("dpn-evaluate", protocol))
     record = evaluate(rt, dataset, size, protocol, mean_max, batch_size, workers, strict,
                       progress=not quiet, class_names=names, starting=starting)
     record["checkpoint"] = str(checkpoint)
+    record["precision"] = rt.precision
+    if rt.quantization is not None:
+        record["quantization"] = rt.quantization
     if record["skipped"]:
         shown = record["skipped_files"][:3]
         click.echo("dpn-evaluate: warning: skipped %d unreadable image(s): %s%s" % (
@@ -125,10 +158,10 @@ def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, dev
                 record["normalization"], ",".join("%g" % m for m in record["mean_rgb"]),
                 ",".join("%g" % s for s in record["std_rgb"])))
     click.echo("settings    protocol=%s size=%d resize_short=%d crop=%d %s "
-               "%s mean_max=%s runtime=%s device=%s batch=%d"
+               "%s mean_max=%s runtime=%s precision=%s device=%s batch=%d"
                % (record["protocol"], record["size"], record["resize_short"], record["crop"],
                   record["interpolation"].replace(" ", ""), norm,
-                  "on" if record["mean_max"] else "off", record["runtime"],
+                  "on" if record["mean_max"] else "off", record["runtime"], rt.precision,
                   ",".join(record["devices"]), record["batch_size"]))
     click.echo("top-1 error %.2f %%" % record["top1_error"])
     click.echo("top-5 error %.2f %%" % record["top5_error"])
@@ -143,8 +176,8 @@ def evaluate_main(checkpoint, data, root, size, protocol, mean_max, runtime, dev
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True)
 @_common
 @click.option("--quiet", "-q", is_flag=True, help="Nothing on stderr on success.")
-def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, device, as_json,
-                 labels_file, quiet):
+def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, precision,
+                 calibration, device, as_json, labels_file, quiet):
     """The top classes of each IMAGE with softmax probabilities.
 
     Classes are named from --labels, else from the names the checkpoint file carries (a
@@ -161,7 +194,10 @@ def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, dev
     from . import classify, settings
     settings(size, protocol, mean_max)
     user = labels.read_file(labels_file) if labels_file is not None else None
-    rt = load_runtime(runtime, checkpoint, device, mean_max)
+    rt = load_runtime(runtime, checkpoint, device, mean_max, precision,
+                      calibration=_calibration(calibration, size, protocol))
+    if not quiet:
+        _note_quantization("dpn-predict", rt)
     names = labels.for_checkpoint(rt.labels, rt.classes, None) if user is None else user
     if user is not None:
         labels.check_count(user, rt.classes, str(labels_file))
@@ -191,7 +227,8 @@ def predict_main(checkpoint, images, top, size, protocol, mean_max, runtime, dev
         click.echo(json.dumps({"checkpoint": str(checkpoint), "classes": rt.classes,
                                "protocol": protocol, "size": size, "mean_max": mean_max,
                                "normalization": rt.normalization,
-                               "runtime": rt.kind, "predictions": results,
+                               "runtime": rt.kind, "precision": rt.precision,
+                               "quantization": rt.quantization, "predictions": results,
                                "bad_images": bad}))
     return 2 if bad else 0
 

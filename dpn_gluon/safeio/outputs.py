@@ -33,7 +33,7 @@ PathLike = Union[str, Path]
 #: What an earlier timm folder output may hold, and what every one holds.
 TIMM_FILES, TIMM_WRITTEN = timm.FILES, timm.WRITTEN
 #: Targets that are not checkpoint formats: model exports, built above the formats.
-EXPORTS = {"onnx": ".onnx"}
+EXPORTS = {"onnx": ".onnx", "openvino": ".xml"}
 #: Every target dpn-convert writes.
 TARGETS = registry.WRITABLE + tuple(EXPORTS)
 #: The default suffix of each target (timm is a folder, mxnet a prefix).
@@ -67,6 +67,8 @@ def target_path(src: Path, src_format: str, target: str, out: Optional[PathLike]
     always the timm folder itself."""
     if out is not None and (target == "timm" or not Path(out).is_dir()):
         out = _absolute_if_bare(Path(out))
+        if target == "openvino" and out.suffix.lower() not in KNOWN_SUFFIXES:  # NAME.xml
+            out = out.with_name(out.name + ".xml")
         return mxnet.prefix_of(out) if target == "mxnet" else out
     stem = src.name
     if src_format == "mxnet" and mxnet.is_epoch_file(src):
@@ -79,6 +81,8 @@ def target_path(src: Path, src_format: str, target: str, out: Optional[PathLike]
 
 def output_files(target: str, out: Path) -> List[Path]:
     """The paths a target writes at ``out``."""
+    if target == "openvino":        # OpenVINO reads NAME.bin beside NAME.xml
+        return [out, out.with_suffix(".bin")]
     return registry.FORMATS[target].files(out) if target in registry.FORMATS else [out]
 
 
