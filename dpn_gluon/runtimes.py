@@ -334,7 +334,7 @@ def _openvino_ir(path, dev_kind, ids, mean_max, precision, threads) -> Runtime:
     compiled = compile_model(ir.load(), precision, threads)
     return Runtime("openvino", ir.arch.name, int(ir.classes), ir.classifier, ["cpu"],
                    _openvino_forward(compiled), ir.labels,
-                   ir.props.get("normalization_name", "authors"), precision)
+                   ir.metadata.get("normalization_name", "authors"), precision)
 
 
 def _openvino_forward(compiled):
