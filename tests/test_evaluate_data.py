@@ -190,7 +190,7 @@ def test_parse_devices_rejects(spec):
 def fake_runtime(monkeypatch):
     made = {}
 
-    def load(kind, checkpoint, devices="cpu", mean_max=False):
+    def load(kind, checkpoint, devices="cpu", mean_max=False, precision="fp32", **options):
         made["rt"] = LinearRuntime(32, classes=made.get("classes", 10))
         return made["rt"]
 
