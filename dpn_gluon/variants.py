@@ -42,6 +42,9 @@ TEST_INPUT_SIZE = (3, 320, 320)
 #: for the authors' mean-max head, the side whose final feature map (stride 32, each
 #: stride-2 layer rounding up) still holds its 7x7 average pool.
 MIN_INPUT_SIZE = {"global": 32, "mean_max": 193}
+#: PaddleClas's eval for its DPNs (ResizeImage resize_short, CropImage size): the config
+#: written beside a .pdparams and dpn-evaluate's --protocol paddleclas both say it.
+PADDLECLAS_RESIZE, PADDLECLAS_CROP = 256, 224
 
 
 @dataclass(frozen=True)

@@ -519,21 +519,15 @@ def layer_parity(reference: WeightsLike, candidate: WeightsLike, runtime: str = 
         raise DPNError("--tolerance must be positive, got %g" % tolerance)
     r_arch, r_classes, r_fc, r_tensors = _unpack(reference, "reference")
     from ..openvino_ir import IRModel
-    if isinstance(candidate, IRModel):
-        if runtime != "openvino":
-            raise DPNError("%s: an OpenVINO IR runs with --runtime openvino only" % candidate.path)
+    as_written = {IRModel: ("openvino", "an OpenVINO IR", "the IR"),
+                  OnnxModel: ("onnx", "an ONNX model", "the ONNX model")}.get(type(candidate))
+    if as_written is not None:       # a model file run as it is: its runtime, its head
+        kind, what, it = as_written
+        if runtime != kind:
+            raise DPNError("%s: %s runs with --runtime %s only" % (candidate.path, what, kind))
         if candidate.mean_max != mean_max:
-            raise DPNError("%s: the IR has the %s head: %s --mean-max"
-                           % (candidate.path, "mean-max" if candidate.mean_max else "global",
-                              "pass" if candidate.mean_max else "drop"))
-        c_arch, c_classes, c_fc, c_tensors = (candidate.arch, candidate.classes,
-                                              candidate.classifier, {})
-    elif isinstance(candidate, OnnxModel):
-        if runtime != "onnx":
-            raise DPNError("%s: an ONNX model runs with --runtime onnx only" % candidate.path)
-        if candidate.mean_max != mean_max:
-            raise DPNError("%s: the ONNX model has the %s head: %s --mean-max"
-                           % (candidate.path, "mean-max" if candidate.mean_max else "global",
+            raise DPNError("%s: %s has the %s head: %s --mean-max"
+                           % (candidate.path, it, "mean-max" if candidate.mean_max else "global",
                               "pass" if candidate.mean_max else "drop"))
         c_arch, c_classes, c_fc, c_tensors = (candidate.arch, candidate.classes,
                                               candidate.classifier, {})

@@ -58,8 +58,6 @@ __all__ = ["PROTOCOLS", "ImageError", "load_image", "resize_crop", "normalize", 
 PROTOCOLS = ("authors", "timm", "paddleclas")
 #: timm's crop fraction for the converted DPN weights (``_cfg(crop_pct=0.875)``).
 TIMM_CROP_PCT = 0.875
-#: PaddleClas's eval resize and crop for its DPNs (ResizeImage resize_short / CropImage size).
-PADDLECLAS_RESIZE, PADDLECLAS_CROP = 256, 224
 
 #: Largest resized image (before the crop): 16 Mi pixels, 48 MB as 8-bit RGB.
 MAX_RESIZED_PIXELS = 1 << 24
@@ -72,7 +70,7 @@ def resize_size(crop: int, protocol: str) -> int:
     if protocol == "timm":
         return int(np.floor(crop / TIMM_CROP_PCT))
     if protocol == "paddleclas":
-        return int(round(crop * PADDLECLAS_RESIZE / PADDLECLAS_CROP))
+        return int(round(crop * variants.PADDLECLAS_RESIZE / variants.PADDLECLAS_CROP))
     raise DPNError("unknown protocol %r (choose from %s)" % (protocol, ", ".join(PROTOCOLS)))
 
 

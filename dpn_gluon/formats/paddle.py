@@ -337,7 +337,8 @@ def config_yaml(weights, weights_file: str) -> str:
         resize = ["        - ResizeImage:", "            resize_short: %d" % crop,
                   "            interpolation: bicubic"]
     else:
-        resize = ["        - ResizeImage:", "            resize_short: 256"]
+        resize = ["        - ResizeImage:",
+                  "            resize_short: %d" % variants.PADDLECLAS_RESIZE]
     transforms = (["        - DecodeImage:", "            to_rgb: True",
                    "            channel_first: False"] + resize +
                   ["        - CropImage:", "            size: %d" % crop,
