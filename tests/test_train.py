@@ -516,16 +516,20 @@ def test_lst_list_trains(data, seeded, tmp_path):
     assert json.loads(res.stdout)["classes"] == 4
 
 
+#: A process that opens the real writer's temporaries of argv[2:] in folder argv[1], writes a
+#: byte into each and dies by SIGKILL before committing.
+KILLED_WRITER = ("import os, signal, sys\n"
+                 "from dpn_gluon.safeio.atomic import Transaction\n"
+                 "t = Transaction(); t.__enter__()\n"
+                 "held = [t.file(os.path.join(sys.argv[1], n)) for n in sys.argv[2:]]\n"
+                 "for f in held: f.__enter__().write(b'x')\n"
+                 "os.kill(os.getpid(), signal.SIGKILL)\n")
+
+
 def killed_while_writing(folder: Path, names) -> int:
     """The pid of a process that opened its atomic writes of ``names`` in ``folder`` and died
     by SIGKILL before committing them: its temporaries are the real writer's."""
-    code = ("import os, signal, sys\n"
-            "from dpn_gluon.safeio.atomic import Transaction\n"
-            "t = Transaction(); t.__enter__()\n"
-            "held = [t.file(os.path.join(sys.argv[1], n)) for n in sys.argv[2:]]\n"
-            "for f in held: f.__enter__().write(b'x')\n"
-            "os.kill(os.getpid(), signal.SIGKILL)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)] + list(names),
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(folder)] + list(names),
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert proc.wait(timeout=60) == -signal.SIGKILL
     return proc.pid
@@ -574,18 +578,12 @@ def test_the_launcher_removes_its_killed_workers_temporaries(tmp_path):
     from dpn_gluon.train.launch import launch
     ours = ["w-0002.params", "w-0002.states", "w-train.json"]
     others = ["w-notes.txt", "x-0001.params"]
-    code = ("import os, signal, sys\n"
-            "from dpn_gluon.safeio.atomic import Transaction\n"
-            "t = Transaction(); t.__enter__()\n"
-            "held = [t.file(os.path.join(sys.argv[1], n)) for n in sys.argv[2:]]\n"
-            "for f in held: f.__enter__().write(b'x')\n"
-            "os.kill(os.getpid(), signal.SIGKILL)\n")
     (tmp_path / "w-0001.params").write_bytes(b"kept")
     env = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + env if env else "")
     try:
         status = launch([str(tmp_path)] + ours + others, 2, tmp_path / "w",
-                        worker_command=[sys.executable, "-c", code])
+                        worker_command=[sys.executable, "-c", KILLED_WRITER])
     finally:
         os.environ.pop("PYTHONPATH") if env is None else os.environ.__setitem__("PYTHONPATH",
                                                                                 env)
