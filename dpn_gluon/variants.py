@@ -272,7 +272,11 @@ def standard_form(arch: Arch) -> Arch:
     """The architecture with one ``c1x1-c`` convolution that computes what ``arch`` does:
     the "b" unit's ``c1x1-c1`` and ``c1x1-c2`` share one BN-ReLU, so they are one convolution
     whose output is split (dpn68b is dpn68 with its ``c1x1-c`` weights concatenated)."""
-    return ARCHS["dpn68"] if arch.b else arch
+    if not arch.b:
+        return arch
+    shape = (arch.small, arch.stem_channels, arch.k_r, arch.groups, arch.k_sec, arch.inc_sec)
+    return next(a for a in ARCHS.values() if not a.b and
+                (a.small, a.stem_channels, a.k_r, a.groups, a.k_sec, a.inc_sec) == shape)
 
 
 def get_arch(name: str) -> Arch:
